@@ -1,0 +1,224 @@
+"""Streaming the Zarr sample store into Lightning: datasets and the datamodule.
+
+The store is read in **chunk-aligned blocks** (a few Zarr chunks at a time along N), never
+whole: chunk order is shuffled each epoch, rows are shuffled inside a block, and batches
+are cut from the block with the remainder carried over, so memory stays bounded by
+``block_chunks * chunk_size`` samples whatever the store size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from i2dl.errors import ConfigError
+from i2dl.store import StoreInfo, open_store, read_info
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class StoreBlockDataset(IterableDataset):
+    """Batches of one split of a sample store, read block by block.
+
+    Each item is a whole batch (use ``DataLoader(batch_size=None)``):
+    ``x`` (B, T, C) float32 normalised by the store's learn statistics, 0 at invalid
+    observations; ``days`` (B, T) int64 days since the store's reference date;
+    ``mask`` (B, T) bool, True = valid; ``y`` (B,) int64 class index (position of the code
+    in ``StoreInfo.class_codes``); ``code`` (B,) int64 class code.
+
+    Args:
+        store_path: the sample store.
+        split: 0 learn, 1 val.
+        batch_size: samples per batch (the last batch of an epoch may be smaller).
+        shuffle: shuffle chunk order and rows (each epoch differently, from torch's RNG,
+            so ``seed_everything`` makes it reproducible).
+        block_chunks: Zarr chunks read at once.
+
+    Raises:
+        ConfigError: batch_size or block_chunks < 1.
+    """
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        split: int,
+        batch_size: int = 256,
+        shuffle: bool = False,
+        block_chunks: int = 8,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or block_chunks < 1:
+            raise ConfigError(
+                f"datamodule.batch_size ({batch_size}) and block_chunks ({block_chunks}) "
+                "must be >= 1"
+            )
+        self.store_path = Path(store_path)
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.block_chunks = block_chunks
+        self.info: StoreInfo = read_info(self.store_path)
+        group = open_store(self.store_path)
+        self.chunk_len = int(group["X"].chunks[0])
+        self.n_total = int(group["X"].shape[0])
+        self.n_samples = int((group["split"][:] == split).sum())
+        self._code_to_index = {c: i for i, c in enumerate(self.info.class_codes)}
+
+    def __len__(self) -> int:
+        """Number of batches in one epoch (one worker)."""
+        return -(-self.n_samples // self.batch_size)
+
+    def _seed(self) -> int:
+        worker = get_worker_info()
+        if worker is not None:  # same base seed in every worker: same chunk order
+            return int(worker.seed - worker.id) % 2**32
+        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+    def transform(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Normalise a block: x (n, T, C) float32, valid (n, T) bool -> (n, T, C) float32.
+
+        Subclasses (gap-filled, flattened inputs) override this.
+        """
+        return self.info.normalise(x, valid)
+
+    def __iter__(self) -> Iterator[Batch]:
+        group: zarr.Group = open_store(self.store_path)
+        n_chunks = -(-self.n_total // self.chunk_len)
+        rng = np.random.default_rng(self._seed())
+        order = rng.permutation(n_chunks) if self.shuffle else np.arange(n_chunks)
+        worker = get_worker_info()
+        if worker is not None:
+            order = order[worker.id :: worker.num_workers]
+        days = torch.from_numpy(self.info.days)
+        carry: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(order), self.block_chunks):
+            block = self._read_block(group, order[start : start + self.block_chunks])
+            if block is None:
+                continue
+            if self.shuffle:
+                perm = rng.permutation(len(block["y"]))
+                block = {k: v[perm] for k, v in block.items()}
+            if carry:
+                block = {k: np.concatenate([carry[0][k], block[k]]) for k in block}
+                carry = []
+            n_full = len(block["y"]) // self.batch_size * self.batch_size
+            for b0 in range(0, n_full, self.batch_size):
+                yield self._to_batch({k: v[b0 : b0 + self.batch_size] for k, v in block.items()}, days)
+            if n_full < len(block["y"]):
+                carry = [{k: v[n_full:] for k, v in block.items()}]
+        # a training batch of one sample would break BatchNorm: drop it (it is a random
+        # sample of a shuffled epoch, so nothing is lost systematically)
+        if carry and not (self.shuffle and len(carry[0]["y"]) == 1):
+            yield self._to_batch(carry[0], days)
+
+    def _read_block(self, group: zarr.Group, chunk_ids: np.ndarray) -> dict[str, np.ndarray] | None:
+        parts = []
+        for cid in np.sort(chunk_ids):
+            sl = slice(int(cid) * self.chunk_len, min((int(cid) + 1) * self.chunk_len, self.n_total))
+            sel = group["split"][sl] == self.split
+            if not sel.any():
+                continue
+            x = group["X"][sl][sel]
+            valid = group["mask"][sl][sel]
+            codes = group["y"][sl][sel]
+            parts.append({"x": self.transform(x, valid), "mask": valid, "code": codes})
+        if not parts:
+            return None
+        block = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        block["y"] = np.array([self._code_to_index[int(c)] for c in block["code"]], dtype=np.int64)
+        return block
+
+    @staticmethod
+    def _to_batch(arrays: dict[str, np.ndarray], days: torch.Tensor) -> Batch:
+        b = len(arrays["y"])
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(arrays["x"])),
+            "days": days.unsqueeze(0).expand(b, -1).contiguous(),
+            "mask": torch.from_numpy(np.ascontiguousarray(arrays["mask"])),
+            "y": torch.from_numpy(arrays["y"]),
+            "code": torch.from_numpy(arrays["code"].astype(np.int64)),
+        }
+
+
+class PixelSeriesDataModule(L.LightningDataModule):
+    """Learn/val pixel series from a sample store (iota2's pixel-based deep learning input).
+
+    Args:
+        store_path: the sample store (set by the pipeline after ``prepare``).
+        batch_size: training and validation batch size.
+        num_workers: DataLoader worker processes (0 = read in the main process).
+        block_chunks: Zarr chunks read at once per worker.
+        pin_memory: pin host memory (useful on CUDA).
+
+    Raises:
+        StoreError: ``store_path`` is not a sample store (at ``setup``).
+    """
+
+    def __init__(
+        self,
+        store_path: str | Path | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        block_chunks: int = 8,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.store_path = store_path
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.block_chunks = block_chunks
+        self.pin_memory = pin_memory
+        self._info: StoreInfo | None = None
+
+    @property
+    def info(self) -> StoreInfo:
+        """The store's attributes (dates, bands, classes, statistics)."""
+        if self._info is None:
+            if self.store_path is None:
+                raise ConfigError("datamodule.store_path is not set; run prepare first")
+            self._info = read_info(self.store_path)
+        return self._info
+
+    def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
+        """The block dataset of one split (0 learn, 1 val)."""
+        return StoreBlockDataset(
+            self.store_path, split, self.batch_size, shuffle=shuffle, block_chunks=self.block_chunks
+        )
+
+    def _loader(self, split: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, shuffle),
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Learn split, shuffled."""
+        return self._loader(0, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Val split, in store order."""
+        return self._loader(1, shuffle=False)
+
+    def class_weights(self) -> np.ndarray:
+        """Balanced class weights ``n / (K * n_k)`` over the learn split: (K,) float32.
+
+        (scikit-learn's ``class_weight="balanced"``; a class with no learn pixel gets 0.)
+        """
+        counts = self.info.attrs["counts"]["per_class"]
+        n_k = np.array(
+            [counts[str(c)]["learn_pixels"] for c in self.info.class_codes], dtype=np.float64
+        )
+        w = np.where(n_k > 0, n_k.sum() / (len(n_k) * np.maximum(n_k, 1)), 0.0)
+        return w.astype(np.float32)

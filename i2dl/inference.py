@@ -1,0 +1,226 @@
+"""Chunked, batched inference: a time-series raster + a trained model -> GeoTIFF maps.
+
+The raster is cut into square block windows (``chunk_size`` pixels a side). Each window is
+read with its validity masks, normalised with the sample store's statistics (exactly as
+the datamodule does for training), sent to the device in large batches (pinned memory and
+bfloat16 autocast on CUDA) and written to tiled, DEFLATE-compressed GeoTIFF windows.
+Reading the next window overlaps computing the current one (one reader thread). Outputs
+are written under temporary names and renamed at the end: a map that exists is complete.
+
+Products (iota2 names in brackets):
+- ``classif.tif`` (Classif_Seed_0.tif): class codes, uint8 or uint16, nodata 0;
+- ``confidence.tif`` (Confidence_Seed_0.tif): max class probability, float32, nodata 0;
+- ``proba.tif`` (optional): one float32 band per class, in class-code order.
+A pixel with no valid acquisition date is nodata in every product.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rich.progress import Progress
+
+from i2dl.errors import ConfigError
+from i2dl.io.raster import TimeSeriesRaster, block_windows
+from i2dl.store import StoreInfo
+
+log = logging.getLogger(__name__)
+
+#: ``predict(x, days, mask) -> proba``: x (B,T,C) float32, days (B,T) int64, mask (B,T) bool
+#: tensors on the device; returns (B,K) float32 probabilities.
+PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class InferenceResult:
+    """Paths of the written maps and counts.
+
+    Attributes:
+        classif, confidence: map paths; proba: path or None.
+        n_pixels: pixels classified (with at least one valid date).
+        n_nodata: pixels left as nodata.
+        device: the torch device used.
+    """
+
+    classif: Path
+    confidence: Path
+    proba: Path | None
+    n_pixels: int
+    n_nodata: int
+    device: str
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
+
+    Raises:
+        ConfigError: CUDA requested but not available, or an unknown name.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"infer.device={name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("infer.device=cuda but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def _tiff_profile(series: TimeSeriesRaster, count: int, dtype: str, nodata: float) -> dict:
+    profile = series.profile()
+    profile.update(
+        count=count,
+        dtype=dtype,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=3 if dtype.startswith("float") else 2,
+        BIGTIFF="IF_SAFER",
+    )
+    return profile
+
+
+def classify_raster(
+    series: TimeSeriesRaster,
+    info: StoreInfo,
+    predict: PredictFn,
+    out_dir: str | Path,
+    device: torch.device,
+    chunk_size: int = 512,
+    batch_size: int = 32768,
+    amp: bool = True,
+    write_proba: bool = False,
+    progress: bool = True,
+) -> InferenceResult:
+    """Classify every pixel of a time series, chunk by chunk.
+
+    Args:
+        series: the opened raster (same dates and channels as the store).
+        info: the sample store's attributes (normalisation, days, class codes).
+        predict: the model's probability function (see :data:`PredictFn`).
+        out_dir: folder of the maps (created).
+        device: where the model runs.
+        chunk_size: window side, pixels.
+        batch_size: pixels per forward pass.
+        amp: bfloat16 autocast on CUDA.
+        write_proba: also write ``proba.tif``.
+        progress: show a progress bar of chunks done.
+
+    Returns:
+        The written maps.
+
+    Raises:
+        ConfigError: the raster's dates or channels differ from the store's, or a bad
+            ``batch_size``.
+    """
+    if series.n_dates != info.n_dates or series.n_channels != info.n_channels:
+        raise ConfigError(
+            f"raster {series.path} has {series.n_dates} dates x {series.n_channels} channels "
+            f"but the model was trained on {info.n_dates} x {info.n_channels}: infer needs the "
+            "same acquisition dates and bands as the sample store"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"infer.batch_size must be >= 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codes = np.asarray(info.class_codes, dtype=np.int64)
+    k = len(codes)
+    class_dtype = "uint8" if codes.max() <= 255 else "uint16"
+    names = {"classif": "classif.tif", "confidence": "confidence.tif"}
+    if write_proba:
+        names["proba"] = "proba.tif"
+    tag = uuid.uuid4().hex[:8]
+    tmp = {key: out_dir / f".{name}.tmp-{tag}" for key, name in names.items()}
+    profiles = {
+        "classif": _tiff_profile(series, 1, class_dtype, 0),
+        "confidence": _tiff_profile(series, 1, "float32", 0.0),
+        "proba": _tiff_profile(series, k, "float32", 0.0),
+    }
+    days = torch.from_numpy(info.days).to(device)
+    windows = block_windows(series.width, series.height, chunk_size)
+    use_amp = amp and device.type == "cuda"
+    pin = device.type == "cuda"
+    n_pixels = n_nodata = 0
+    dsts = {}
+    try:
+        for key, path in tmp.items():
+            dsts[key] = rasterio.open(path, "w", **profiles[key])
+        with ThreadPoolExecutor(max_workers=1) as reader, Progress(disable=not progress) as bar:
+            task = bar.add_task("classifying chunks", total=len(windows))
+            future = reader.submit(series.read, windows[0])
+            for i, win in enumerate(windows):
+                x, valid = future.result()
+                if i + 1 < len(windows):
+                    future = reader.submit(series.read, windows[i + 1])
+                h, w = x.shape[:2]
+                flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
+                flat_valid = valid.reshape(h * w, info.n_dates)
+                has_data = flat_valid.any(axis=1)
+                proba = np.zeros((h * w, k), dtype=np.float32)
+                idx = np.flatnonzero(has_data)
+                for b0 in range(0, len(idx), batch_size):
+                    sel = idx[b0 : b0 + batch_size]
+                    xb = torch.from_numpy(info.normalise(flat_x[sel], flat_valid[sel]))
+                    mb = torch.from_numpy(flat_valid[sel])
+                    if pin:
+                        xb, mb = xb.pin_memory(), mb.pin_memory()
+                    xb = xb.to(device, non_blocking=True)
+                    mb = mb.to(device, non_blocking=True)
+                    db = days.unsqueeze(0).expand(len(sel), -1)
+                    with torch.no_grad(), torch.autocast(
+                        device_type=device.type, dtype=torch.bfloat16, enabled=use_amp
+                    ):
+                        pb = predict(xb, db, mb)
+                    proba[sel] = pb.float().cpu().numpy()
+                best = proba.argmax(axis=1)
+                classif = np.where(has_data, codes[best], 0).astype(class_dtype)
+                conf = np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
+                dsts["classif"].write(classif.reshape(1, h, w), window=win)
+                dsts["confidence"].write(conf.reshape(1, h, w), window=win)
+                if write_proba:
+                    dsts["proba"].write(proba.T.reshape(k, h, w), window=win)
+                n_pixels += int(has_data.sum())
+                n_nodata += int((~has_data).sum())
+                bar.advance(task)
+        for key in list(dsts):
+            if key == "proba":
+                dsts[key].descriptions = tuple(
+                    f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
+                )
+            dsts.pop(key).close()
+        final = {key: out_dir / name for key, name in names.items()}
+        for key in tmp:
+            os.replace(tmp[key], final[key])
+    finally:
+        for dst in dsts.values():
+            dst.close()
+        for path in tmp.values():
+            if path.exists():
+                path.unlink()
+    log.info(
+        "maps written to %s: %d pixels classified, %d nodata (device %s)",
+        out_dir,
+        n_pixels,
+        n_nodata,
+        device,
+    )
+    return InferenceResult(
+        classif=final["classif"],
+        confidence=final["confidence"],
+        proba=final.get("proba"),
+        n_pixels=n_pixels,
+        n_nodata=n_nodata,
+        device=str(device),
+    )

@@ -1,0 +1,363 @@
+"""Time-series rasters: GeoTIFF stacks with acquisition dates and validity masks.
+
+A time series is one multi-band GeoTIFF whose bands are ordered **date-major**, as iota2
+writes its feature stacks: band ``t * C + c`` (0-based) is channel ``c`` of acquisition
+``t``. The acquisition dates come from a dates file (one date a line, ISO ``YYYY-MM-DD``,
+ISO timestamps or iota2's ``YYYYMMDD``) or, when no file is given, from the band
+descriptions (``NDVI_20150711``). Optional validity rasters (cloud mask, data mask, ...) on
+the same grid, with one band per date (or one band for all dates), mark observations as
+invalid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+
+log = logging.getLogger(__name__)
+
+_DATE_RE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
+
+
+def parse_date(text: str) -> dt.date:
+    """Parse one acquisition date.
+
+    Args:
+        text: ``YYYY-MM-DD``, an ISO timestamp (``2015-07-11T10:00:08``) or ``YYYYMMDD``;
+            the first such pattern found in the text is used.
+
+    Returns:
+        The calendar date (time of day dropped).
+
+    Raises:
+        ValueError: no date pattern in ``text`` or an impossible date.
+    """
+    match = _DATE_RE.search(text)
+    if match is None:
+        raise ValueError(f"no date (YYYY-MM-DD or YYYYMMDD) found in {text!r}")
+    return dt.date(*(int(g) for g in match.groups()))
+
+
+def read_dates_file(path: str | Path) -> list[dt.date]:
+    """Read a dates file: one acquisition date a line (blank lines ignored).
+
+    Args:
+        path: text file, e.g. ``slovenia_s2_ndvi/dates.txt`` or iota2's ``*_dates.txt``.
+
+    Returns:
+        The dates, in file order (which must be the band order of the stack).
+
+    Raises:
+        InputFileNotFoundError: the file does not exist.
+        InputDataError: a line holds no date (file and line number given) or the dates
+            go back in time.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(
+            f"dates file {path} does not exist; set data.dates_file to a text file with one "
+            "acquisition date per line, or to null to read dates from the band descriptions"
+        )
+    dates: list[dt.date] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            dates.append(parse_date(line))
+        except ValueError as exc:
+            raise InputDataError(
+                f"{path}, line {lineno}: {exc}; each line must hold one acquisition date "
+                "(YYYY-MM-DD, an ISO timestamp or YYYYMMDD)"
+            ) from None
+    _check_increasing(dates, str(path))
+    return dates
+
+
+def _check_increasing(dates: Sequence[dt.date], where: str) -> None:
+    """Dates must not go back in time; the same day twice (two passes) is allowed, logged."""
+    for i in range(1, len(dates)):
+        if dates[i] < dates[i - 1]:
+            raise InputDataError(
+                f"{where}: acquisition dates must be in increasing order, but date {i + 1} "
+                f"({dates[i]}) follows {dates[i - 1]}; sort the bands by date"
+            )
+    repeated = sorted({d for i, d in enumerate(dates[1:], start=1) if d == dates[i - 1]})
+    if repeated:
+        log.info("%s: several acquisitions on the same day %s", where, [str(d) for d in repeated])
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """One validity raster and how to read it.
+
+    Exactly one of ``invalid_values`` (e.g. a cloud mask, ``[1]`` = cloud) or
+    ``valid_values`` (e.g. a data mask, ``[1]`` = data) is given. The raster has one band
+    per acquisition date, or a single band applied to every date.
+    """
+
+    path: Path
+    invalid_values: tuple[int, ...] = ()
+    valid_values: tuple[int, ...] = ()
+
+    @classmethod
+    def from_config(cls, item: Mapping[str, Any] | str) -> MaskSpec:
+        """Build from a config entry ``{path, invalid_values | valid_values}``.
+
+        A bare path means a cloud-mask convention: value 1 = invalid.
+
+        Raises:
+            ConfigError: both or neither of ``invalid_values``/``valid_values`` given.
+        """
+        if isinstance(item, (str, Path)):
+            return cls(Path(item), invalid_values=(1,))
+        inv = tuple(int(v) for v in (item.get("invalid_values") or ()))
+        val = tuple(int(v) for v in (item.get("valid_values") or ()))
+        if bool(inv) == bool(val):
+            raise ConfigError(
+                f"mask {item.get('path')}: give exactly one of invalid_values (e.g. [1] for a "
+                "cloud mask) or valid_values (e.g. [1] for a data mask)"
+            )
+        return cls(Path(item["path"]), invalid_values=inv, valid_values=val)
+
+    def invalid(self, values: np.ndarray) -> np.ndarray:
+        """Boolean array, True where ``values`` mark an invalid observation."""
+        if self.invalid_values:
+            return np.isin(values, self.invalid_values)
+        return ~np.isin(values, self.valid_values)
+
+
+@dataclass
+class TimeSeriesRaster:
+    """A date-major GeoTIFF time series with its dates and validity masks.
+
+    Use as a context manager (or call :meth:`close`): the datasets stay open so that
+    reading many windows does not reopen files.
+
+    Attributes:
+        path: the stack.
+        dates: T acquisition dates, band order.
+        band_names: C channel names (``["NDVI"]``, ``["B2", "B3", ...]``).
+        masks: validity rasters.
+        crs, transform, width, height: the grid (rasterio objects, pixels).
+        nodata: the stack's nodata value, or None; such observations are invalid, and so
+            are NaN values.
+    """
+
+    path: Path
+    dates: list[dt.date]
+    band_names: list[str]
+    masks: list[MaskSpec] = field(default_factory=list)
+    crs: Any = None
+    transform: Any = None
+    width: int = 0
+    height: int = 0
+    nodata: float | None = None
+    _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_dates(self) -> int:
+        """T, the number of acquisition dates."""
+        return len(self.dates)
+
+    @property
+    def n_channels(self) -> int:
+        """C, the number of channels per date."""
+        return len(self.band_names)
+
+    def _open(self, path: Path) -> Any:
+        if path not in self._handles:
+            self._handles[path] = rasterio.open(path)
+        return self._handles[path]
+
+    def close(self) -> None:
+        """Close the open datasets."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> TimeSeriesRaster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of the series.
+
+        Args:
+            window: pixel window (``rasterio.windows.Window``); None reads the whole grid.
+
+        Returns:
+            ``x`` (H, W, T, C) float32, the stack's values (unscaled), and ``valid``
+            (H, W, T) bool, True where the observation is valid (not masked, not nodata,
+            not NaN in any channel).
+        """
+        src = self._open(self.path)
+        data = src.read(window=window, out_dtype="float32")  # (T*C, H, W)
+        t, c = self.n_dates, self.n_channels
+        h, w = data.shape[1:]
+        x = np.ascontiguousarray(data.reshape(t, c, h, w).transpose(2, 3, 0, 1))
+        invalid = np.isnan(x).any(axis=-1)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            invalid |= (x == self.nodata).any(axis=-1)
+        for spec in self.masks:
+            mask_src = self._open(spec.path)
+            m = mask_src.read(window=window)  # (T or 1, H, W)
+            invalid |= spec.invalid(m).transpose(1, 2, 0)
+        return x, ~invalid
+
+    def profile(self) -> dict[str, Any]:
+        """A rasterio creation profile of the grid (no band count, dtype or options)."""
+        return {
+            "driver": "GTiff",
+            "crs": self.crs,
+            "transform": self.transform,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def open_time_series(
+    path: str | Path,
+    dates_file: str | Path | None = None,
+    band_names: Sequence[str] | None = None,
+    masks: Sequence[Mapping[str, Any] | str] = (),
+) -> TimeSeriesRaster:
+    """Open and check a date-major time-series stack.
+
+    Args:
+        path: GeoTIFF stack with T*C bands.
+        dates_file: dates file (see :func:`read_dates_file`); None reads the dates from
+            the band descriptions.
+        band_names: the C channel names; None means one channel named ``band1`` unless
+            the band count and dates say otherwise (then ``band1..bandC``).
+        masks: validity rasters, config entries for :meth:`MaskSpec.from_config`.
+
+    Returns:
+        The opened series (close it, or use it in a ``with`` block).
+
+    Raises:
+        InputFileNotFoundError: the stack or a mask cannot be opened.
+        InputDataError: the band count is not T*C, a band description holds no date, or a
+            mask is not on the stack's grid or has neither T nor 1 bands.
+    """
+    path = Path(path)
+    src = _open_checked(path, "data.raster")
+    with src:
+        count, crs, transform = src.count, src.crs, src.transform
+        width, height, nodata = src.width, src.height, src.nodata
+        descriptions = src.descriptions
+    if dates_file is not None:
+        dates = read_dates_file(dates_file)
+        where = f"dates file {dates_file}"
+    else:
+        dates = _dates_from_descriptions(path, descriptions, band_names)
+        where = f"band descriptions of {path}"
+    n_dates = len(dates)
+    if band_names is None:
+        n_chan = count // n_dates if n_dates and count % n_dates == 0 else 1
+        band_names = [f"band{i + 1}" for i in range(n_chan)]
+    band_names = [str(b) for b in band_names]
+    if count != n_dates * len(band_names):
+        raise InputDataError(
+            f"{path} has {count} bands but the {where} gives {n_dates} acquisition dates "
+            f"and data.band_names gives {len(band_names)} channel(s) {band_names}: "
+            f"{n_dates} x {len(band_names)} = {n_dates * len(band_names)} != {count}. "
+            "Fix the dates file (one line per acquisition, in band order) or band_names."
+        )
+    specs = [MaskSpec.from_config(m) for m in masks]
+    for spec in specs:
+        with _open_checked(spec.path, "data.masks") as msrc:
+            if (msrc.width, msrc.height) != (width, height) or msrc.transform != transform:
+                raise InputDataError(
+                    f"mask {spec.path} is {msrc.width}x{msrc.height} px with transform "
+                    f"{tuple(msrc.transform)[:6]}, but the stack {path} is {width}x{height} px "
+                    f"with {tuple(transform)[:6]}: resample the mask onto the stack's grid"
+                )
+            if msrc.count not in (1, n_dates):
+                raise InputDataError(
+                    f"mask {spec.path} has {msrc.count} bands; it needs one band per "
+                    f"acquisition date ({n_dates}) or a single band for all dates"
+                )
+    if crs is None:
+        log.warning("%s has no CRS: polygons cannot be checked against it", path)
+    return TimeSeriesRaster(
+        path=path,
+        dates=dates,
+        band_names=band_names,
+        masks=specs,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        nodata=nodata,
+    )
+
+
+def _open_checked(path: Path, param: str) -> Any:
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputFileNotFoundError(
+            f"cannot open raster {path} (set by {param}): {exc}. Check the path "
+            "(relative paths are resolved from the working directory; paths.data_dir or the "
+            "I2DL_DATA environment variable set the data folder)"
+        ) from None
+
+
+def _dates_from_descriptions(
+    path: Path, descriptions: Sequence[str | None], band_names: Sequence[str] | None
+) -> list[dt.date]:
+    step = len(band_names) if band_names else 1
+    dates: list[dt.date] = []
+    for i in range(0, len(descriptions), step):
+        desc = descriptions[i]
+        try:
+            if desc is None:
+                raise ValueError("no description")
+            dates.append(parse_date(desc))
+        except ValueError:
+            raise InputDataError(
+                f"{path}: band {i + 1} has description {desc!r}, which holds no acquisition "
+                "date; set data.dates_file to a file with one date per acquisition"
+            ) from None
+    _check_increasing(dates, f"band descriptions of {path}")
+    return dates
+
+
+def days_since(dates: Sequence[dt.date], reference: dt.date) -> np.ndarray:
+    """Day offsets of ``dates`` from ``reference``: (T,) int64, days."""
+    return np.array([(d - reference).days for d in dates], dtype=np.int64)
+
+
+def block_windows(width: int, height: int, chunk_size: int) -> list[Window]:
+    """Cut a grid into square block windows of at most ``chunk_size`` pixels a side.
+
+    Args:
+        width, height: grid size in pixels.
+        chunk_size: window side in pixels (> 0).
+
+    Returns:
+        Windows in row-major order covering the grid exactly once.
+
+    Raises:
+        ConfigError: ``chunk_size`` < 1.
+    """
+    if chunk_size < 1:
+        raise ConfigError(f"infer.chunk_size must be >= 1 pixel, got {chunk_size}")
+    return [
+        Window(col, row, min(chunk_size, width - col), min(chunk_size, height - row))
+        for row in range(0, height, chunk_size)
+        for col in range(0, width, chunk_size)
+    ]

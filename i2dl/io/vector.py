@@ -1,0 +1,181 @@
+"""Reference polygons: reading, checking and rasterising them on a raster grid.
+
+Follows iota2's rules for reference data: single Polygons only (a MultiPolygon is
+rejected with its feature ids, unless ``explode_multipolygons`` splits it into parts that
+keep the feature's label and id), a label field of integer or string type, label 0 or empty
+= no data (ignored). String labels are mapped to codes 1..K in sorted order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from rasterio.features import rasterize
+from shapely.geometry import box
+
+from i2dl.errors import InputDataError, InputFileNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReferenceData:
+    """Reference polygons ready for sampling.
+
+    Attributes:
+        polygons: GeoDataFrame in the raster CRS with columns ``polygon_id`` (int64, the
+            feature id in the file), ``code`` (int64 class code >= 1) and ``geometry``.
+        class_names: code -> label as written in the file (string labels) or str(code).
+        string_labels: True when the label field holds strings.
+    """
+
+    polygons: gpd.GeoDataFrame
+    class_names: dict[int, str]
+    string_labels: bool
+
+
+def read_reference(
+    path: str | Path,
+    data_field: str,
+    raster_crs: Any,
+    raster_bounds: tuple[float, float, float, float],
+    explode_multipolygons: bool = False,
+) -> ReferenceData:
+    """Read and check reference polygons against a raster.
+
+    Args:
+        path: GeoPackage or Shapefile (any format pyogrio reads).
+        data_field: the label field (iota2's ``data_field``), integer or string.
+        raster_crs: CRS of the time series; polygons in another CRS are reprojected to
+            it (logged).
+        raster_bounds: (left, bottom, right, top) of the raster in ``raster_crs``.
+        explode_multipolygons: split MultiPolygons into Polygons instead of rejecting.
+
+    Returns:
+        The labelled polygons (no-data labels dropped) and the class names.
+
+    Raises:
+        InputFileNotFoundError: the file does not exist or cannot be read.
+        InputDataError: the label field is missing or of another type; MultiPolygons are
+            present (ids listed) and ``explode_multipolygons`` is false; a geometry is not a
+            polygon; no labelled polygon intersects the raster.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileNotFoundError(
+            f"reference polygons {path} do not exist (data.reference); give a GeoPackage or "
+            "Shapefile path"
+        )
+    try:
+        gdf = gpd.read_file(path, engine="pyogrio", fid_as_index=True)
+    except Exception as exc:  # pyogrio raises several DataSource errors
+        raise InputFileNotFoundError(f"cannot read reference polygons {path}: {exc}") from None
+    if data_field not in gdf.columns:
+        fields = [c for c in gdf.columns if c != "geometry"]
+        raise InputDataError(
+            f"{path}: label field {data_field!r} (data.data_field) not found; the file has "
+            f"fields {fields}. Set data.data_field to one of them"
+        )
+    gdf = gdf.rename_axis("fid").reset_index()
+    gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
+
+    multi = gdf.geom_type == "MultiPolygon"
+    if multi.any():
+        ids = gdf.loc[multi, "fid"].tolist()
+        if not explode_multipolygons:
+            raise InputDataError(
+                f"{path}: {len(ids)} MultiPolygon feature(s), fid {ids}; iota2 requires single "
+                "Polygons. Split them into Polygons, or set explode_multipolygons=true to split "
+                "each into its parts (same label and polygon id)"
+            )
+        log.warning("%s: exploding %d MultiPolygon feature(s), fid %s", path, len(ids), ids)
+        gdf = gdf.explode(index_parts=False, ignore_index=True)
+    bad = gdf.geom_type != "Polygon"
+    if bad.any():
+        rows = gdf.loc[bad, ["fid"]].assign(type=gdf.loc[bad].geom_type)
+        raise InputDataError(
+            f"{path}: features that are not polygons (fid, type): "
+            f"{list(rows.itertuples(index=False, name=None))}; reference data must be polygons"
+        )
+
+    labels = gdf[data_field]
+    string_labels = not pd.api.types.is_numeric_dtype(labels)
+    if string_labels:
+        text = labels.astype("string").str.strip()
+        nodata = text.isna() | (text == "") | (text == "0")
+        names = sorted(text[~nodata].unique())
+        mapping = {name: i + 1 for i, name in enumerate(names)}
+        codes = text.map(mapping)
+        class_names = {code: name for name, code in mapping.items()}
+    else:
+        nodata = labels.isna() | (labels == 0)
+        values = labels[~nodata]
+        if not np.allclose(values, np.round(values)) or (values < 0).any():
+            bad_ids = gdf.loc[~nodata & ((labels % 1 != 0) | (labels < 0)), "fid"].tolist()
+            raise InputDataError(
+                f"{path}: field {data_field!r} must hold positive integer class codes; "
+                f"features fid {bad_ids} do not"
+            )
+        codes = labels
+        class_names = {int(c): str(int(c)) for c in sorted(values.unique())}
+    n_nodata = int(nodata.sum())
+    if n_nodata:
+        log.info(
+            "%s: %d polygon(s) with no-data label (0 or empty) ignored: fid %s",
+            path,
+            n_nodata,
+            gdf.loc[nodata, "fid"].tolist(),
+        )
+    out = gpd.GeoDataFrame(
+        {
+            "polygon_id": gdf.loc[~nodata, "fid"].astype(np.int64).to_numpy(),
+            "code": codes[~nodata].astype(np.int64).to_numpy(),
+        },
+        geometry=gdf.loc[~nodata].geometry.to_numpy(),
+        crs=gdf.crs,
+    )
+    if raster_crs is not None and out.crs is not None and out.crs != raster_crs:
+        log.info("reprojecting %s from %s to the raster CRS %s", path, out.crs, raster_crs)
+        out = out.to_crs(raster_crs)
+    inside = out.intersects(box(*raster_bounds))
+    if not inside.any():
+        raise InputDataError(
+            f"{path}: none of the {len(out)} labelled polygons intersects the raster "
+            f"(polygon bounds {tuple(round(v, 2) for v in out.total_bounds)}, raster bounds "
+            f"{tuple(round(v, 2) for v in raster_bounds)} in {raster_crs}). Check that the "
+            "polygons and the raster cover the same area and that both CRS are declared"
+        )
+    if (~inside).any():
+        log.info("%d polygon(s) outside the raster ignored", int((~inside).sum()))
+    out = out[inside].reset_index(drop=True)
+    class_names = {c: n for c, n in class_names.items() if c in set(out["code"])}
+    return ReferenceData(polygons=out, class_names=class_names, string_labels=string_labels)
+
+
+def rasterize_polygons(
+    polygons: gpd.GeoDataFrame, transform: Any, width: int, height: int
+) -> np.ndarray:
+    """Burn polygons on a raster grid (pixel-centre rule, as OTB's sample extraction).
+
+    Args:
+        polygons: rows in the grid's CRS; the row index (0..P-1) is burnt.
+        transform: affine transform of the grid.
+        width, height: grid size in pixels.
+
+    Returns:
+        (height, width) int64 array: the row index of the polygon covering each pixel
+        centre, -1 where none. Where polygons overlap, the last one wins.
+    """
+    if len(polygons) == 0:
+        return np.full((height, width), -1, dtype=np.int64)
+    shapes = ((geom, i + 1) for i, geom in enumerate(polygons.geometry))
+    burnt = rasterize(
+        shapes, out_shape=(height, width), transform=transform, fill=0, dtype="int32"
+    )
+    return burnt.astype(np.int64) - 1

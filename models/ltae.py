@@ -1,0 +1,313 @@
+"""Lightweight Temporal Attention Encoder (L-TAE) for pixel time series.
+
+Source: V. Sainte Fare Garnot and L. Landrieu, "Lightweight Temporal Self-Attention for
+Classifying Satellite Images Time Series", Advanced Analytics and Learning on Temporal
+Data (AALTD), 2020, arXiv:2007.00586.
+
+The paper pairs the L-TAE with a pixel-set encoder; here it is applied to a single pixel
+series: each date of the series is one vector of ``C`` channels (spectral bands and/or
+indices), so the pixel-set encoder is replaced by a per-date linear projection (the
+paper's 1x1 convolution "inconv").
+
+Dimension names used in the docstrings: ``B`` batch (pixels), ``T`` dates, ``C`` input
+channels, ``K`` classes, ``H`` heads (``n_head``), ``D`` model width (``d_model``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from i2dl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LTAE", "positional_encoding"]
+
+
+def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float = 1000.0) -> Tensor:
+    """Sinusoidal encoding of acquisition days, shared by all attention heads.
+
+    For a per-head width ``d_h = d_model // n_head`` and a channel ``i`` in ``[0, d_h)``,
+    ``angle = days / period ** (2 * (i // 2) / d_h)``; channel ``i`` holds ``sin(angle)``
+    when ``i`` is even and ``cos(angle)`` when it is odd. The ``d_h``-wide table is
+    repeated ``n_head`` times along the last dimension to width ``d_model``, so every head
+    sees the same encoding of time (Garnot & Landrieu 2020, Sec. 3, after Vaswani et al.
+    2017, "Attention is all you need", with the day offset in place of the sequence
+    index).
+
+    Args:
+        days: ``(B, T)`` int or float tensor, days since the reference date (any
+            values, irregular spacing allowed).
+        d_model: model width ``D``; must be a positive multiple of ``n_head``.
+        n_head: number of heads ``H``.
+        period: the period parameter ``T`` of the sinusoids (1000 in the paper).
+
+    Returns:
+        ``(B, T, D)`` float32 tensor on the device of ``days``, values in ``[-1, 1]``.
+
+    Raises:
+        ValueError: if ``days`` is not 2-D, or ``d_model`` is not a positive multiple of
+            ``n_head``, or ``period`` is not positive.
+    """
+    if days.ndim != 2:
+        raise ValueError(
+            f"positional_encoding: `days` must have shape (B, T), got {tuple(days.shape)}"
+        )
+    if n_head <= 0 or d_model <= 0 or d_model % n_head != 0:
+        raise ValueError(
+            f"positional_encoding: d_model={d_model} must be a positive multiple of "
+            f"n_head={n_head}"
+        )
+    if not period > 0:
+        raise ValueError(f"positional_encoding: period must be > 0, got {period}")
+    d_h = d_model // n_head
+    i = torch.arange(d_h, device=days.device, dtype=torch.float64)
+    # Denominators in float64 (period**(...) spans many orders of magnitude), angles in
+    # float64 as well: days can reach thousands, where float32 sin loses digits.
+    denom = torch.pow(torch.tensor(period, dtype=torch.float64, device=days.device),
+                      2.0 * torch.div(i, 2, rounding_mode="floor") / d_h)
+    angle = days.to(torch.float64).unsqueeze(-1) / denom  # (B, T, d_h)
+    table = torch.where(
+        (torch.arange(d_h, device=days.device) % 2 == 0), torch.sin(angle), torch.cos(angle)
+    )
+    return table.to(torch.float32).repeat(1, 1, n_head)  # (B, T, D)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    """Raise ConfigError unless ``value`` is a positive int (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"LTAE: `{name}` must be a positive int, got {value!r}")
+
+
+def _linear_bn_relu(widths: Sequence[int]) -> nn.Sequential:
+    """Stack Linear + BatchNorm1d + ReLU for each consecutive pair of ``widths``."""
+    layers: list[nn.Module] = []
+    for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class LTAE(nn.Module):
+    """L-TAE classifier for single-pixel satellite image time series.
+
+    Pipeline per pixel (Garnot & Landrieu 2020, "Lightweight Temporal Self-Attention for
+    Classifying Satellite Images Time Series", AALTD 2020, Fig. 1 and Sec. 3):
+
+    1. optionally ``LayerNorm(C)`` of each date (``input_layernorm``, off by default,
+       see below), linear projection ``C -> D`` ("inconv"), ``LayerNorm(D)``;
+    2. plus the sinusoidal encoding of the day offset (:func:`positional_encoding`);
+    3. ``H`` heads, each with one learned master query ``q_h`` of size ``d_k``; keys are
+       ``Linear(D, H * d_k)`` of the encoded dates; the attention of head ``h`` over dates
+       is ``softmax_t(q_h . k_{h,t} / sqrt(d_k))`` with invalid dates excluded; the values
+       of head ``h`` are its own group of ``D / H`` channels of the encoded dates (no value
+       projection); the heads' weighted sums are concatenated to a ``(B, D)`` vector;
+    4. MLP ``mlp`` (Linear + BatchNorm1d + ReLU per layer), dropout, ``LayerNorm``;
+    5. decoder: Linear + BatchNorm1d + ReLU per width in ``decoder``, then a final Linear
+       to ``K`` logits.
+
+    Masking: dates with ``mask == False`` get a score of ``-inf`` before the softmax, and
+    their input values and days are zeroed beforehand, so whatever they hold (NaN
+    included) has no effect on the output. A pixel whose dates are all invalid gets
+    attention weights that are all zero, so its output is finite but depends only on the
+    network's biases; callers should treat such pixels as nodata.
+
+    Input normalisation: the paper's code normalises each date's input vector with
+    ``LayerNorm(C)``; there the input is a 128-wide pixel-set embedding. On raw pixel
+    features this removes each date's mean and spread across channels (the brightness
+    of a date), and with ``C == 1`` it removes the input entirely (the output would then
+    depend on the dates only). The inputs are expected already normalised per channel
+    by the data pipeline, so this layer is off by default; ``input_layernorm=True``
+    restores the paper's layer.
+
+    Attributes:
+        attention_weights: ``(B, H, T)`` float32 detached tensor, the attention of the
+            last forward call (rows sum to 1, or 0 for an all-invalid pixel); ``None``
+            before the first call.
+
+    Note:
+        BatchNorm1d layers need more than one sample per batch in training mode
+        (PyTorch raises ValueError on a training batch of size 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        d_model: int = 256,
+        n_head: int = 16,
+        d_k: int = 8,
+        mlp: Sequence[int] = (256, 128),
+        decoder: Sequence[int] = (64, 32),
+        dropout: float = 0.2,
+        T: float = 1000.0,
+        input_layernorm: bool = False,
+    ) -> None:
+        """Build the network.
+
+        Args:
+            in_channels: number of input channels ``C`` per date.
+            n_classes: number of classes ``K`` (width of the logits).
+            d_model: model width ``D`` after the input projection; multiple of ``n_head``.
+            n_head: number of attention heads ``H``.
+            d_k: width of the master queries and keys per head.
+            mlp: widths of the MLP after attention; ``mlp[0]`` must equal ``d_model``.
+            decoder: hidden widths of the classification head (may be empty).
+            dropout: dropout probability after the MLP, in ``[0, 1)``.
+            T: period of the sinusoidal positional encoding, in days (1000 in the paper).
+            input_layernorm: apply the paper's per-date ``LayerNorm(C)`` to ``x`` before
+                the projection. Off by default: it discards each date's mean and scale
+                across channels, and all of the input when ``C == 1``.
+
+        Raises:
+            i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
+                ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
+                ``dropout`` outside ``[0, 1)`` or ``T <= 0``.
+        """
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("n_classes", n_classes),
+            ("d_model", d_model),
+            ("n_head", n_head),
+            ("d_k", d_k),
+        ):
+            _check_positive_int(name, value)
+        if d_model % n_head != 0:
+            raise ConfigError(
+                f"LTAE: d_model={d_model} must be divisible by n_head={n_head}; "
+                f"choose d_model as a multiple of n_head "
+                f"(e.g. {n_head * max(1, d_model // n_head)})"
+            )
+        mlp = list(mlp)
+        decoder = list(decoder)
+        if not mlp:
+            raise ConfigError(f"LTAE: `mlp` must list at least one width (d_model={d_model})")
+        for k, w in enumerate(mlp):
+            _check_positive_int(f"mlp[{k}]", w)
+        for k, w in enumerate(decoder):
+            _check_positive_int(f"decoder[{k}]", w)
+        if mlp[0] != d_model:
+            raise ConfigError(
+                f"LTAE: mlp[0]={mlp[0]} must equal d_model={d_model} (the width of the "
+                f"attention output); set mlp=[{d_model}, ...]"
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ConfigError(f"LTAE: `dropout` must be in [0, 1), got {dropout!r}")
+        if in_channels == 1 and input_layernorm:
+            log.warning(
+                "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
+                "of x (LayerNorm over one channel is constant); use input_layernorm=False"
+            )
+        if not float(T) > 0:
+            raise ConfigError(f"LTAE: `T` (positional period, days) must be > 0, got {T!r}")
+
+        self.in_channels = in_channels
+        self.n_classes = n_classes
+        self.d_model = d_model
+        self.n_head = n_head
+        self.d_k = d_k
+        self.T = float(T)
+        self.input_layernorm = bool(input_layernorm)
+
+        self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
+        self.inconv = nn.Linear(in_channels, d_model)
+        self.in_out_norm = nn.LayerNorm(d_model)
+
+        self.query = nn.Parameter(torch.empty(n_head, d_k))
+        nn.init.normal_(self.query, mean=0.0, std=math.sqrt(2.0 / d_k))
+        self.key = nn.Linear(d_model, n_head * d_k)
+        nn.init.normal_(self.key.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
+
+        self.mlp = _linear_bn_relu(mlp)
+        self.dropout = nn.Dropout(dropout)
+        self.out_norm = nn.LayerNorm(mlp[-1])
+
+        widths = [mlp[-1], *decoder]
+        self.decoder = nn.Sequential(
+            *_linear_bn_relu(widths), nn.Linear(widths[-1], n_classes)
+        )
+
+        self.attention_weights: Tensor | None = None
+        log.debug(
+            "LTAE: C=%d K=%d d_model=%d n_head=%d d_k=%d mlp=%s decoder=%s, %d parameters",
+            in_channels, n_classes, d_model, n_head, d_k, mlp, decoder,
+            sum(p.numel() for p in self.parameters()),
+        )
+
+    def _check_inputs(self, x: Tensor, days: Tensor, mask: Tensor) -> None:
+        """Raise ValueError if the forward inputs have wrong shapes or dtypes."""
+        if x.ndim != 3:
+            raise ValueError(
+                f"LTAE: `x` must have shape (B, T, C), got {x.ndim}-D shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"LTAE: `x` has C={x.shape[-1]} channels (shape {tuple(x.shape)}) but the "
+                f"model was built with in_channels={self.in_channels}; rebuild the model "
+                f"with in_channels={x.shape[-1]} or fix the input features"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"LTAE: `x` must be a float tensor, got dtype {x.dtype}")
+        if tuple(days.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"LTAE: `days` shape {tuple(days.shape)} must equal x.shape[:2] = "
+                f"{tuple(x.shape[:2])} (B, T)"
+            )
+        if tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"LTAE: `mask` shape {tuple(mask.shape)} must equal x.shape[:2] = "
+                f"{tuple(x.shape[:2])} (B, T)"
+            )
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"LTAE: `mask` must be a bool tensor (True = valid date), got dtype "
+                f"{mask.dtype}; pass mask.bool() if it holds 0/1"
+            )
+
+    def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        """Classify a batch of pixel time series.
+
+        Args:
+            x: ``(B, T, C)`` float32, normalised reflectances / spectral indices
+                (unitless); values at invalid dates are ignored.
+            days: ``(B, T)`` int64 or float, days since the reference date.
+            mask: ``(B, T)`` bool, True where the observation is valid.
+
+        Returns:
+            ``(B, K)`` float32 logits (unnormalised class scores). Also sets
+            :attr:`attention_weights` to the ``(B, H, T)`` attention of this call.
+
+        Raises:
+            ValueError: if ``x`` is not 3-D or its channel count differs from
+                ``in_channels``, if ``days`` or ``mask`` is not of shape ``(B, T)``, if
+                ``x`` is not floating point or ``mask`` is not bool.
+        """
+        self._check_inputs(x, days, mask)
+        B, T, _ = x.shape
+        valid = mask.unsqueeze(-1)  # (B, T, 1)
+        x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        days = torch.where(mask, days, torch.zeros((), dtype=days.dtype, device=days.device))
+
+        z = self.in_out_norm(self.inconv(self.in_norm(x.float())))  # (B, T, D)
+        z = z + positional_encoding(days, self.d_model, self.n_head, self.T)
+
+        k = self.key(z).view(B, T, self.n_head, self.d_k)  # (B, T, H, d_k)
+        scores = torch.einsum("hd,bthd->bht", self.query, k) / math.sqrt(self.d_k)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))  # (B, H, T)
+        # An all-invalid pixel would give softmax(-inf, ..., -inf) = NaN: give it finite
+        # scores, then zero its weights (no NaN in the forward or backward pass).
+        any_valid = mask.any(dim=1).view(B, 1, 1)  # (B, 1, 1)
+        scores = scores.masked_fill(~any_valid, 0.0)
+        attn = torch.softmax(scores, dim=-1) * any_valid  # (B, H, T)
+        self.attention_weights = attn.detach()
+
+        v = z.view(B, T, self.n_head, self.d_model // self.n_head)  # (B, T, H, D/H)
+        out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)  # (B, D)
+
+        out = self.out_norm(self.dropout(self.mlp(out)))
+        return self.decoder(out)
