@@ -33,7 +33,8 @@ class StoreBlockDataset(IterableDataset):
     ``x`` (B, T, C) float32 normalised by the store's learn statistics, 0 at invalid
     observations; ``days`` (B, T) int64 days since the store's reference date;
     ``mask`` (B, T) bool, True = valid; ``y`` (B,) int64 class index (position of the code
-    in ``StoreInfo.class_codes``); ``code`` (B,) int64 class code.
+    in ``StoreInfo.class_codes``); ``code`` (B,) int64 class code; ``index`` (B,) int64
+    row of the sample in the store.
 
     Args:
         store_path: the sample store.
@@ -130,7 +131,10 @@ class StoreBlockDataset(IterableDataset):
             x = group["X"][sl][sel]
             valid = group["mask"][sl][sel]
             codes = group["y"][sl][sel]
-            parts.append({"x": self.transform(x, valid), "mask": valid, "code": codes})
+            index = np.flatnonzero(sel) + sl.start
+            parts.append(
+                {"x": self.transform(x, valid), "mask": valid, "code": codes, "index": index}
+            )
         if not parts:
             return None
         block = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -146,6 +150,7 @@ class StoreBlockDataset(IterableDataset):
             "mask": torch.from_numpy(np.ascontiguousarray(arrays["mask"])),
             "y": torch.from_numpy(arrays["y"]),
             "code": torch.from_numpy(arrays["code"].astype(np.int64)),
+            "index": torch.from_numpy(arrays["index"].astype(np.int64)),
         }
 
 

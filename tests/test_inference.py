@@ -1,0 +1,107 @@
+"""Chunked inference: chunking does not change the maps; nodata; products' layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from i2dl.errors import ConfigError
+from i2dl.inference import classify_raster, resolve_device
+from i2dl.io.raster import open_time_series
+from i2dl.prepare import prepare
+from i2dl.store import read_info
+from tests.conftest import write_stack
+
+W = torch.tensor([[1.0, -1.0], [0.0, 0.0], [-1.0, 1.0]])  # (K=3, C=2)
+
+
+def predict(x: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A fixed 'model': softmax of a linear map of the mean valid observation."""
+    m = mask.unsqueeze(-1).float()
+    mean = (x * m).sum(1) / m.sum(1).clamp(min=1)
+    return torch.softmax(mean @ W.T * 3, dim=1)
+
+
+def _setup(make_cfg, tiny_dataset, tmp_path):
+    # one pixel (row 0, col 0) cloudy at every date -> must be nodata
+    with rasterio.open(tiny_dataset["cloud"]) as src:
+        clm, transform = src.read(), src.transform
+    clm[:, 0, 0] = 1
+    cloud = write_stack(tmp_path / "clm_all.tif", clm, transform, dtype="uint8")
+    overrides = [o for o in tiny_dataset["overrides"] if not o.startswith("data.masks")]
+    overrides.append(f"data.masks=[{{path:{cloud},invalid_values:[1]}}]")
+    info = read_info(prepare(make_cfg(*overrides)))
+    series = open_time_series(
+        tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"],
+        masks=[{"path": str(cloud), "invalid_values": [1]}],
+    )
+    return info, series
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.profile
+
+
+def test_chunking_does_not_change_maps(make_cfg, tiny_dataset, tmp_path) -> None:
+    info, series = _setup(make_cfg, tiny_dataset, tmp_path)
+    cpu = torch.device("cpu")
+    with series:
+        a = classify_raster(series, info, predict, tmp_path / "a", cpu, chunk_size=7, batch_size=5,
+                            write_proba=True, progress=False)
+        b = classify_raster(series, info, predict, tmp_path / "b", cpu, chunk_size=1000,
+                            write_proba=True, progress=False)
+        x, valid = series.read()
+    for name in ("classif", "confidence", "proba"):
+        np.testing.assert_array_equal(_read(getattr(a, name))[0], _read(getattr(b, name))[0])
+    # independent whole-image computation
+    xn = (x - info.mean) / info.std
+    xn[~valid] = 0
+    h, w = valid.shape[:2]
+    p = predict(torch.from_numpy(xn.reshape(h * w, 6, 2)), torch.zeros(h * w, 6),
+                torch.from_numpy(valid.reshape(h * w, 6))).numpy()
+    expected = np.asarray(info.class_codes)[p.argmax(1)].reshape(h, w)
+    expected[~valid.any(axis=2)] = 0
+    classif, profile = _read(a.classif)
+    np.testing.assert_array_equal(classif[0], expected)
+    assert classif[0, 0, 0] == 0 and a.n_nodata == 1 and a.n_pixels == h * w - 1
+    conf = _read(a.confidence)[0][0]
+    assert conf[0, 0] == 0 and np.allclose(conf.ravel()[1:], p.max(1)[1:], rtol=1e-6)
+    assert profile["nodata"] == 0 and profile["dtype"] == "uint8"
+    assert profile["transform"] == tiny_dataset["transform"]
+    with rasterio.open(a.proba) as src:
+        assert src.count == 3 and src.descriptions[0].startswith("proba_1")
+
+
+def test_mismatched_series_is_rejected(make_cfg, tiny_dataset, tmp_path) -> None:
+    info, _ = _setup(make_cfg, tiny_dataset, tmp_path)
+    # the same raster read as 12 dates x 1 channel
+    dates12 = tmp_path / "dates12.txt"
+    dates12.write_text("\n".join(f"2020-01-{d:02d}" for d in range(1, 13)))
+    series = open_time_series(tiny_dataset["raster"], dates12, ["b1"])
+    with series, pytest.raises(ConfigError, match="same acquisition dates and bands"):
+        classify_raster(series, info, predict, tmp_path / "c", torch.device("cpu"), progress=False)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("tpu-ish")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(make_cfg, tiny_dataset, tmp_path) -> None:
+    info, series = _setup(make_cfg, tiny_dataset, tmp_path)
+    with series:
+        a = classify_raster(series, info, predict, tmp_path / "cpu", torch.device("cpu"), progress=False)
+        b = classify_raster(series, info, predict, tmp_path / "gpu", torch.device("cuda"), amp=False,
+                            progress=False)
+    np.testing.assert_array_equal(_read(a.classif)[0], _read(b.classif)[0])
