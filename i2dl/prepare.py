@@ -135,11 +135,16 @@ def prepare(cfg: DictConfig) -> Path:
         arrays["y"] = ref.polygons["code"].to_numpy()[rows_poly]
 
         present = np.unique(rows_poly)
+        # exploded MultiPolygon parts share their feature's id (and code): split by feature
+        split_ids, first = np.unique(
+            ref.polygons["polygon_id"].to_numpy()[present], return_index=True
+        )
+        split_codes = ref.polygons["code"].to_numpy()[present][first]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             split_of = split_polygons(
-                ref.polygons["polygon_id"].to_numpy()[present],
-                ref.polygons["code"].to_numpy()[present],
+                split_ids,
+                split_codes,
                 ratio=float(sampling.ratio),
                 seed=int(sampling.random_seed),
             )

@@ -147,9 +147,10 @@ def read_reference(
     if not inside.any():
         raise InputDataError(
             f"{path}: none of the {len(out)} labelled polygons intersects the raster "
-            f"(polygon bounds {tuple(round(v, 2) for v in out.total_bounds)}, raster bounds "
-            f"{tuple(round(v, 2) for v in raster_bounds)} in {raster_crs}). Check that the "
-            "polygons and the raster cover the same area and that both CRS are declared"
+            f"(polygon bounds {tuple(round(float(v), 2) for v in out.total_bounds)}, "
+            f"raster bounds {tuple(round(float(v), 2) for v in raster_bounds)} in {raster_crs}). "
+            "Check that the polygons and the raster cover the same area and that both CRS "
+            "are declared"
         )
     if (~inside).any():
         log.info("%d polygon(s) outside the raster ignored", int((~inside).sum()))

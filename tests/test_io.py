@@ -1,0 +1,297 @@
+"""Unit tests of the raster and vector readers (``i2dl.io.raster``, ``i2dl.io.vector``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from rasterio.windows import Window
+from shapely.geometry import box
+
+from i2dl.errors import ConfigError, InputDataError
+from i2dl.io.raster import block_windows, open_time_series, parse_date, read_dates_file
+from i2dl.io.vector import rasterize_polygons, read_reference
+from tests.conftest import write_stack
+
+# ---------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2015-07-11", dt.date(2015, 7, 11)),
+        ("2015-07-11T10:00:08", dt.date(2015, 7, 11)),
+        ("2015-12-31T23:59:59Z", dt.date(2015, 12, 31)),
+        ("20150711", dt.date(2015, 7, 11)),
+        ("  20200229\n", dt.date(2020, 2, 29)),
+        ("NDVI_20150731", dt.date(2015, 7, 31)),
+        ("SENTINEL2A_20180105-104516-862_L2A_T31TCJ", dt.date(2018, 1, 5)),
+    ],
+)
+def test_parse_date_formats(text: str, expected: dt.date) -> None:
+    assert parse_date(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "NDVI", "July 11th 2015", "2015-7-11", "20151341", "20190229"])
+def test_parse_date_rejects_non_dates(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_date(text)
+
+
+def test_read_dates_file_skips_blank_lines_and_rejects_unsorted(tmp_path: Path) -> None:
+    path = tmp_path / "dates.txt"
+    path.write_text("20200101\n\n2020-01-11T10:00:00\n   \n2020-01-11\n")
+    assert read_dates_file(path) == [dt.date(2020, 1, 1), dt.date(2020, 1, 11)] + [
+        dt.date(2020, 1, 11)
+    ]
+    path.write_text("20200111\n20200101\n")
+    with pytest.raises(InputDataError, match=r"date 2 \(2020-01-01\) follows 2020-01-11"):
+        read_dates_file(path)
+
+
+# ---------------------------------------------------------------- real Slovenia stack
+
+
+def _slovenia_series(slovenia_dir: Path, dates_file: bool = True):
+    return open_time_series(
+        slovenia_dir / "NDVI.tif",
+        dates_file=slovenia_dir / "dates.txt" if dates_file else None,
+        band_names=["NDVI"],
+        masks=[
+            {"path": str(slovenia_dir / "CLM.tif"), "invalid_values": [1]},
+            {"path": str(slovenia_dir / "IS_DATA.tif"), "valid_values": [1]},
+        ],
+    )
+
+
+def test_slovenia_dates_and_grid(slovenia_dir: Path) -> None:
+    lines = [ln for ln in (slovenia_dir / "dates.txt").read_text().splitlines() if ln.strip()]
+    expected = [dt.datetime.fromisoformat(ln.strip()).date() for ln in lines]
+    with rasterio.open(slovenia_dir / "NDVI.tif") as src:
+        count, width, height, crs = src.count, src.width, src.height, src.crs
+        transform = src.transform
+    with _slovenia_series(slovenia_dir) as series:
+        assert series.n_dates == 68 == len(expected)
+        assert series.dates == expected
+        assert series.dates[0] == dt.date(2015, 7, 11)
+        assert series.n_channels == 1 and series.band_names == ["NDVI"]
+        assert series.n_dates * series.n_channels == count
+        assert (series.width, series.height) == (width, height) == (100, 101)
+        assert series.crs == crs and series.transform == transform
+
+
+def test_slovenia_read_window_matches_rasterio(slovenia_dir: Path) -> None:
+    window = Window(col_off=13, row_off=7, width=37, height=29)
+    with rasterio.open(slovenia_dir / "NDVI.tif") as src:
+        raw = src.read(window=window).astype("float32")  # (T*C, H, W)
+    with rasterio.open(slovenia_dir / "CLM.tif") as src:
+        clm = src.read(window=window)
+    with rasterio.open(slovenia_dir / "IS_DATA.tif") as src:
+        is_data = src.read(window=window)
+    expected_valid = ((clm == 0) & (is_data == 1)).transpose(1, 2, 0)  # (H, W, T)
+    with _slovenia_series(slovenia_dir) as series:
+        x, valid = series.read(window)
+    assert x.shape == (29, 37, 68, 1) and x.dtype == np.float32
+    assert valid.shape == (29, 37, 68) and valid.dtype == bool
+    for t in (0, 1, 33, 67):
+        np.testing.assert_array_equal(x[:, :, t, 0], raw[t])
+    np.testing.assert_array_equal(x[..., 0], raw.transpose(1, 2, 0))
+    # the data is not NaN: validity is exactly the masks' verdict
+    assert not np.isnan(raw).any()
+    np.testing.assert_array_equal(valid, expected_valid)
+    # both masks matter in this window, so a mix-up would show
+    assert 0 < expected_valid.sum() < expected_valid.size
+
+
+def test_slovenia_dates_from_band_descriptions(slovenia_dir: Path) -> None:
+    with rasterio.open(slovenia_dir / "NDVI.tif") as src:
+        descriptions = src.descriptions
+    assert descriptions[0] == "NDVI_20150711"
+    expected = [dt.datetime.strptime(d.split("_")[-1], "%Y%m%d").date() for d in descriptions]
+    with _slovenia_series(slovenia_dir, dates_file=False) as series:
+        assert series.dates == expected
+        assert series.n_dates == 68
+        with_file = read_dates_file(slovenia_dir / "dates.txt")
+        assert series.dates == with_file
+
+
+# ---------------------------------------------------------------- synthetic stack, C = 2
+
+
+def test_read_is_date_major(tiny_dataset: dict) -> None:
+    """Band t*C + c is channel c of date t: x[..., t, c] is the fixture's series[t, c]."""
+    series_tc = tiny_dataset["series"].astype("float32")  # (T, C, H, W)
+    with open_time_series(
+        tiny_dataset["raster"],
+        dates_file=tiny_dataset["dates_file"],
+        band_names=["b1", "b2"],
+        masks=[{"path": str(tiny_dataset["cloud"]), "invalid_values": [1]}],
+    ) as series:
+        assert series.dates == tiny_dataset["dates"]
+        x, valid = series.read(Window(3, 2, 10, 9))
+    assert x.shape == (9, 10, 6, 2)
+    for t in range(6):
+        for c in range(2):
+            np.testing.assert_array_equal(x[:, :, t, c], series_tc[t, c, 2:11, 3:13])
+    # date 2 is clouded on the left half (columns < 12), i.e. window columns 0..8
+    expected = np.ones((9, 10, 6), dtype=bool)
+    expected[:, :9, 2] = False
+    np.testing.assert_array_equal(valid, expected)
+
+
+def test_nodata_and_nan_are_invalid(tmp_path: Path) -> None:
+    data = np.ones((4, 3, 5), dtype="float32")  # T=2, C=2
+    data[1, 0, 0] = -9999.0  # date 0, channel 1
+    data[2, 2, 4] = np.nan  # date 1, channel 0
+    path = tmp_path / "nd.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=5, height=3, count=4, dtype="float32",
+        crs="EPSG:32633", transform=rasterio.Affine(10, 0, 0, 0, -10, 30), nodata=-9999.0,
+    ) as dst:
+        dst.write(data)
+    dates = tmp_path / "d.txt"
+    dates.write_text("2020-01-01\n2020-01-02\n")
+    with open_time_series(path, dates, ["a", "b"]) as series:
+        _, valid = series.read()
+    expected = np.ones((3, 5, 2), dtype=bool)
+    expected[0, 0, 0] = False
+    expected[2, 4, 1] = False
+    np.testing.assert_array_equal(valid, expected)
+
+
+def test_single_band_mask_applies_to_every_date(tiny_dataset: dict, tmp_path: Path) -> None:
+    one = np.zeros((1, 20, 24))
+    one[0, 5, 7] = 1
+    mask = write_stack(tmp_path / "one.tif", one, tiny_dataset["transform"], dtype="uint8")
+    with open_time_series(
+        tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"],
+        masks=[{"path": str(mask), "invalid_values": [1]}],
+    ) as series:
+        _, valid = series.read()
+    assert (~valid[5, 7]).all()
+    assert valid.sum() == valid.size - 6
+
+
+def test_mask_config_needs_exactly_one_convention(tiny_dataset: dict) -> None:
+    for spec in ({"path": str(tiny_dataset["cloud"])},
+                 {"path": str(tiny_dataset["cloud"]), "invalid_values": [1], "valid_values": [0]}):
+        with pytest.raises(ConfigError, match="exactly one of invalid_values"):
+            open_time_series(tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"],
+                             masks=[spec])
+
+
+# ---------------------------------------------------------------- block windows
+
+
+@pytest.mark.parametrize(("width", "height", "chunk"), [(24, 20, 8), (23, 17, 5), (7, 3, 100),
+                                                         (1, 1, 1), (10, 4, 1)])
+def test_block_windows_cover_grid_exactly_once(width: int, height: int, chunk: int) -> None:
+    windows = block_windows(width, height, chunk)
+    cover = np.zeros((height, width), dtype=int)
+    for w in windows:
+        assert 0 < w.width <= chunk and 0 < w.height <= chunk
+        assert w.col_off >= 0 and w.row_off >= 0
+        assert w.col_off + w.width <= width and w.row_off + w.height <= height
+        cover[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
+    assert sum(w.width * w.height for w in windows) == width * height
+    assert (cover == 1).all()
+    assert len(windows) == -(-width // chunk) * -(-height // chunk)
+
+
+def test_block_windows_rejects_non_positive_size() -> None:
+    with pytest.raises(ConfigError, match="chunk_size"):
+        block_windows(10, 10, 0)
+
+
+# ---------------------------------------------------------------- reference polygons
+
+
+def _grid_bounds(ds: dict) -> tuple[float, float, float, float]:
+    tr = ds["transform"]
+    return (tr.c, tr.f + tr.e * 20, tr.c + tr.a * 24, tr.f)
+
+
+def test_string_labels_map_to_sorted_codes(tiny_dataset: dict, tmp_path: Path) -> None:
+    gdf = tiny_dataset["gdf"].copy()
+    labels = ["wheat", "barley", "maize", "barley", "", "wheat", "0", "maize", None]
+    gdf["crop"] = labels
+    path = tmp_path / "strings.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    fids = pyogrio.read_dataframe(path, fid_as_index=True).index.to_numpy()
+    ref = read_reference(path, "crop", "EPSG:32633", _grid_bounds(tiny_dataset))
+    assert ref.string_labels
+    assert ref.class_names == {1: "barley", 2: "maize", 3: "wheat"}
+    got = dict(zip(ref.polygons["polygon_id"].tolist(), ref.polygons["code"].tolist(), strict=True))
+    code_of = {"barley": 1, "maize": 2, "wheat": 3}
+    expected = {int(fids[i]): code_of[lab] for i, lab in enumerate(labels) if lab in code_of}
+    assert got == expected  # "", "0" and missing labels are dropped
+
+
+def test_label_zero_polygons_are_dropped(tiny_dataset: dict, tmp_path: Path) -> None:
+    gdf = tiny_dataset["gdf"].copy()
+    gdf.loc[[0, 4], "code"] = 0
+    path = tmp_path / "zeros.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    fids = pyogrio.read_dataframe(path, fid_as_index=True).index.to_numpy()
+    ref = read_reference(path, "code", "EPSG:32633", _grid_bounds(tiny_dataset))
+    assert not ref.string_labels
+    assert sorted(ref.polygons["polygon_id"]) == sorted(np.delete(fids, [0, 4]).tolist())
+    assert (ref.polygons["code"] > 0).all()
+    assert ref.polygons["code"].dtype == np.int64 and ref.polygons["polygon_id"].dtype == np.int64
+    assert ref.class_names == {1: "1", 2: "2", 3: "3"}
+
+
+def test_polygons_outside_raster_are_ignored(tiny_dataset: dict, tmp_path: Path) -> None:
+    gdf = tiny_dataset["gdf"].copy()
+    gdf.loc[len(gdf)] = {"code": 1, "name": "far", "geometry": box(0, 0, 10, 10)}
+    path = tmp_path / "one_far.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    ref = read_reference(path, "code", "EPSG:32633", _grid_bounds(tiny_dataset))
+    assert len(ref.polygons) == 9
+
+
+def test_non_polygon_geometry_is_rejected(tiny_dataset: dict, tmp_path: Path) -> None:
+    gdf = tiny_dataset["gdf"].copy()
+    gdf.loc[3, "geometry"] = gdf.geometry[3].centroid
+    path = tmp_path / "point.gpkg"
+    gdf.to_file(path, driver="GPKG", engine="pyogrio", promote_to_multi=False)
+    fid = int(pyogrio.read_dataframe(path, fid_as_index=True).index[3])
+    with pytest.raises(InputDataError, match=rf"not polygons.*\({fid}, 'Point'\)"):
+        read_reference(path, "code", "EPSG:32633", _grid_bounds(tiny_dataset))
+
+
+def test_rasterize_matches_fixture_labels(tiny_dataset: dict) -> None:
+    gdf = tiny_dataset["gdf"]
+    burnt = rasterize_polygons(gdf, tiny_dataset["transform"], 24, 20)
+    assert burnt.shape == (20, 24) and burnt.dtype == np.int64
+    codes = np.append(gdf["code"].to_numpy(), 0)  # row -1 -> no label
+    np.testing.assert_array_equal(codes[burnt], tiny_dataset["label"])
+    assert (np.bincount(burnt[burnt >= 0], minlength=9) == 24).all()
+    empty = rasterize_polygons(gdf.iloc[:0], tiny_dataset["transform"], 24, 20)
+    assert (empty == -1).all()
+
+
+def test_polygons_in_another_crs_are_reprojected(tiny_dataset: dict, tmp_path: Path) -> None:
+    gdf = tiny_dataset["gdf"]
+    geographic = gdf.to_crs("EPSG:4326")
+    path = tmp_path / "wgs84.gpkg"
+    geographic.to_file(path, driver="GPKG")
+    # the file really is in degrees: its bounds are nowhere near the UTM ones
+    assert pyogrio.read_info(path)["crs"] == "EPSG:4326"
+    assert abs(pyogrio.read_info(path)["total_bounds"][0]) < 180
+
+    with rasterio.open(tiny_dataset["raster"]) as src:
+        raster_crs, bounds = src.crs, tuple(src.bounds)
+    ref = read_reference(path, "code", raster_crs, bounds)
+    assert ref.polygons.crs == raster_crs
+    got = rasterize_polygons(ref.polygons, tiny_dataset["transform"], 24, 20)
+    orig = read_reference(tiny_dataset["reference"], "code", raster_crs, bounds)
+    want = rasterize_polygons(orig.polygons, tiny_dataset["transform"], 24, 20)
+    np.testing.assert_array_equal(got, want)
+    codes = np.append(ref.polygons["code"].to_numpy(), 0)
+    np.testing.assert_array_equal(codes[got], tiny_dataset["label"])
