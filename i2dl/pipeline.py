@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from importlib import metadata
@@ -27,7 +26,8 @@ from i2dl.errors import ConfigError, StoreError
 from i2dl.inference import InferenceResult, classify_raster, resolve_device
 from i2dl.io.raster import open_time_series
 from i2dl.prepare import prepare, store_path
-from i2dl.report import write_report
+from i2dl.preview import write_learning_curves, write_map_preview
+from i2dl.report import write_atomic, write_report
 from i2dl.store import StoreInfo, read_info
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ def run_dir(cfg: DictConfig) -> Path:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 # ---------------------------------------------------------------- prepare
@@ -165,6 +163,9 @@ def run_fit(cfg: DictConfig, store: Path | None = None) -> Path:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
+        curves = write_learning_curves(out / "tb", out / "report" / "learning_curves.png")
+        if curves is not None:
+            log.info("learning curves: %s", curves)
         log.info(
             "best checkpoint %s (%s = %.4f)",
             best,
@@ -282,7 +283,7 @@ def run_infer(cfg: DictConfig) -> InferenceResult:
             return torch.softmax(module(x, days, mask).float(), dim=1)
 
         with series:
-            return classify_raster(
+            result = classify_raster(
                 series,
                 info,
                 predict,
@@ -293,6 +294,11 @@ def run_infer(cfg: DictConfig) -> InferenceResult:
                 amp=bool(icfg.amp),
                 write_proba=bool(icfg.write_proba),
             )
+        preview = write_map_preview(
+            result.classif, out / "maps" / "classif_preview.png", info.class_codes, info.class_names
+        )
+        log.info("map preview: %s", preview)
+        return result
 
 
 # ---------------------------------------------------------------- train (main job)

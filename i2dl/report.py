@@ -339,7 +339,7 @@ def compute_metrics(
 # -------------------------------------------------------------------------- outputs
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
 
     The temporary file is renamed with ``os.replace`` (atomic on POSIX), so readers
@@ -488,7 +488,7 @@ def write_report(
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in contents.items():
-        _write_atomic(out / name, data)
+        write_atomic(out / name, data)
     log.info("accuracy report written to %s:\n%s", out, format_metrics(metrics))
     return metrics
 

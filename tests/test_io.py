@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
@@ -37,7 +36,9 @@ def test_parse_date_formats(text: str, expected: dt.date) -> None:
     assert parse_date(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "NDVI", "July 11th 2015", "2015-7-11", "20151341", "20190229"])
+@pytest.mark.parametrize(
+    "text", ["", "NDVI", "July 11th 2015", "2015-7-11", "20151341", "20190229"]
+)
 def test_parse_date_rejects_non_dates(text: str) -> None:
     with pytest.raises(ValueError):
         parse_date(text)
@@ -46,9 +47,8 @@ def test_parse_date_rejects_non_dates(text: str) -> None:
 def test_read_dates_file_skips_blank_lines_and_rejects_unsorted(tmp_path: Path) -> None:
     path = tmp_path / "dates.txt"
     path.write_text("20200101\n\n2020-01-11T10:00:00\n   \n2020-01-11\n")
-    assert read_dates_file(path) == [dt.date(2020, 1, 1), dt.date(2020, 1, 11)] + [
-        dt.date(2020, 1, 11)
-    ]
+    jan1, jan11 = dt.date(2020, 1, 1), dt.date(2020, 1, 11)
+    assert read_dates_file(path) == [jan1, jan11, jan11]
     path.write_text("20200111\n20200101\n")
     with pytest.raises(InputDataError, match=r"date 2 \(2020-01-01\) follows 2020-01-11"):
         read_dates_file(path)
@@ -104,7 +104,8 @@ def test_slovenia_read_window_matches_rasterio(slovenia_dir: Path) -> None:
     # the data is not NaN: validity is exactly the masks' verdict
     assert not np.isnan(raw).any()
     np.testing.assert_array_equal(valid, expected_valid)
-    # both masks matter in this window, so a mix-up would show
+    # clouds mask part of the window; IS_DATA is all 1 here, so reading it with the
+    # invalid_values convention would mask everything
     assert 0 < expected_valid.sum() < expected_valid.size
 
 
@@ -149,10 +150,17 @@ def test_nodata_and_nan_are_invalid(tmp_path: Path) -> None:
     data[1, 0, 0] = -9999.0  # date 0, channel 1
     data[2, 2, 4] = np.nan  # date 1, channel 0
     path = tmp_path / "nd.tif"
-    with rasterio.open(
-        path, "w", driver="GTiff", width=5, height=3, count=4, dtype="float32",
-        crs="EPSG:32633", transform=rasterio.Affine(10, 0, 0, 0, -10, 30), nodata=-9999.0,
-    ) as dst:
+    profile = {
+        "driver": "GTiff",
+        "width": 5,
+        "height": 3,
+        "count": 4,
+        "dtype": "float32",
+        "crs": "EPSG:32633",
+        "transform": rasterio.Affine(10, 0, 0, 0, -10, 30),
+        "nodata": -9999.0,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     dates = tmp_path / "d.txt"
     dates.write_text("2020-01-01\n2020-01-02\n")
@@ -168,28 +176,50 @@ def test_single_band_mask_applies_to_every_date(tiny_dataset: dict, tmp_path: Pa
     one = np.zeros((1, 20, 24))
     one[0, 5, 7] = 1
     mask = write_stack(tmp_path / "one.tif", one, tiny_dataset["transform"], dtype="uint8")
+    masks = [{"path": str(mask), "invalid_values": [1]}]
     with open_time_series(
-        tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"],
-        masks=[{"path": str(mask), "invalid_values": [1]}],
+        tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"], masks=masks
     ) as series:
         _, valid = series.read()
     assert (~valid[5, 7]).all()
     assert valid.sum() == valid.size - 6
 
 
+def test_valid_values_mask_and_cloud_mask_combine(tiny_dataset: dict, tmp_path: Path) -> None:
+    data = np.ones((6, 20, 24))
+    data[4, 10:12, 20:22] = 0  # no data at date 4 in a 2 x 2 block
+    data[2, 0, 23] = 2  # any value other than the valid ones is invalid
+    is_data = write_stack(tmp_path / "is_data.tif", data, tiny_dataset["transform"], dtype="uint8")
+    masks = [
+        {"path": str(tiny_dataset["cloud"]), "invalid_values": [1]},
+        {"path": str(is_data), "valid_values": [1]},
+    ]
+    with open_time_series(
+        tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"], masks=masks
+    ) as series:
+        _, valid = series.read()
+    expected = np.ones((20, 24, 6), dtype=bool)
+    expected[:, :12, 2] = False  # the fixture's clouds
+    expected[10:12, 20:22, 4] = False
+    expected[0, 23, 2] = False
+    np.testing.assert_array_equal(valid, expected)
+
+
 def test_mask_config_needs_exactly_one_convention(tiny_dataset: dict) -> None:
-    for spec in ({"path": str(tiny_dataset["cloud"])},
-                 {"path": str(tiny_dataset["cloud"]), "invalid_values": [1], "valid_values": [0]}):
+    cloud = str(tiny_dataset["cloud"])
+    for spec in ({"path": cloud}, {"path": cloud, "invalid_values": [1], "valid_values": [0]}):
         with pytest.raises(ConfigError, match="exactly one of invalid_values"):
-            open_time_series(tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"],
-                             masks=[spec])
+            open_time_series(
+                tiny_dataset["raster"], tiny_dataset["dates_file"], ["b1", "b2"], masks=[spec]
+            )
 
 
 # ---------------------------------------------------------------- block windows
 
 
-@pytest.mark.parametrize(("width", "height", "chunk"), [(24, 20, 8), (23, 17, 5), (7, 3, 100),
-                                                         (1, 1, 1), (10, 4, 1)])
+@pytest.mark.parametrize(
+    ("width", "height", "chunk"), [(24, 20, 8), (23, 17, 5), (7, 3, 100), (1, 1, 1), (10, 4, 1)]
+)
 def test_block_windows_cover_grid_exactly_once(width: int, height: int, chunk: int) -> None:
     windows = block_windows(width, height, chunk)
     cover = np.zeros((height, width), dtype=int)

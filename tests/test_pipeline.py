@@ -91,6 +91,8 @@ def test_summary_and_checkpoint(slovenia_run: dict) -> None:
     assert Path(summary["best_checkpoint"]).is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert any((run / "tb").glob("events.out.tfevents.*"))
+    for png in (run / "report" / "learning_curves.png", run / "maps" / "classif_preview.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     for stage in ("prepare", "fit", "evaluate", "infer", "train"):
         assert (run / "logs" / f"{stage}.log").stat().st_size > 0, stage
 
