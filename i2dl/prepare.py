@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from i2dl.errors import ConfigError
-from i2dl.io.nomenclature import read_nomenclature
-from i2dl.io.raster import block_windows, days_since, open_time_series
+from i2dl.io.nomenclature import read_class_names
+from i2dl.io.raster import block_windows, days_since, open_time_series, read_dates_file
+from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
 from i2dl.sampling.split import LEARN, VAL, split_polygons
 from i2dl.store import STORE_VERSION, read_info, write_store
@@ -37,16 +38,14 @@ EXTRACT_BLOCK = 1024
 def _source_files(cfg: DictConfig) -> list[Path]:
     """Every input file the store depends on (shapefile side-cars included)."""
     data = cfg.data
-    paths = [Path(data.raster), Path(data.reference)]
-    if data.get("dates_file"):
-        paths.append(Path(data.dates_file))
-    if data.get("nomenclature"):
-        paths.append(Path(data.nomenclature))
-    for m in data.get("masks") or []:
-        paths.append(Path(m if isinstance(m, str) else m["path"]))
-    ref = Path(data.reference)
-    if ref.suffix.lower() == ".shp" and ref.parent.is_dir():
-        paths += [p for p in ref.parent.glob(ref.stem + ".*") if p != ref]
+    table = bool(data.get("table"))
+    keys = ("table",) if table else ("raster", "reference")
+    paths = [Path(data[k]) for k in (*keys, "dates_file", "nomenclature") if data.get(k)]
+    if not table:
+        paths += [Path(m if isinstance(m, str) else m["path"]) for m in data.get("masks") or []]
+        ref = Path(data.reference)
+        if ref.suffix.lower() == ".shp" and ref.parent.is_dir():
+            paths += [p for p in ref.parent.glob(ref.stem + ".*") if p != ref]
     return paths
 
 
@@ -85,6 +84,11 @@ def store_path(cfg: DictConfig) -> Path:
 def prepare(cfg: DictConfig) -> Path:
     """Build (or reuse) the sample store for ``cfg``.
 
+    The samples come from a time-series raster + reference polygons (``data.raster``,
+    ``data.reference``) or, when ``data.table`` is set, from a pixel table (see
+    :func:`i2dl.io.table.read_pixel_table`). Either way the polygons are split per class
+    into learn/val and the store is written atomically.
+
     Args:
         cfg: the composed config; uses ``data``, ``sampling`` and ``store``.
 
@@ -92,17 +96,77 @@ def prepare(cfg: DictConfig) -> Path:
         Path of the complete store.
 
     Raises:
-        InputFileNotFoundError, InputDataError: unusable raster, dates, masks or polygons
-            (see :func:`i2dl.io.raster.open_time_series`, :func:`i2dl.io.vector.read_reference`).
+        InputFileNotFoundError, InputDataError: unusable raster, dates, masks, polygons or
+            table (see :func:`i2dl.io.raster.open_time_series`,
+            :func:`i2dl.io.vector.read_reference`, :func:`i2dl.io.table.read_pixel_table`).
         ConfigError: bad sampling parameters, or no labelled pixel with a valid date.
     """
     path = store_path(cfg)
+    fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
         info = read_info(path)
-        if info.attrs.get("fingerprint") == store_fingerprint(cfg):
+        if info.attrs.get("fingerprint") == fingerprint:
             log.info("reusing up-to-date sample store %s", path)
             return path
     data, sampling = cfg.data, cfg.sampling
+    if data.get("table"):
+        arrays, attrs, label_names = _samples_from_table(data)
+    else:
+        arrays, attrs, label_names = _samples_from_raster(data, sampling)
+
+    # one split unit per polygon id (exploded MultiPolygon parts share their feature's id)
+    split_ids, first = np.unique(arrays["polygon_id"], return_index=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split_of = split_polygons(
+            split_ids,
+            arrays["y"][first],
+            ratio=float(sampling.ratio),
+            seed=int(sampling.random_seed),
+        )
+    for w in caught:
+        log.warning("%s", w.message)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    lookup = np.array([split_of[int(i)] for i in split_ids], dtype=np.int8)
+    arrays["split"] = lookup[np.searchsorted(split_ids, arrays["polygon_id"])]
+    n = len(arrays["y"])
+    arrays.setdefault("region", np.zeros(n, dtype=np.int32))
+    arrays.setdefault("tile", np.zeros(n, dtype=np.int32))
+
+    codes = sorted(int(c) for c in np.unique(arrays["y"]))
+    nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
+    names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
+    learn = arrays["split"] == LEARN
+    mean, std = _learn_statistics(arrays["X"][learn], arrays["mask"][learn])
+    attrs.update(
+        {
+            "fingerprint": fingerprint,
+            "classes": [{"code": c, "name": nm} for c, nm in zip(codes, names, strict=True)],
+            "norm": {"mean": mean.tolist(), "std": std.tolist()},
+            "sources": [_file_stamp(p) for p in _source_files(cfg)],
+            "data_field": data.get("data_field"),
+            "sampling": OmegaConf.to_container(sampling, resolve=True),
+            "counts": _counts(arrays["y"], arrays["split"], arrays["polygon_id"]),
+        }
+    )
+    write_store(path, arrays, attrs, chunk_size=int(cfg.store.chunk_size))
+    _log_counts(attrs["counts"], names, codes)
+    return path
+
+
+def _grid_attrs(dates: list, days: np.ndarray, band_names: list[str]) -> dict[str, Any]:
+    return {
+        "dates": [d.isoformat() for d in dates],
+        "reference_date": dates[0].isoformat() if dates else None,
+        "days": days.tolist(),
+        "band_names": list(band_names),
+    }
+
+
+def _samples_from_raster(
+    data: DictConfig, sampling: DictConfig
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
+    """Rasterise the reference polygons and extract the labelled pixels' series."""
     series = open_time_series(
         data.raster,
         dates_file=data.get("dates_file"),
@@ -133,56 +197,63 @@ def prepare(cfg: DictConfig) -> Path:
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
         arrays["y"] = ref.polygons["code"].to_numpy()[rows_poly]
-
-        present = np.unique(rows_poly)
-        # exploded MultiPolygon parts share their feature's id (and code): split by feature
-        split_ids, first = np.unique(
-            ref.polygons["polygon_id"].to_numpy()[present], return_index=True
+        attrs = _grid_attrs(
+            series.dates, days_since(series.dates, series.dates[0]), series.band_names
         )
-        split_codes = ref.polygons["code"].to_numpy()[present][first]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            split_of = split_polygons(
-                split_ids,
-                split_codes,
-                ratio=float(sampling.ratio),
-                seed=int(sampling.random_seed),
-            )
-        for w in caught:
-            log.warning("%s", w.message)
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        lookup = np.vectorize(split_of.__getitem__, otypes=[np.int8])
-        arrays["split"] = lookup(arrays["polygon_id"])
-        n = len(arrays["y"])
-        arrays["region"] = np.zeros(n, dtype=np.int32)
-        arrays["tile"] = np.zeros(n, dtype=np.int32)
+        attrs.update(
+            {
+                "string_labels": ref.string_labels,
+                "crs": series.crs.to_wkt() if series.crs else "",
+                "transform": list(series.transform)[:6],
+                "width": series.width,
+                "height": series.height,
+            }
+        )
+    return arrays, attrs, ref.class_names
 
-        codes = sorted(int(c) for c in np.unique(arrays["y"]))
-        nomenclature = read_nomenclature(data.nomenclature) if data.get("nomenclature") else {}
-        names = [nomenclature.get(c, ref.class_names.get(c, str(c))) for c in codes]
-        learn = arrays["split"] == LEARN
-        mean, std = _learn_statistics(arrays["X"][learn], arrays["mask"][learn])
-        attrs = {
-            "fingerprint": store_fingerprint(cfg),
-            "dates": [d.isoformat() for d in series.dates],
-            "reference_date": series.dates[0].isoformat(),
-            "days": days_since(series.dates, series.dates[0]).tolist(),
-            "band_names": series.band_names,
-            "classes": [{"code": c, "name": nm} for c, nm in zip(codes, names, strict=True)],
-            "string_labels": ref.string_labels,
-            "crs": series.crs.to_wkt() if series.crs else "",
-            "transform": list(series.transform)[:6],
-            "width": series.width,
-            "height": series.height,
-            "norm": {"mean": mean.tolist(), "std": std.tolist()},
-            "sources": [_file_stamp(p) for p in _source_files(cfg)],
-            "data_field": data.data_field,
-            "sampling": OmegaConf.to_container(sampling, resolve=True),
-            "counts": _counts(arrays["y"], arrays["split"], arrays["polygon_id"]),
-        }
-    write_store(path, arrays, attrs, chunk_size=int(cfg.store.chunk_size))
-    _log_counts(attrs["counts"], names, codes)
-    return path
+
+def _samples_from_table(
+    data: DictConfig,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
+    """Read a pixel table; dates from ``data.dates_file`` or a count ``data.n_dates``."""
+    band_names = list(data.get("band_names") or ["band1"])
+    if data.get("dates_file"):
+        dates = read_dates_file(data.dates_file)
+        days = days_since(dates, dates[0])
+    elif data.get("n_dates"):
+        dates = []
+        days = np.arange(int(data.n_dates), dtype=np.int64) * int(data.get("date_step_days", 1))
+        log.info(
+            "%s: no acquisition dates given, day offsets are the date index x %d day(s)",
+            data.table,
+            int(data.get("date_step_days", 1)),
+        )
+    else:
+        raise ConfigError(
+            "a pixel table (data.table) needs data.dates_file (one date a line) or "
+            "data.n_dates (the number of dates per row)"
+        )
+    table = read_pixel_table(
+        data.table, len(days), len(band_names), int(data.get("label_offset", 0))
+    )
+    keep = table.valid.any(axis=1)
+    if (~keep).any():
+        log.info("%d table row(s) with no valid date dropped", int((~keep).sum()))
+    n = int(keep.sum())
+    if n == 0:
+        raise ConfigError(f"{data.table} holds no sample with a valid date")
+    arrays = {
+        "X": table.x[keep],
+        "mask": table.valid[keep],
+        "y": table.codes[keep],
+        "polygon_id": table.polygon_id[keep],
+        "row": np.full(n, -1, dtype=np.int32),
+        "col": np.full(n, -1, dtype=np.int32),
+    }
+    attrs = _grid_attrs(dates, days, band_names)
+    attrs.update({"string_labels": False, "crs": "", "transform": [1, 0, 0, 0, 1, 0],
+                  "width": 0, "height": 0})
+    return arrays, attrs, {}
 
 
 def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | None:

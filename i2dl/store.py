@@ -55,7 +55,7 @@ class StoreInfo:
     Attributes:
         path: the store folder.
         n_samples: N.
-        dates: T acquisition dates.
+        dates: T acquisition dates (empty for a pixel table given with a date count).
         days: (T,) int64, days since ``reference_date`` (the first date).
         band_names: C channel names.
         class_codes: K class codes, sorted; the model's class index i is ``class_codes[i]``.
@@ -84,8 +84,8 @@ class StoreInfo:
 
     @property
     def n_dates(self) -> int:
-        """T."""
-        return len(self.dates)
+        """T (a pixel table given by a date count has day offsets but no dates)."""
+        return len(self.days)
 
     @property
     def n_channels(self) -> int:

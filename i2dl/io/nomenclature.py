@@ -168,3 +168,37 @@ def class_names(
             ", ".join(map(str, sorted(nomenclature))),
         )
     return names
+
+
+def read_class_names(path: str | Path) -> dict[int, str]:
+    """Class names from an iota2 nomenclature file or a CSV class map.
+
+    A file whose first line is a CSV header starting with ``value,`` (e.g. the TempCNN
+    ``class_map.txt``: ``value,class,colour``) is read as a class map (code in the first
+    column, name in the second); anything else as an iota2 ``name:code`` nomenclature
+    (:func:`read_nomenclature`).
+
+    Raises:
+        InputFileNotFoundError: the file does not exist.
+        InputDataError: malformed content (file and line given).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(f"nomenclature file {path} does not exist (data.nomenclature)")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or not lines[0].replace(" ", "").lower().startswith("value,"):
+        return read_nomenclature(path)
+    names: dict[int, str] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        try:
+            code = int(cells[0])
+            name = cells[1]
+        except (ValueError, IndexError):
+            raise InputDataError(
+                f"{path}, line {lineno}: expected `code,name[,...]`, got {line!r}"
+            ) from None
+        names[code] = name
+    return names
