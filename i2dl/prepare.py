@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from i2dl.errors import ConfigError
+from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import block_windows, days_since, open_time_series, read_dates_file
 from i2dl.io.table import read_pixel_table
@@ -116,6 +116,14 @@ def prepare(cfg: DictConfig) -> Path:
 
     # one split unit per polygon id (exploded MultiPolygon parts share their feature's id)
     split_ids, first = np.unique(arrays["polygon_id"], return_index=True)
+    pairs = np.unique(np.stack([arrays["polygon_id"], arrays["y"]]), axis=1)
+    if pairs.shape[1] != len(split_ids):
+        ids, counts = np.unique(pairs[0], return_counts=True)
+        raise InputDataError(
+            f"polygon ids {ids[counts > 1].tolist()[:20]} carry several classes in "
+            f"{data.get('table') or data.reference}; a polygon must have one label. Give each "
+            "polygon its own id"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         split_of = split_polygons(
