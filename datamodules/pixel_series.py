@@ -72,7 +72,7 @@ class StoreBlockDataset(IterableDataset):
         self.chunk_len = int(group["X"].chunks[0])
         self.n_total = int(group["X"].shape[0])
         self.n_samples = int((group["split"][:] == split).sum())
-        self._code_to_index = {c: i for i, c in enumerate(self.info.class_codes)}
+        self._codes = np.asarray(self.info.class_codes, dtype=np.int64)  # sorted
 
     def __len__(self) -> int:
         """Number of batches in one epoch (one worker)."""
@@ -138,7 +138,7 @@ class StoreBlockDataset(IterableDataset):
         if not parts:
             return None
         block = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        block["y"] = np.array([self._code_to_index[int(c)] for c in block["code"]], dtype=np.int64)
+        block["y"] = np.searchsorted(self._codes, block["code"]).astype(np.int64)
         return block
 
     @staticmethod

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
+from models.layers import check_forward_inputs
 
 log = logging.getLogger(__name__)
 
@@ -239,36 +240,6 @@ class LTAE(nn.Module):
             sum(p.numel() for p in self.parameters()),
         )
 
-    def _check_inputs(self, x: Tensor, days: Tensor, mask: Tensor) -> None:
-        """Raise ValueError if the forward inputs have wrong shapes or dtypes."""
-        if x.ndim != 3:
-            raise ValueError(
-                f"LTAE: `x` must have shape (B, T, C), got {x.ndim}-D shape {tuple(x.shape)}"
-            )
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"LTAE: `x` has C={x.shape[-1]} channels (shape {tuple(x.shape)}) but the "
-                f"model was built with in_channels={self.in_channels}; rebuild the model "
-                f"with in_channels={x.shape[-1]} or fix the input features"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"LTAE: `x` must be a float tensor, got dtype {x.dtype}")
-        if tuple(days.shape) != tuple(x.shape[:2]):
-            raise ValueError(
-                f"LTAE: `days` shape {tuple(days.shape)} must equal x.shape[:2] = "
-                f"{tuple(x.shape[:2])} (B, T)"
-            )
-        if tuple(mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(
-                f"LTAE: `mask` shape {tuple(mask.shape)} must equal x.shape[:2] = "
-                f"{tuple(x.shape[:2])} (B, T)"
-            )
-        if mask.dtype != torch.bool:
-            raise ValueError(
-                f"LTAE: `mask` must be a bool tensor (True = valid date), got dtype "
-                f"{mask.dtype}; pass mask.bool() if it holds 0/1"
-            )
-
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         """Classify a batch of pixel time series.
 
@@ -287,7 +258,7 @@ class LTAE(nn.Module):
                 ``in_channels``, if ``days`` or ``mask`` is not of shape ``(B, T)``, if
                 ``x`` is not floating point or ``mask`` is not bool.
         """
-        self._check_inputs(x, days, mask)
+        check_forward_inputs("LTAE", x, days, mask, self.in_channels)
         B, T, _ = x.shape
         valid = mask.unsqueeze(-1)  # (B, T, 1)
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
