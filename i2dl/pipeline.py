@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from i2dl.cli import stage_logging
 from i2dl.errors import ConfigError, StoreError
 from i2dl.inference import InferenceResult, classify_raster, resolve_device
-from i2dl.io.raster import open_time_series
+from i2dl.io.sources import open_source, uses_sensors
 from i2dl.prepare import prepare, store_path
 from i2dl.preview import write_learning_curves, write_map_preview
 from i2dl.report import write_atomic, write_report
@@ -433,19 +433,14 @@ def run_infer(cfg: DictConfig) -> InferenceResult | None:
     """
     out = run_dir(cfg)
     with stage_logging(out, "infer"):
-        if not cfg.data.get("raster"):
+        if not cfg.data.get("raster") and not uses_sensors(cfg.data):
             log.info("data %s has no raster (data.raster): no map to write", cfg.data.get("name"))
             return None
         icfg = cfg.infer
         module, info = load_trained(out, icfg.ckpt)
         device = resolve_device(str(icfg.device))
         module.to(device)
-        series = open_time_series(
-            cfg.data.raster,
-            dates_file=cfg.data.get("dates_file"),
-            band_names=cfg.data.get("band_names"),
-            masks=OmegaConf.to_container(cfg.data.masks, resolve=True) if cfg.data.get("masks") else (),
-        )
+        series = open_source(cfg.data)
 
         def predict(x: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return torch.softmax(module(x, days, mask).float(), dim=1)

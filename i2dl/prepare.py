@@ -23,7 +23,8 @@ from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.nomenclature import read_class_names
-from i2dl.io.raster import block_windows, days_since, open_time_series, read_dates_file
+from i2dl.io.raster import block_windows, days_since, read_dates_file
+from i2dl.io.sources import open_source, uses_sensors
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
 from i2dl.sampling.split import LEARN, VAL, split_polygons
@@ -38,6 +39,15 @@ EXTRACT_BLOCK = 1024
 def _source_files(cfg: DictConfig) -> list[Path]:
     """Every input file the store depends on (shapefile side-cars included)."""
     data = cfg.data
+    if uses_sensors(data):
+        roots = {Path(str(o["root"])) for o in data.sensors.values() if o and o.get("root")}
+        roots |= {Path(str(data.user_features.root))} if data.get("user_features") else set()
+        files = sorted(p for r in roots if r.is_dir() for p in r.rglob("*") if p.is_file())
+        extra = [Path(data[k]) for k in ("reference", "nomenclature") if data.get(k)]
+        ext = data.get("external_features")
+        if ext and Path(str(ext.module)).is_file():
+            extra.append(Path(str(ext.module)))
+        return files + extra
     table = bool(data.get("table"))
     keys = ("table",) if table else ("raster", "reference")
     paths = [Path(data[k]) for k in (*keys, "dates_file", "nomenclature") if data.get(k)]
@@ -175,12 +185,7 @@ def _samples_from_raster(
     data: DictConfig, sampling: DictConfig
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
     """Rasterise the reference polygons and extract the labelled pixels' series."""
-    series = open_time_series(
-        data.raster,
-        dates_file=data.get("dates_file"),
-        band_names=data.get("band_names"),
-        masks=OmegaConf.to_container(data.masks, resolve=True) if data.get("masks") else (),
-    )
+    series = open_source(data)
     with series:
         left, top = series.transform.c, series.transform.f
         right = left + series.transform.a * series.width
@@ -199,7 +204,7 @@ def _samples_from_raster(
         arrays = _extract(series, poly_index)
         if arrays is None or len(arrays["X"]) == 0:
             raise ConfigError(
-                f"no pixel of {data.reference} has a valid acquisition date in {data.raster}: "
+                f"no pixel of {data.reference} has a valid acquisition date in {series.path}: "
                 "the polygons may be smaller than a pixel, or every date masked"
             )
         rows_poly = arrays.pop("_poly_row")

@@ -1,0 +1,296 @@
+"""Sensors of one tile combined into one feature time series (iota2's feature pipeline).
+
+For every window read, in order (iota2 ``sensors_data_interpolation``, spectral indices,
+``userFeat``, ``external_features``):
+
+1. each sensor is read on the grid of the **reference sensor** (other grids are
+   resampled on the fly with ``rasterio.warp.reproject``: bilinear for reflectances,
+   nearest for validity);
+2. its spectral indices are appended (``indices``, ``keep_bands``);
+3. with gap-filling (``gapfilling.enabled``), each sensor's valid observations are
+   linearly interpolated onto the common date grid (every ``temporal_resolution`` days
+   from the first to the last acquisition of all sensors, or the union of their dates);
+   without it, a single sensor keeps its raw dates and validity mask (attention models);
+4. the sensors' channels are concatenated (names prefixed by the sensor name when there
+   are several) and one **common validity mask** is applied: a pixel is kept only where
+   every sensor has at least one valid observation (iota2's ``MaskCommunSL``);
+5. date-independent channels are appended, repeated on every date: user features
+   (DEM, slope, …) and the outputs of the user's external-feature functions, computed on
+   the window enlarged by ``chunk_padding`` pixels so that neighbourhood filters have no
+   seams.
+
+The result satisfies :class:`i2dl.io.sensors.base.TimeSeriesSource`, so ``prepare`` and
+``infer`` read it exactly like a GeoTIFF stack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.windows import Window, bounds as window_bounds, from_bounds
+
+from i2dl.errors import ConfigError
+from i2dl.io.raster import days_since
+
+log = logging.getLogger(__name__)
+
+
+def _grid_window(src: Any, ref: Any, window: Window) -> Window:
+    """The window of ``src``'s grid covering ``window`` of ``ref``'s grid (+1 px margin)."""
+    left, bottom, right, top = window_bounds(window, ref.transform)
+    if src.crs is not None and ref.crs is not None and src.crs != ref.crs:
+        left, bottom, right, top = transform_bounds(ref.crs, src.crs, left, bottom, right, top)
+    win = from_bounds(left, bottom, right, top, src.transform)
+    col0 = max(int(np.floor(win.col_off)) - 1, 0)
+    row0 = max(int(np.floor(win.row_off)) - 1, 0)
+    col1 = min(int(np.ceil(win.col_off + win.width)) + 1, src.width)
+    row1 = min(int(np.ceil(win.row_off + win.height)) + 1, src.height)
+    return Window(col0, row0, max(col1 - col0, 0), max(row1 - row0, 0))
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    return (a.crs == b.crs and a.transform == b.transform and a.width == b.width
+            and a.height == b.height)
+
+
+def read_on_grid(src: Any, ref: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``src`` resampled onto ``window`` of ``ref``'s grid.
+
+    Args:
+        src: a source (``read(window) -> x (H,W,T,C), valid (H,W,T)``) on any grid.
+        ref: the reference grid (crs, transform, width, height).
+        window: window of the reference grid.
+
+    Returns:
+        ``x`` (h, w, T, C) float32 bilinear-resampled, ``valid`` (h, w, T) bool
+        nearest-resampled (False outside ``src``).
+    """
+    if _same_grid(src, ref):
+        return src.read(window)
+    h, w = int(window.height), int(window.width)
+    t, c = src.n_dates, src.n_channels
+    dst_transform = ref.transform * ref.transform.translation(window.col_off, window.row_off)
+    x_out = np.zeros((t * c, h, w), dtype=np.float32)
+    v_out = np.zeros((t, h, w), dtype=np.uint8)
+    swin = _grid_window(src, ref, window)
+    if swin.width == 0 or swin.height == 0:
+        return x_out.reshape(t, c, h, w).transpose(2, 3, 0, 1), v_out.transpose(1, 2, 0) > 0
+    x, valid = src.read(swin)
+    src_transform = src.transform * src.transform.translation(swin.col_off, swin.row_off)
+    common = {"src_transform": src_transform, "src_crs": src.crs or ref.crs,
+              "dst_transform": dst_transform, "dst_crs": ref.crs or src.crs}
+    xs = np.where(valid[..., None], x, np.nan).transpose(2, 3, 0, 1).reshape(t * c, *x.shape[:2])
+    reproject(xs, x_out, resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan,
+              **common)
+    reproject(valid.transpose(2, 0, 1).astype(np.uint8), v_out, resampling=Resampling.nearest,
+              **common)
+    x_out = x_out.reshape(t, c, h, w).transpose(2, 3, 0, 1)
+    v = (v_out.transpose(1, 2, 0) > 0) & ~np.isnan(x_out).any(axis=-1)
+    return np.nan_to_num(x_out, nan=0.0), v
+
+
+class FeatureStack:
+    """Sensors + indices + gap-filling + user and external features of one tile.
+
+    Args:
+        sensors: sensor name -> source (THEIA, Sen2Cor, Landsat-8, or a GeoTIFF stack).
+        reference: the sensor whose grid is used (iota2: the first sensor declared).
+        gapfilling: ``{"enabled": bool, "temporal_resolution": int days | None}``; None
+            resolution = the union of the sensors' dates.
+        indices: spectral indices per sensor (names of :mod:`i2dl.features.indices`).
+        keep_bands: keep the raw bands next to the indices.
+        user_features: ``UserFeatures``-like object with ``read_static(window) ->
+            (array (H,W,F), valid (H,W))`` and ``names``, or None.
+        external: ``(functions, chunk_padding)`` from
+            :func:`i2dl.features.external.load_functions`, or None.
+        start_date, end_date: limits of the date grid.
+        path: name used in messages.
+
+    Raises:
+        ConfigError: no sensor, unknown reference, or several sensors without gap-filling.
+    """
+
+    def __init__(
+        self,
+        sensors: Mapping[str, Any],
+        reference: str | None = None,
+        gapfilling: Mapping[str, Any] | None = None,
+        indices: Sequence[str] = (),
+        keep_bands: bool = True,
+        user_features: Any = None,
+        external: tuple[list, int] | None = None,
+        start_date: dt.date | None = None,
+        end_date: dt.date | None = None,
+        path: str | Path = "sensors",
+    ) -> None:
+        if not sensors:
+            raise ConfigError("data.sensors is empty: declare at least one sensor")
+        self.sensors = dict(sensors)
+        self.reference = reference or next(iter(self.sensors))
+        if self.reference not in self.sensors:
+            raise ConfigError(
+                f"data.reference_sensor={self.reference!r} is not one of the declared sensors "
+                f"{list(self.sensors)}"
+            )
+        gap = dict(gapfilling or {})
+        self.gapfill = bool(gap.get("enabled", True))
+        if not self.gapfill and len(self.sensors) > 1:
+            raise ConfigError(
+                "several sensors have different dates: enable data.gapfilling to put them on a "
+                "common date grid"
+            )
+        self.indices = list(indices or [])
+        self.keep_bands = keep_bands
+        self.user_features = user_features
+        self.functions, self.padding = external if external else ([], 0)
+        self.path = path
+        ref = self.sensors[self.reference]
+        self.crs, self.transform = ref.crs, ref.transform
+        self.width, self.height = ref.width, ref.height
+        self.nodata = None
+
+        all_dates = sorted({d for s in self.sensors.values() for d in s.dates})
+        if self.gapfill:
+            from i2dl.features.gapfill import regular_grid
+
+            res = gap.get("temporal_resolution")
+            self.dates = (
+                regular_grid(all_dates, int(res), start_date, end_date) if res else all_dates
+            )
+        else:
+            self.dates = list(ref.dates)
+        self._origin = min(all_dates) if all_dates else dt.date(2000, 1, 1)
+        self.band_names = self._channel_names()
+
+    def _sensor_channels(self, name: str) -> list[str]:
+        from i2dl.features.indices import compute_indices
+
+        src = self.sensors[name]
+        names = list(src.band_names)
+        if self.indices:
+            _, names = compute_indices(
+                np.zeros((1, len(names)), np.float32), names, self.indices, self.keep_bands
+            )
+        prefix = f"{name}_" if len(self.sensors) > 1 else ""
+        return [f"{prefix}{n}" for n in names]
+
+    def _channel_names(self) -> list[str]:
+        names = [n for s in self.sensors for n in self._sensor_channels(s)]
+        if self.user_features is not None:
+            names += list(self.user_features.names)
+        names += list(self._external_names or [])
+        return names
+
+    @property
+    def _external_names(self) -> list[str]:
+        if not self.functions:
+            return []
+        if not hasattr(self, "_ext_names"):
+            # run the functions once on a small window to learn their output names
+            win = Window(0, 0, min(8, self.width), min(8, self.height))
+            self._ext_names = self._external(win)[1]
+        return self._ext_names
+
+    @property
+    def n_dates(self) -> int:
+        """T, dates of the output grid."""
+        return len(self.dates)
+
+    @property
+    def n_channels(self) -> int:
+        """C, channels per date (bands, indices, user and external features)."""
+        return len(self.band_names)
+
+    def profile(self) -> dict[str, Any]:
+        """rasterio profile of the reference grid."""
+        return {"driver": "GTiff", "crs": self.crs, "transform": self.transform,
+                "width": self.width, "height": self.height}
+
+    def close(self) -> None:
+        """Close every sensor."""
+        for src in self.sensors.values():
+            src.close()
+        if self.user_features is not None and hasattr(self.user_features, "close"):
+            self.user_features.close()
+
+    def __enter__(self) -> FeatureStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sensor_block(self, name: str, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        from i2dl.features.indices import compute_indices
+
+        src = self.sensors[name]
+        ref = self.sensors[self.reference]
+        x, valid = read_on_grid(src, ref, window)
+        if self.indices:
+            x, _ = compute_indices(x, list(src.band_names), self.indices, self.keep_bands)
+        if self.gapfill:
+            from i2dl.features.gapfill import gapfill
+
+            x, valid = gapfill(
+                x, valid, days_since(src.dates, self._origin), days_since(self.dates, self._origin)
+            )
+        return x.astype(np.float32, copy=False), valid
+
+    def _external(self, window: Window) -> tuple[np.ndarray, list[str]]:
+        """External features of a window, computed on the padded window then cropped."""
+        from i2dl.features.external import apply_external
+
+        pad = self.padding
+        r0 = max(int(window.row_off) - pad, 0)
+        c0 = max(int(window.col_off) - pad, 0)
+        r1 = min(int(window.row_off + window.height) + pad, self.height)
+        c1 = min(int(window.col_off + window.width) + pad, self.width)
+        big = Window(c0, r0, c1 - c0, r1 - r0)
+        x, _ = self._dynamic(big)
+        feats, names = apply_external(x, self._dynamic_names(), self.dates, self.functions)
+        ri, ci = int(window.row_off) - r0, int(window.col_off) - c0
+        inner = feats[ri : ri + int(window.height), ci : ci + int(window.width)]
+        return inner, names
+
+    def _dynamic_names(self) -> list[str]:
+        return [n for s in self.sensors for n in self._sensor_channels(s)]
+
+    def _dynamic(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        parts, valids = [], []
+        for name in self.sensors:
+            x, v = self._sensor_block(name, window)
+            parts.append(x)
+            valids.append(v)
+        x = np.concatenate(parts, axis=-1)
+        footprint = np.logical_and.reduce([v.any(axis=-1) for v in valids])  # MaskCommunSL
+        valid = valids[0] if len(valids) == 1 else np.logical_and.reduce(valids)
+        valid = valid & footprint[..., None]
+        return x, valid
+
+    def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Read the feature series of a window.
+
+        Returns:
+            ``x`` (H, W, T, C) float32 (C = :attr:`band_names`), ``valid`` (H, W, T) bool.
+        """
+        if window is None:
+            window = Window(0, 0, self.width, self.height)
+        x, valid = self._dynamic(window)
+        statics = []
+        if self.user_features is not None:
+            feats, fvalid = self.user_features.read_static(window)
+            statics.append(feats)
+            valid = valid & fvalid[..., None]
+        if self.functions:
+            statics.append(self._external(window)[0])
+        if statics:
+            s = np.concatenate(statics, axis=-1).astype(np.float32)
+            s = np.broadcast_to(s[:, :, None, :], (*x.shape[:3], s.shape[-1]))
+            x = np.concatenate([x, s], axis=-1)
+        x[~valid] = 0.0
+        return np.ascontiguousarray(x, dtype=np.float32), valid
