@@ -15,6 +15,8 @@ USAGE = (
     "  fit      train the model on the store\n"
     "  evaluate best checkpoint on the val split -> report/\n"
     "  infer    chunked classification of the raster -> maps/\n"
+    "  features-map  feature time series (bands, indices, gap-filled dates, user and\n"
+    "           external features) per chunk, per tile, and their mosaic -> final/\n"
     "  report   aggregate runs (mean +- std, 95% interval, summed confusion matrix) and\n"
     "           compare experiments side by side\n"
     "A stage run alone on an existing run folder: add hydra.run.dir=<run folder>."

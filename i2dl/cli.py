@@ -17,7 +17,7 @@ from i2dl.errors import I2dlError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "fit", "evaluate", "infer", "train")
+STAGES = ("prepare", "fit", "evaluate", "infer", "train", "features-map")
 
 
 @contextlib.contextmanager
@@ -58,6 +58,8 @@ def stage_function(stage: str) -> Callable[[DictConfig], Any]:
         from i2dl.pipeline import run_infer as fn
     elif stage == "train":
         from i2dl.pipeline import run_train as fn
+    elif stage == "features-map":
+        from i2dl.features_map import run_features_map as fn
     else:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     return fn
