@@ -24,9 +24,10 @@ from rich.progress import track
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import block_windows, days_since, read_dates_file
-from i2dl.io.sources import open_source, uses_sensors
+from i2dl.io.sources import data_tiles, open_source, uses_sensors
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
+from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.sampling.split import LEARN, VAL, split_polygons
 from i2dl.store import STORE_VERSION, read_info, write_store
 
@@ -50,9 +51,17 @@ def _source_files(cfg: DictConfig) -> list[Path]:
         return files + extra
     table = bool(data.get("table"))
     keys = ("table",) if table else ("raster", "reference")
-    paths = [Path(data[k]) for k in (*keys, "dates_file", "nomenclature") if data.get(k)]
+    tiles = data_tiles(data) or [None]
+    paths = [
+        Path(str(data[k]).format(tile=t) if t else data[k])
+        for k in (*keys, "dates_file", "nomenclature") if data.get(k) for t in tiles
+    ]
+    if cfg.sampling.get("region_file"):
+        paths.append(Path(cfg.sampling.region_file))
     if not table:
-        paths += [Path(m if isinstance(m, str) else m["path"]) for m in data.get("masks") or []]
+        for m in data.get("masks") or []:
+            path = m if isinstance(m, str) else m["path"]
+            paths += [Path(str(path).format(tile=t) if t else path) for t in tiles]
         ref = Path(data.reference)
         if ref.suffix.lower() == ".shp" and ref.parent.is_dir():
             paths += [p for p in ref.parent.glob(ref.stem + ".*") if p != ref]
@@ -124,31 +133,17 @@ def prepare(cfg: DictConfig) -> Path:
     else:
         arrays, attrs, label_names = _samples_from_raster(data, sampling)
 
-    # one split unit per polygon id (exploded MultiPolygon parts share their feature's id)
-    split_ids, first = np.unique(arrays["polygon_id"], return_index=True)
     pairs = np.unique(np.stack([arrays["polygon_id"], arrays["y"]]), axis=1)
-    if pairs.shape[1] != len(split_ids):
+    if pairs.shape[1] != len(np.unique(arrays["polygon_id"])):
         ids, counts = np.unique(pairs[0], return_counts=True)
         raise InputDataError(
             f"polygon ids {ids[counts > 1].tolist()[:20]} carry several classes in "
             f"{data.get('table') or data.reference}; a polygon must have one label. Give each "
             "polygon its own id"
         )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        split_of = split_polygons(
-            split_ids,
-            arrays["y"][first],
-            ratio=float(sampling.ratio),
-            seed=int(sampling.random_seed),
-        )
-    for w in caught:
-        log.warning("%s", w.message)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    lookup = np.array([split_of[int(i)] for i in split_ids], dtype=np.int8)
-    arrays["split"] = lookup[np.searchsorted(split_ids, arrays["polygon_id"])]
+    arrays.setdefault("region", np.zeros(len(arrays["y"]), dtype=np.int32))
+    arrays["split"] = _split(arrays, float(sampling.ratio), int(sampling.random_seed))
     n = len(arrays["y"])
-    arrays.setdefault("region", np.zeros(n, dtype=np.int32))
     arrays.setdefault("tile", np.zeros(n, dtype=np.int32))
 
     codes = sorted(int(c) for c in np.unique(arrays["y"]))
@@ -172,6 +167,28 @@ def prepare(cfg: DictConfig) -> Path:
     return path
 
 
+def _split(arrays: dict[str, np.ndarray], ratio: float, seed: int) -> np.ndarray:
+    """Learn/val split of the polygons, class by class, separately in each region.
+
+    One split unit per (region, polygon id): exploded MultiPolygon parts share their
+    feature's id and so their side; a polygon cut by a region boundary is split per region.
+    """
+    split = np.zeros(len(arrays["y"]), dtype=np.int8)
+    for region in np.unique(arrays["region"]):
+        sel = np.flatnonzero(arrays["region"] == region)
+        pid = arrays["polygon_id"][sel]
+        ids, first = np.unique(pid, return_index=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            split_of = split_polygons(ids, arrays["y"][sel][first], ratio=ratio, seed=seed)
+        for w in caught:
+            log.warning("region %d: %s", int(region), w.message)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        lookup = np.array([split_of[int(i)] for i in ids], dtype=np.int8)
+        split[sel] = lookup[np.searchsorted(ids, pid)]
+    return split
+
+
 def _grid_attrs(dates: list, days: np.ndarray, band_names: list[str]) -> dict[str, Any]:
     return {
         "dates": [d.isoformat() for d in dates],
@@ -181,47 +198,102 @@ def _grid_attrs(dates: list, days: np.ndarray, band_names: list[str]) -> dict[st
     }
 
 
+def _bounds(src: Any) -> tuple[float, float, float, float]:
+    left, top = src.transform.c, src.transform.f
+    right = left + src.transform.a * src.width
+    bottom = top + src.transform.e * src.height
+    return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+
 def _samples_from_raster(
     data: DictConfig, sampling: DictConfig
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
-    """Rasterise the reference polygons and extract the labelled pixels' series."""
-    series = open_source(data)
-    with series:
-        left, top = series.transform.c, series.transform.f
-        right = left + series.transform.a * series.width
-        bottom = top + series.transform.e * series.height
-        bounds = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+    """Rasterise the reference polygons and extract the labelled pixels' series.
+
+    With several tiles (``data.list_tile``), every tile is read (same dates and channels
+    required) and the samples of all tiles go to one store with their ``tile`` index.
+    With ``sampling.region_file``, every sample gets the region its pixel falls in and
+    samples outside every region are dropped.
+    """
+    tiles = data_tiles(data)
+    sources = []
+    try:
+        for tile in tiles or [None]:
+            sources.append(open_source(data, tile))
+        first = sources[0]
+        for tile, src in zip(tiles, sources, strict=False):
+            if (src.dates, src.band_names) != (first.dates, first.band_names):
+                raise InputDataError(
+                    f"tile {tile} has {src.n_dates} dates x {src.band_names} but tile "
+                    f"{tiles[0]} has {first.n_dates} x {first.band_names}: all tiles of one "
+                    "store need the same dates and channels (enable data.gapfilling with a "
+                    "temporal_resolution to put sensors on a common date grid)"
+                )
+            if src.crs != first.crs:
+                raise InputDataError(
+                    f"tile {tile} is in {src.crs} but tile {tiles[0]} in {first.crs}: tiles of "
+                    "one run must share a CRS"
+                )
+        boxes = np.array([_bounds(s) for s in sources])
+        union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
         ref = read_reference(
             data.reference,
             data.data_field,
-            series.crs,
-            bounds,
+            first.crs,
+            union,
             explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
         )
-        poly_index = rasterize_polygons(
-            ref.polygons, series.transform, series.width, series.height
-        )
-        arrays = _extract(series, poly_index)
-        if arrays is None or len(arrays["X"]) == 0:
-            raise ConfigError(
-                f"no pixel of {data.reference} has a valid acquisition date in {series.path}: "
-                "the polygons may be smaller than a pixel, or every date masked"
+        regions = None
+        if sampling.get("region_file"):
+            regions = read_regions(sampling.region_file, sampling.region_field, first.crs)
+        parts = []
+        for t, src in enumerate(sources):
+            poly_index = rasterize_polygons(ref.polygons, src.transform, src.width, src.height)
+            if regions is not None:
+                region_index = rasterize_regions(regions, src.transform, src.width, src.height)
+                outside = (poly_index >= 0) & (region_index < 0)
+                if outside.any():
+                    log.info("tile %s: %d labelled pixel(s) in no region dropped",
+                             tiles[t] if tiles else "-", int(outside.sum()))
+                poly_index = np.where(region_index >= 0, poly_index, -1)
+            part = _extract(src, poly_index)
+            if part is None:
+                continue
+            part["tile"] = np.full(len(part["X"]), t, dtype=np.int32)
+            part["region"] = (
+                region_index[part["row"], part["col"]].astype(np.int32)
+                if regions is not None else np.zeros(len(part["X"]), dtype=np.int32)
             )
+            parts.append(part)
+        if not parts:
+            raise ConfigError(
+                f"no pixel of {data.reference} has a valid acquisition date in {first.path}: "
+                "the polygons may be smaller than a pixel, outside every region, or every "
+                "date masked"
+            )
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
         arrays["y"] = ref.polygons["code"].to_numpy()[rows_poly]
-        attrs = _grid_attrs(
-            series.dates, days_since(series.dates, series.dates[0]), series.band_names
-        )
+        attrs = _grid_attrs(first.dates, days_since(first.dates, first.dates[0]), first.band_names)
         attrs.update(
             {
                 "string_labels": ref.string_labels,
-                "crs": series.crs.to_wkt() if series.crs else "",
-                "transform": list(series.transform)[:6],
-                "width": series.width,
-                "height": series.height,
+                "crs": first.crs.to_wkt() if first.crs else "",
+                "transform": list(first.transform)[:6],
+                "width": first.width,
+                "height": first.height,
+                "tiles": [
+                    {"name": tiles[i] if tiles else None, "transform": list(s.transform)[:6],
+                     "width": s.width, "height": s.height}
+                    for i, s in enumerate(sources)
+                ],
+                "regions": sorted(int(r) for r in np.unique(arrays["region"])) if regions is not None else [],
             }
         )
+    finally:
+        for src in sources:
+            src.close()
     return arrays, attrs, ref.class_names
 
 

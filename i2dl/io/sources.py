@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -74,14 +73,25 @@ def open_source(data: Mapping[str, Any], tile: str | None = None) -> Any:
         InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
     """
     if not uses_sensors(data):
-        masks = data.get("masks")
-        return open_time_series(
-            data["raster"],
-            dates_file=data.get("dates_file"),
-            band_names=data.get("band_names"),
-            masks=_plain(masks) if masks else (),
-        )
+        return _open_stack(_plain(data), tile)
     return open_feature_stack(data, tile)
+
+
+def _open_stack(opts: Mapping[str, Any], tile: str | None) -> Any:
+    """A GeoTIFF stack; ``{tile}`` in its paths is replaced by the tile name."""
+
+    def fmt(value: Any) -> Any:
+        return str(value).format(tile=tile) if tile is not None and value is not None else value
+
+    masks = []
+    for m in opts.get("masks") or ():
+        masks.append(fmt(m) if isinstance(m, str) else {**m, "path": fmt(m["path"])})
+    return open_time_series(
+        fmt(opts["raster"]),
+        dates_file=fmt(opts.get("dates_file")),
+        band_names=opts.get("band_names"),
+        masks=masks,
+    )
 
 
 def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Any:
@@ -100,12 +110,7 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Any:
         for name, opts in _plain(data["sensors"]).items():
             opts = dict(opts or {})
             if name == "stack" or opts.pop("kind", None) == "stack":
-                sensors[name] = open_time_series(
-                    Path(str(opts["raster"]).format(tile=tile)),
-                    dates_file=opts.get("dates_file"),
-                    band_names=opts.get("band_names"),
-                    masks=opts.get("masks") or (),
-                )
+                sensors[name] = _open_stack(opts, tile)
                 continue
             if name not in SENSORS:
                 raise ConfigError(
