@@ -43,6 +43,7 @@ class StoreBlockDataset(IterableDataset):
         shuffle: shuffle chunk order and rows (each epoch differently, from torch's RNG,
             so ``seed_everything`` makes it reproducible).
         block_chunks: Zarr chunks read at once.
+        region: only the samples of this region (eco-region models); None = all.
 
     Raises:
         ConfigError: batch_size or block_chunks < 1.
@@ -55,6 +56,7 @@ class StoreBlockDataset(IterableDataset):
         batch_size: int = 256,
         shuffle: bool = False,
         block_chunks: int = 8,
+        region: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or block_chunks < 1:
@@ -67,16 +69,21 @@ class StoreBlockDataset(IterableDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.block_chunks = block_chunks
+        self.region = region
         self.info: StoreInfo = read_info(self.store_path)
         group = open_store(self.store_path)
         self.chunk_len = int(group["X"].chunks[0])
         self.n_total = int(group["X"].shape[0])
-        self.n_samples = int((group["split"][:] == split).sum())
+        self.n_samples = int(self._selected(group["split"][:], group["region"][:]).sum())
         self._codes = np.asarray(self.info.class_codes, dtype=np.int64)  # sorted
 
     def __len__(self) -> int:
         """Number of batches in one epoch (one worker)."""
         return -(-self.n_samples // self.batch_size)
+
+    def _selected(self, split: np.ndarray, region: np.ndarray) -> np.ndarray:
+        sel = split == self.split
+        return sel if self.region is None else sel & (region == self.region)
 
     def _seed(self) -> int:
         worker = get_worker_info()
@@ -125,7 +132,7 @@ class StoreBlockDataset(IterableDataset):
         parts = []
         for cid in np.sort(chunk_ids):
             sl = slice(int(cid) * self.chunk_len, min((int(cid) + 1) * self.chunk_len, self.n_total))
-            sel = group["split"][sl] == self.split
+            sel = self._selected(group["split"][sl], group["region"][sl])
             if not sel.any():
                 continue
             x = group["X"][sl][sel]
@@ -163,6 +170,7 @@ class PixelSeriesDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0 = read in the main process).
         block_chunks: Zarr chunks read at once per worker.
         pin_memory: pin host memory (useful on CUDA).
+        region: train and validate on this region only (one model per eco-region).
 
     Raises:
         StoreError: ``store_path`` is not a sample store (at ``setup``).
@@ -175,9 +183,11 @@ class PixelSeriesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         block_chunks: int = 8,
         pin_memory: bool = False,
+        region: int | None = None,
     ) -> None:
         super().__init__()
         self.store_path = store_path
+        self.region = region
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.block_chunks = block_chunks
@@ -196,7 +206,12 @@ class PixelSeriesDataModule(L.LightningDataModule):
     def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
         """The block dataset of one split (0 learn, 1 val)."""
         return StoreBlockDataset(
-            self.store_path, split, self.batch_size, shuffle=shuffle, block_chunks=self.block_chunks
+            self.store_path,
+            split,
+            self.batch_size,
+            shuffle=shuffle,
+            block_chunks=self.block_chunks,
+            region=self.region,
         )
 
     def _loader(self, split: int, shuffle: bool) -> DataLoader:
@@ -219,11 +234,15 @@ class PixelSeriesDataModule(L.LightningDataModule):
     def class_weights(self) -> np.ndarray:
         """Balanced class weights ``n / (K * n_k)`` over the learn split: (K,) float32.
 
-        (scikit-learn's ``class_weight="balanced"``; a class with no learn pixel gets 0.)
+        (scikit-learn's ``class_weight="balanced"``, counted on this datamodule's region; a
+        class with no learn pixel gets 0.)
         """
-        counts = self.info.attrs["counts"]["per_class"]
-        n_k = np.array(
-            [counts[str(c)]["learn_pixels"] for c in self.info.class_codes], dtype=np.float64
-        )
+        group = open_store(self.store_path)
+        sel = group["split"][:] == 0
+        if self.region is not None:
+            sel &= group["region"][:] == self.region
+        codes = np.asarray(self.info.class_codes)
+        n_k = np.bincount(np.searchsorted(codes, group["y"][:][sel]), minlength=len(codes))
+        n_k = n_k.astype(np.float64)
         w = np.where(n_k > 0, n_k.sum() / (len(n_k) * np.maximum(n_k, 1)), 0.0)
         return w.astype(np.float32)

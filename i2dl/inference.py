@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _predict_batch(
+    fn: PredictFn,
+    info: StoreInfo,
+    x: np.ndarray,
+    valid: np.ndarray,
+    days: torch.Tensor,
+    device: torch.device,
+    pin: bool,
+    use_amp: bool,
+) -> np.ndarray:
+    """Normalise one batch, send it to the device, return (B, K) float32 probabilities."""
+    xb = torch.from_numpy(info.normalise(x, valid))
+    mb = torch.from_numpy(valid)
+    if pin:
+        xb, mb = xb.pin_memory(), mb.pin_memory()
+    xb = xb.to(device, non_blocking=True)
+    mb = mb.to(device, non_blocking=True)
+    db = days.unsqueeze(0).expand(len(x), -1)
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                         enabled=use_amp):
+        pb = fn(xb, db, mb)
+    return pb.float().cpu().numpy()
+
+
 def _tiff_profile(series: TimeSeriesRaster, count: int, dtype: str, nodata: float) -> dict:
     profile = series.profile()
     profile.update(
@@ -95,7 +119,7 @@ def _tiff_profile(series: TimeSeriesRaster, count: int, dtype: str, nodata: floa
 def classify_raster(
     series: TimeSeriesRaster,
     info: StoreInfo,
-    predict: PredictFn,
+    predict: PredictFn | Mapping[int, PredictFn],
     out_dir: str | Path,
     device: torch.device,
     chunk_size: int = 512,
@@ -103,13 +127,15 @@ def classify_raster(
     amp: bool = True,
     write_proba: bool = False,
     progress: bool = True,
+    region_index: np.ndarray | None = None,
 ) -> InferenceResult:
     """Classify every pixel of a time series, chunk by chunk.
 
     Args:
         series: the opened raster (same dates and channels as the store).
         info: the sample store's attributes (normalisation, days, class codes).
-        predict: the model's probability function (see :data:`PredictFn`).
+        predict: the model's probability function (see :data:`PredictFn`), or with
+            eco-regions a mapping region id -> function of that region's model.
         out_dir: folder of the maps (created).
         device: where the model runs.
         chunk_size: window side, pixels.
@@ -117,6 +143,9 @@ def classify_raster(
         amp: bfloat16 autocast on CUDA.
         write_proba: also write ``proba.tif``.
         progress: show a progress bar of chunks done.
+        region_index: (height, width) int region id of every pixel (-1 = no region:
+            nodata), required when ``predict`` is a mapping; each region's pixels are
+            classified by its own model only.
 
     Returns:
         The written maps.
@@ -133,6 +162,9 @@ def classify_raster(
         )
     if batch_size < 1:
         raise ConfigError(f"infer.batch_size must be >= 1, got {batch_size}")
+    predicts = predict if isinstance(predict, Mapping) else None
+    if predicts is not None and region_index is None:
+        raise ConfigError("one model per region needs the region of every pixel (region_index)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     codes = np.asarray(info.class_codes, dtype=np.int64)
@@ -168,22 +200,24 @@ def classify_raster(
                 flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
                 flat_valid = valid.reshape(h * w, info.n_dates)
                 has_data = flat_valid.any(axis=1)
+                if predicts is None:
+                    groups = [(predict, np.flatnonzero(has_data))]
+                else:
+                    r0, c0 = int(win.row_off), int(win.col_off)
+                    reg = region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
+                    has_data &= reg >= 0
+                    groups = [
+                        (predicts[int(r)], np.flatnonzero(has_data & (reg == r)))
+                        for r in np.unique(reg[has_data]) if int(r) in predicts
+                    ]
+                    has_data &= np.isin(reg, list(predicts))
                 proba = np.zeros((h * w, k), dtype=np.float32)
-                idx = np.flatnonzero(has_data)
-                for b0 in range(0, len(idx), batch_size):
-                    sel = idx[b0 : b0 + batch_size]
-                    xb = torch.from_numpy(info.normalise(flat_x[sel], flat_valid[sel]))
-                    mb = torch.from_numpy(flat_valid[sel])
-                    if pin:
-                        xb, mb = xb.pin_memory(), mb.pin_memory()
-                    xb = xb.to(device, non_blocking=True)
-                    mb = mb.to(device, non_blocking=True)
-                    db = days.unsqueeze(0).expand(len(sel), -1)
-                    with torch.no_grad(), torch.autocast(
-                        device_type=device.type, dtype=torch.bfloat16, enabled=use_amp
-                    ):
-                        pb = predict(xb, db, mb)
-                    proba[sel] = pb.float().cpu().numpy()
+                for fn, idx in groups:
+                    for b0 in range(0, len(idx), batch_size):
+                        sel = idx[b0 : b0 + batch_size]
+                        proba[sel] = _predict_batch(
+                            fn, info, flat_x[sel], flat_valid[sel], days, device, pin, use_amp
+                        )
                 best = proba.argmax(axis=1)
                 classif = np.where(has_data, codes[best], 0).astype(class_dtype)
                 conf = np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)

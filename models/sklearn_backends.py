@@ -264,7 +264,11 @@ class SklearnBackend:
         return self
 
     def fit_store(
-        self, store_path: str | Path, max_samples: int | None = None, seed: int = 0
+        self,
+        store_path: str | Path,
+        max_samples: int | None = None,
+        seed: int = 0,
+        region: int | None = None,
     ) -> SklearnBackend:
         """Fit on the learn split (split 0) of a sample store.
 
@@ -278,6 +282,7 @@ class SklearnBackend:
             store_path: the sample store.
             max_samples: cap on learn samples; None uses all.
             seed: RNG seed of the subsampling.
+            region: fit on the learn samples of this region only (eco-regions).
 
         Returns:
             self.
@@ -293,13 +298,15 @@ class SklearnBackend:
         group = open_store(store_path)
         split = np.asarray(group["split"][:])
         codes = np.asarray(group["y"][:])
-        learn_rows = np.flatnonzero(split == 0)
+        learn = split == 0
+        if region is not None:
+            learn &= np.asarray(group["region"][:]) == region
+        learn_rows = np.flatnonzero(learn)
         if len(learn_rows) == 0:
             raise StoreError(
                 f"store {store_path} has no learn sample to fit {self.name or 'model'}"
             )
-        code_to_index = {c: i for i, c in enumerate(info.class_codes)}
-        y_learn = np.array([code_to_index[int(c)] for c in codes[learn_rows]], dtype=np.int64)
+        y_learn = np.searchsorted(np.asarray(info.class_codes), codes[learn_rows]).astype(np.int64)
         chosen = learn_rows[subsample_indices(y_learn, max_samples, seed)]
         if len(chosen) < len(learn_rows):
             log.info(
