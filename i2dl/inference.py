@@ -258,3 +258,53 @@ def classify_raster(
         n_nodata=n_nodata,
         device=str(device),
     )
+
+
+def mosaic(paths: list[Path], out_path: str | Path, descriptions: list[str] | None = None) -> Path:
+    """Merge single-tile GeoTIFFs (same CRS, bands and dtype) into one mosaic.
+
+    The extent is the union of the tiles; where tiles overlap, the first tile's valid
+    pixels win (``rasterio.merge.merge``); outside every tile: the tiles' nodata. Written
+    tiled and DEFLATE-compressed under a temporary name, then renamed.
+
+    Args:
+        paths: the tile rasters, in priority order.
+        out_path: the mosaic (e.g. ``final/Classif_Seed_0.tif``).
+        descriptions: band descriptions (default: those of the first tile).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ConfigError: no input, or inputs in different CRS.
+    """
+    from rasterio.merge import merge
+
+    if not paths:
+        raise ConfigError("nothing to mosaic: no tile map was written")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sources = [rasterio.open(p) for p in paths]
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        crs = {str(s.crs) for s in sources}
+        if len(crs) > 1:
+            raise ConfigError(f"tiles {paths} are in different CRS {sorted(crs)}: cannot mosaic")
+        first = sources[0]
+        data, transform = merge(sources, nodata=first.nodata)
+        profile = first.profile
+        profile.update(
+            width=data.shape[2], height=data.shape[1], transform=transform, tiled=True,
+            blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
+        )
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            names = descriptions or list(first.descriptions)
+            if any(names):
+                dst.descriptions = tuple(names)
+        os.replace(tmp, out_path)
+    finally:
+        for s in sources:
+            s.close()
+        tmp.unlink(missing_ok=True)
+    return out_path

@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl.cli import stage_logging
 from i2dl.errors import ConfigError, StoreError
-from i2dl.inference import InferenceResult, classify_raster, resolve_device
-from i2dl.io.sources import open_source, uses_sensors
+from i2dl.inference import InferenceResult, classify_raster, mosaic, resolve_device
+from i2dl.io.sources import data_tiles, open_source, uses_sensors
+from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.prepare import prepare, store_path
 from i2dl.preview import write_learning_curves, write_map_preview
 from i2dl.report import write_atomic, write_report
@@ -109,7 +110,11 @@ def build_module(cfg: DictConfig, info: StoreInfo, class_weights: np.ndarray | N
     )
 
 
-def _callbacks(cfg: DictConfig) -> list[Any]:
+def _callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
+    """Callbacks of ``cfg.callbacks``; monitor/mode from the selection criterion.
+
+    ``model_dir`` (one model per eco-region) redirects the checkpoints there.
+    """
     from models import criterion_monitor
 
     monitor, mode = criterion_monitor(cfg.model.model_selection_criterion)
@@ -119,86 +124,125 @@ def _callbacks(cfg: DictConfig) -> list[Any]:
             continue
         if name == "early_stopping" and not cfg.get("enable_early_stop", False):
             continue
-        extra = {"monitor": monitor, "mode": mode} if name in ("model_checkpoint", "early_stopping") else {}
+        extra: dict[str, Any] = {}
+        if name in ("model_checkpoint", "early_stopping"):
+            extra = {"monitor": monitor, "mode": mode}
+        if name == "model_checkpoint" and model_dir is not None:
+            extra["dirpath"] = str(model_dir / "checkpoints")
         callbacks.append(instantiate(cb_cfg, **extra))
     return callbacks
 
 
-def run_fit(cfg: DictConfig, store: Path | None = None) -> Path:
+def model_dirs(out: Path, info: StoreInfo) -> dict[int | None, Path]:
+    """Folder of each model of a run: the run itself, or ``regions/region_<r>`` per region.
+
+    A model folder holds ``model.yaml``, ``checkpoints/`` and ``tb/``.
+    """
+    regions = info.attrs.get("regions") or []
+    if not regions:
+        return {None: out}
+    return {int(r): out / "regions" / f"region_{int(r)}" for r in regions}
+
+
+def run_fit(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
     """Stage ``fit``: train ``cfg.model`` on the learn split, select on val.
+
+    With eco-regions (``sampling.region_file``), one model per region is trained on that
+    region's samples only, in ``<run>/regions/region_<r>/``.
 
     Args:
         cfg: composed config.
         store: the sample store; None looks up the store of ``cfg`` (must exist).
 
     Returns:
-        Path of the best checkpoint (``<run>/checkpoints/best.ckpt``).
+        Path of the best checkpoint (``<run>/checkpoints/best.ckpt``, or ``model.joblib``),
+        or with regions ``{"region_<r>": path}``.
 
     Raises:
         StoreError: no store for this config.
-        ConfigError: bad class_weights value; the store has no learn or val pixel.
+        ConfigError: bad class_weights value; the store (or a region) has no learn or val
+            pixel.
     """
     out = run_dir(cfg)
     with stage_logging(out, "fit"):
-        if cfg.seed is not None:
-            L.seed_everything(int(cfg.seed), workers=True)
         store = Path(store) if store is not None else _existing_store(cfg)
-        datamodule = instantiate(cfg.datamodule, store_path=str(store))
-        info = datamodule.info
-        counts = info.attrs["counts"]
-        if counts["n_learn"] == 0 or counts["n_val"] == 0:
-            raise ConfigError(
-                f"store {store} has {counts['n_learn']} learn and {counts['n_val']} val pixels; "
-                "both are needed to train and select a model"
-            )
-        if cfg.model.get("backend") == "sklearn":
-            return _fit_sklearn(cfg, store, info, out)
-        cw = cfg.model.get("class_weights")
-        if cw not in (None, "balanced"):
-            raise ConfigError(f"model.class_weights must be null or balanced, got {cw!r}")
-        weights = datamodule.class_weights() if cw == "balanced" else None
-        module = build_module(cfg, info, weights)
-        n_params = sum(p.numel() for p in module.parameters())
-        log.info(
-            "model %s: %d parameters; %d dates x %d channels -> %d classes %s",
-            cfg.model.get("name", "?"),
-            n_params,
-            info.n_dates,
-            info.n_channels,
-            info.n_classes,
-            info.class_codes,
+        info = read_info(store)
+        dirs = model_dirs(out, info)
+        best = {}
+        for region, model_dir in dirs.items():
+            if cfg.seed is not None:
+                L.seed_everything(int(cfg.seed), workers=True)
+            if region is not None:
+                log.info("region %d: training in %s", region, model_dir)
+            best[region] = _fit_one(cfg, store, info, model_dir, region)
+        if list(best) == [None]:
+            return best[None]
+        return {f"region_{r}": str(p) for r, p in best.items()}
+
+
+def _fit_one(cfg: DictConfig, store: Path, info: StoreInfo, model_dir: Path,
+             region: int | None) -> Path:
+    """Train one model (all samples, or one region's) into ``model_dir``."""
+    datamodule = instantiate(cfg.datamodule, store_path=str(store), region=region)
+    n_learn = datamodule.dataset(0).n_samples
+    n_val = datamodule.dataset(1).n_samples
+    where = f"region {region} of store {store}" if region is not None else f"store {store}"
+    if n_learn == 0 or n_val == 0:
+        raise ConfigError(
+            f"{where} has {n_learn} learn and {n_val} val pixels; both are needed to train "
+            "and select a model"
         )
-        spec = {
-            "name": cfg.model.get("name"),
-            "net": OmegaConf.to_container(cfg.model.net, resolve=True),
-            "in_channels": info.n_channels,
-            "n_classes": info.n_classes,
-            "n_dates": info.n_dates,
-            "n_parameters": n_params,
-            "store": str(store),
-        }
-        _atomic_write_text(out / MODEL_SPEC, OmegaConf.to_yaml(OmegaConf.create(spec)))
-        loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=_callbacks(cfg),
-            logger=loggers or False,
-            precision=_precision(cfg),
-        )
-        trainer.fit(module, datamodule=datamodule)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
-        curves = write_learning_curves(out / "tb", out / "report" / "learning_curves.png")
-        if curves is not None:
-            log.info("learning curves: %s", curves)
-        log.info(
-            "best checkpoint %s (%s = %.4f)",
-            best,
-            trainer.checkpoint_callback.monitor,
-            float(trainer.checkpoint_callback.best_model_score),
-        )
-        return Path(best)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.model.get("backend") == "sklearn":
+        return _fit_sklearn(cfg, store, info, model_dir, region)
+    cw = cfg.model.get("class_weights")
+    if cw not in (None, "balanced"):
+        raise ConfigError(f"model.class_weights must be null or balanced, got {cw!r}")
+    weights = datamodule.class_weights() if cw == "balanced" else None
+    module = build_module(cfg, info, weights)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info(
+        "model %s: %d parameters; %d dates x %d channels -> %d classes %s; %d learn / %d val",
+        cfg.model.get("name", "?"),
+        n_params,
+        info.n_dates,
+        info.n_channels,
+        info.n_classes,
+        info.class_codes,
+        n_learn,
+        n_val,
+    )
+    spec = {
+        "name": cfg.model.get("name"),
+        "net": OmegaConf.to_container(cfg.model.net, resolve=True),
+        "in_channels": info.n_channels,
+        "n_classes": info.n_classes,
+        "n_dates": info.n_dates,
+        "n_parameters": n_params,
+        "store": str(store),
+        "region": region,
+    }
+    _atomic_write_text(model_dir / MODEL_SPEC, OmegaConf.to_yaml(OmegaConf.create(spec)))
+    loggers = [
+        instantiate(lg, **({"save_dir": str(model_dir / "tb")} if region is not None else {}))
+        for lg in (cfg.get("logger") or {}).values() if lg
+    ]
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=_callbacks(cfg, model_dir if region is not None else None),
+        logger=loggers or False,
+        precision=_precision(cfg),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt else ""
+    if not best:
+        raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
+    curves = write_learning_curves(model_dir / "tb", model_dir / "report" / "learning_curves.png")
+    if curves is not None:
+        log.info("learning curves: %s", curves)
+    log.info("best checkpoint %s (%s = %.4f)", best, ckpt.monitor, float(ckpt.best_model_score))
+    return Path(best)
 
 
 def _precision(cfg: DictConfig) -> str:
@@ -211,7 +255,9 @@ def _precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if on_cuda else "32-true"
 
 
-def _fit_sklearn(cfg: DictConfig, store: Path, info: StoreInfo, out: Path) -> Path:
+def _fit_sklearn(
+    cfg: DictConfig, store: Path, info: StoreInfo, out: Path, region: int | None = None
+) -> Path:
     """Fit a scikit-learn backend (``model.backend: sklearn``) on the learn split."""
     from models.sklearn_backends import SklearnBackend
 
@@ -223,6 +269,7 @@ def _fit_sklearn(cfg: DictConfig, store: Path, info: StoreInfo, out: Path) -> Pa
         store,
         max_samples=cfg.model.get("max_samples"),
         seed=int(cfg.seed) if cfg.seed is not None else 0,
+        region=region,
     )
     path = out / "checkpoints" / SKLEARN_MODEL
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +281,7 @@ def _fit_sklearn(cfg: DictConfig, store: Path, info: StoreInfo, out: Path) -> Pa
         "n_classes": info.n_classes,
         "n_dates": info.n_dates,
         "store": str(store),
+        "region": region,
     }
     _atomic_write_text(out / MODEL_SPEC, OmegaConf.to_yaml(OmegaConf.create(spec)))
     log.info("scikit-learn model %s saved to %s", cfg.model.get("name"), path)
@@ -295,15 +343,17 @@ def load_trained(out: Path, which: str) -> tuple[Any, StoreInfo]:
 # ---------------------------------------------------------------- evaluate
 
 
-def predict_split(module: Any, store: Path, split: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Predict every sample of one split of a store.
+def predict_split(
+    module: Any, store: Path, split: int, batch_size: int = 4096, region: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict every sample of one split (and region) of a store.
 
     Returns:
         ``y_true`` (N,) int64 class codes and ``y_pred`` (N,) int64 predicted codes.
     """
     from datamodules.pixel_series import StoreBlockDataset
 
-    dataset = StoreBlockDataset(store, split, batch_size=batch_size, shuffle=False)
+    dataset = StoreBlockDataset(store, split, batch_size=batch_size, shuffle=False, region=region)
     codes = np.asarray(dataset.info.class_codes, dtype=np.int64)
     y_true, y_pred = [], []
     module.eval()
@@ -317,30 +367,73 @@ def predict_split(module: Any, store: Path, split: int, batch_size: int = 4096) 
     return np.concatenate(y_true), np.concatenate(y_pred)
 
 
+def load_run_models(out: Path, which: str) -> tuple[dict[int | None, Any], StoreInfo]:
+    """Every trained model of a run: ``{None: model}``, or ``{region: model}``.
+
+    Raises:
+        StoreError: fit has not run in ``out``.
+    """
+    region_dirs = sorted((out / "regions").glob("region_*")) if (out / "regions").is_dir() else []
+    if not region_dirs:
+        module, info = load_trained(out, which)
+        return {None: module}, info
+    models: dict[int | None, Any] = {}
+    for d in region_dirs:
+        module, info = load_trained(d, which)
+        models[int(d.name.split("_")[-1])] = module
+    return models, info
+
+
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Stage ``evaluate``: the chosen checkpoint on the val split -> ``<run>/report/``.
 
-    With ``test_table=PATH`` (a pixel table like ``data.table``), the model is also scored
-    on that external test set -> ``<run>/report/test/``. The val confusion matrix image
-    and the hyper-parameters with the final metrics go to TensorBoard (Images and HParams
-    tabs) when the run has a ``tb/`` folder.
+    With eco-regions, each region's val pixels are predicted by that region's model:
+    ``report/`` holds the overall metrics and ``report/region_<r>/`` those of each region
+    (also under ``"regions"`` in the returned dict). With ``test_table=PATH`` (a pixel table
+    like ``data.table``), the model is also scored on that external test set ->
+    ``<run>/report/test/``. The val confusion matrix image and the hyper-parameters with
+    the final metrics go to TensorBoard (Images and HParams tabs).
 
     Returns:
-        The val metrics (see :func:`i2dl.report.compute_metrics`), with the test metrics
-        under ``"test"`` when a test table was given.
+        The val metrics (see :func:`i2dl.report.compute_metrics`), with ``"test"`` and
+        ``"regions"`` entries when relevant.
+
+    Raises:
+        StoreError: no trained model or no val pixel.
+        ConfigError: a test table with eco-regions (table rows have no location).
     """
     out = run_dir(cfg)
     with stage_logging(out, "evaluate"):
-        module, info = load_trained(out, cfg.evaluate.ckpt)
-        y_true, y_pred = predict_split(module, info.path, split=1)
+        models, info = load_run_models(out, cfg.evaluate.ckpt)
+        name = cfg.get("experiment_name", "")
+        per_region, y_true, y_pred = {}, [], []
+        for region, module in models.items():
+            t, p = predict_split(module, info.path, split=1, region=region)
+            y_true.append(t)
+            y_pred.append(p)
+            if region is not None and len(t):
+                per_region[f"region_{region}"] = write_report(
+                    out / "report" / f"region_{region}", t, p, info.class_codes,
+                    info.class_names, title=f"{name} val, region {region}",
+                )
+        y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
         if len(y_true) == 0:
             raise StoreError(f"store {info.path} has no val pixel to evaluate")
-        name = cfg.get("experiment_name", "")
         metrics = write_report(
             out / "report", y_true, y_pred, info.class_codes, info.class_names, title=f"{name} val"
         )
+        if per_region:
+            metrics["regions"] = {
+                r: {k: m[k] for k in ("oa", "kappa", "f1_macro", "n_samples")}
+                for r, m in per_region.items()
+            }
+            for r, m in metrics["regions"].items():
+                log.info("%s: OA %.4f on %d val pixels", r, m["oa"], m["n_samples"])
         if cfg.get("test_table"):
-            t_true, t_pred = _predict_table(module, info, cfg.test_table, cfg.data)
+            if None not in models:
+                raise ConfigError("test_table cannot be scored with eco-regions: its rows have "
+                                  "no location to choose a region's model")
+            t_true, t_pred = _predict_table(models[None], info, cfg.test_table, cfg.data)
             metrics["test"] = write_report(
                 out / "report" / "test",
                 t_true,
@@ -350,7 +443,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                 title=f"{name} test ({Path(cfg.test_table).name})",
             )
             log.info("test table %s: OA %.4f", cfg.test_table, metrics["test"]["oa"])
-        _log_to_tensorboard(cfg, out, metrics)
+        if None in models:
+            _log_to_tensorboard(cfg, out, metrics)
         return metrics
 
 
@@ -425,11 +519,25 @@ def _flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------- infer
 
 
+def _proba_fn(module: Any) -> Any:
+    def predict(x: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(module(x, days, mask).float(), dim=1)
+
+    return predict
+
+
 def run_infer(cfg: DictConfig) -> InferenceResult | None:
-    """Stage ``infer``: classify ``cfg.data.raster`` chunk by chunk -> ``<run>/maps/``.
+    """Stage ``infer``: classify the data's raster(s) chunk by chunk -> ``<run>/maps/``.
+
+    One tile: ``maps/classif.tif``, ``confidence.tif`` (+ ``proba.tif``). Several tiles
+    (``data.list_tile``): ``maps/<tile>/…`` per tile and the mosaics
+    ``final/Classif_Seed_<seed>.tif`` and ``final/Confidence_Seed_<seed>.tif`` (iota2's
+    names). With eco-regions, each region's pixels are classified by its own model and
+    pixels in no region are nodata.
 
     Returns:
-        The written maps, or None when the data has no raster to map (a pixel table).
+        The written maps (the mosaic with several tiles), or None when the data has no
+        raster to map (a pixel table).
     """
     out = run_dir(cfg)
     with stage_logging(out, "infer"):
@@ -437,31 +545,56 @@ def run_infer(cfg: DictConfig) -> InferenceResult | None:
             log.info("data %s has no raster (data.raster): no map to write", cfg.data.get("name"))
             return None
         icfg = cfg.infer
-        module, info = load_trained(out, icfg.ckpt)
+        models, info = load_run_models(out, icfg.ckpt)
         device = resolve_device(str(icfg.device))
-        module.to(device)
-        series = open_source(cfg.data)
-
-        def predict(x: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(module(x, days, mask).float(), dim=1)
-
-        with series:
-            result = classify_raster(
-                series,
-                info,
-                predict,
-                out / "maps",
-                device,
-                chunk_size=int(icfg.chunk_size),
-                batch_size=int(icfg.batch_size),
-                amp=bool(icfg.amp),
-                write_proba=bool(icfg.write_proba),
+        predicts = {r: _proba_fn(m.to(device)) for r, m in models.items()}
+        predict = predicts[None] if None in predicts else predicts
+        tiles = data_tiles(cfg.data)
+        results = {}
+        for tile in tiles or [None]:
+            maps = out / "maps" / tile if tile else out / "maps"
+            with open_source(cfg.data, tile) as series:
+                region_index = None
+                if None not in predicts:
+                    regions = read_regions(
+                        cfg.sampling.region_file, cfg.sampling.region_field, series.crs
+                    )
+                    region_index = rasterize_regions(
+                        regions, series.transform, series.width, series.height
+                    )
+                results[tile] = classify_raster(
+                    series,
+                    info,
+                    predict,
+                    maps,
+                    device,
+                    chunk_size=int(icfg.chunk_size),
+                    batch_size=int(icfg.batch_size),
+                    amp=bool(icfg.amp),
+                    write_proba=bool(icfg.write_proba),
+                    region_index=region_index,
+                )
+            preview = write_map_preview(
+                results[tile].classif, maps / "classif_preview.png", info.class_codes,
+                info.class_names,
             )
-        preview = write_map_preview(
-            result.classif, out / "maps" / "classif_preview.png", info.class_codes, info.class_names
+            log.info("map preview: %s", preview)
+        if not tiles:
+            return results[None]
+        seed = cfg.seed if cfg.seed is not None else 0
+        final = out / "final"
+        classif = mosaic([r.classif for r in results.values()], final / f"Classif_Seed_{seed}.tif")
+        conf = mosaic([r.confidence for r in results.values()],
+                      final / f"Confidence_Seed_{seed}.tif")
+        log.info("mosaic of %d tiles: %s", len(tiles), classif)
+        return InferenceResult(
+            classif=classif,
+            confidence=conf,
+            proba=None,
+            n_pixels=sum(r.n_pixels for r in results.values()),
+            n_nodata=sum(r.n_nodata for r in results.values()),
+            device=str(device),
         )
-        log.info("map preview: %s", preview)
-        return result
 
 
 # ---------------------------------------------------------------- train (main job)

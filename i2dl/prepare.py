@@ -242,6 +242,7 @@ def _samples_from_raster(
             first.crs,
             union,
             explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
+            make_valid=bool(sampling.get("make_valid", False)),
         )
         regions = None
         if sampling.get("region_file"):

@@ -52,7 +52,8 @@ def _fids(path: Path) -> np.ndarray:
 def test_missing_label_field_lists_available_fields(make_cfg, tiny_dataset, tmp_path) -> None:
     cfg = make_cfg(*_overrides(tiny_dataset, data_field="nope"))
     ref = re.escape(str(tiny_dataset["reference"]))
-    with pytest.raises(InputDataError, match=rf"{ref}.*'nope'.*data\.data_field") as err:
+    # (?s): the path heads the message, the problems follow on lines of their own
+    with pytest.raises(InputDataError, match=rf"(?s){ref}.*'nope'.*data\.data_field") as err:
         prepare(cfg)
     msg = str(err.value)
     # every field of the file is offered, and the fix is named

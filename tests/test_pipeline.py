@@ -177,7 +177,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, tiny_dataset: d
     proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert "label field 'nope'" in out and "Traceback" not in out
+    assert "'nope'" in out and "data.data_field" in out and "Traceback" not in out
     assert not (tmp_path / "stores").exists() or not any((tmp_path / "stores").iterdir())
 
 

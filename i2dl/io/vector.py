@@ -1,9 +1,12 @@
 """Reference polygons: reading, checking and rasterising them on a raster grid.
 
-Follows iota2's rules for reference data: single Polygons only (a MultiPolygon is
-rejected with its feature ids, unless ``explode_multipolygons`` splits it into parts that
-keep the feature's label and id), a label field of integer or string type, label 0 or empty
-= no data (ignored). String labels are mapped to codes 1..K in sorted order.
+Follows iota2's rules for reference data, all checked at once by
+:func:`i2dl.io.validation.validate_reference` right after reading: file name starting with a
+letter, a label field of integer or string type, single valid non-overlapping Polygons (a
+MultiPolygon is rejected with its feature ids, unless ``explode_multipolygons`` splits it
+into parts that keep the feature's label and id; invalid geometries are rejected unless
+``make_valid`` repairs them). Label 0 or empty = no data (ignored). String labels are mapped
+to codes 1..K in sorted order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rasterio.features import rasterize
 from shapely.geometry import box
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.io.validation import validate_reference
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ def read_reference(
     raster_crs: Any,
     raster_bounds: tuple[float, float, float, float],
     explode_multipolygons: bool = False,
+    make_valid: bool = False,
 ) -> ReferenceData:
     """Read and check reference polygons against a raster.
 
@@ -55,16 +60,20 @@ def read_reference(
         raster_crs: CRS of the time series; polygons in another CRS are reprojected to
             it (logged).
         raster_bounds: (left, bottom, right, top) of the raster in ``raster_crs``.
-        explode_multipolygons: split MultiPolygons into Polygons instead of rejecting.
+        explode_multipolygons: split MultiPolygons into Polygons instead of rejecting
+            them (``sampling.explode_multipolygons``).
+        make_valid: repair invalid geometries with ``shapely.make_valid`` instead of
+            rejecting them (``sampling.make_valid``).
 
     Returns:
         The labelled polygons (no-data labels dropped) and the class names.
 
     Raises:
         InputFileNotFoundError: the file does not exist or cannot be read.
-        InputDataError: the label field is missing or of another type; MultiPolygons are
-            present (ids listed) and ``explode_multipolygons`` is false; a geometry is not a
-            polygon; no labelled polygon intersects the raster.
+        InputDataError: the file breaks one or more of iota2's rules for reference data
+            (file name, label field and codes, Polygon geometries, validity, overlaps: see
+            :func:`i2dl.io.validation.validate_reference`; all problems in one message); or
+            no labelled polygon intersects the raster.
     """
     path = Path(path)
     if not path.exists():
@@ -76,33 +85,21 @@ def read_reference(
         gdf = gpd.read_file(path, engine="pyogrio", fid_as_index=True)
     except Exception as exc:  # pyogrio raises several DataSource errors
         raise InputFileNotFoundError(f"cannot read reference polygons {path}: {exc}") from None
-    if data_field not in gdf.columns:
-        fields = [c for c in gdf.columns if c != "geometry"]
-        raise InputDataError(
-            f"{path}: label field {data_field!r} (data.data_field) not found; the file has "
-            f"fields {fields}. Set data.data_field to one of them"
-        )
-    gdf = gdf.rename_axis("fid").reset_index()
-    gdf = gdf[~gdf.geometry.isna() & ~gdf.geometry.is_empty]
-
-    multi = gdf.geom_type == "MultiPolygon"
-    if multi.any():
-        ids = gdf.loc[multi, "fid"].tolist()
-        if not explode_multipolygons:
-            raise InputDataError(
-                f"{path}: {len(ids)} MultiPolygon feature(s), fid {ids}; iota2 requires single "
-                "Polygons. Split them into Polygons, or set explode_multipolygons=true to split "
-                "each into its parts (same label and polygon id)"
-            )
-        log.warning("%s: exploding %d MultiPolygon feature(s), fid %s", path, len(ids), ids)
-        gdf = gdf.explode(index_parts=False, ignore_index=True)
-    bad = gdf.geom_type != "Polygon"
-    if bad.any():
-        rows = gdf.loc[bad, ["fid"]].assign(type=gdf.loc[bad].geom_type)
-        raise InputDataError(
-            f"{path}: features that are not polygons (fid, type): "
-            f"{list(rows.itertuples(index=False, name=None))}; reference data must be polygons"
-        )
+    gdf, report = validate_reference(
+        gdf, path, data_field, explode_multipolygons=explode_multipolygons, make_valid=make_valid
+    )
+    log.info(
+        "%s: %d feature(s) read, %d MultiPolygon(s) split, %d invalid geometry(ies) "
+        "repaired: %d polygon(s)",
+        path,
+        report["features_read"],
+        report["exploded"],
+        report["repaired"],
+        report["polygons"],
+    )
+    # feature ids apart: the file may have a field of its own called "fid"
+    fids = gdf.index.to_numpy()
+    gdf = gdf.reset_index(drop=True)
 
     labels = gdf[data_field]
     string_labels = not pd.api.types.is_numeric_dtype(labels)
@@ -115,26 +112,21 @@ def read_reference(
         class_names = {code: name for name, code in mapping.items()}
     else:
         nodata = labels.isna() | (labels == 0)
-        values = labels[~nodata]
-        if not np.allclose(values, np.round(values)) or (values < 0).any():
-            bad_ids = gdf.loc[~nodata & ((labels % 1 != 0) | (labels < 0)), "fid"].tolist()
-            raise InputDataError(
-                f"{path}: field {data_field!r} must hold positive integer class codes; "
-                f"features fid {bad_ids} do not"
-            )
+        values = labels[~nodata]  # whole numbers >= 1: checked by validate_reference
         codes = labels
         class_names = {int(c): str(int(c)) for c in sorted(values.unique())}
+    nodata = nodata.to_numpy(dtype=bool)
     n_nodata = int(nodata.sum())
     if n_nodata:
         log.info(
             "%s: %d polygon(s) with no-data label (0 or empty) ignored: fid %s",
             path,
             n_nodata,
-            gdf.loc[nodata, "fid"].tolist(),
+            fids[nodata].tolist(),
         )
     out = gpd.GeoDataFrame(
         {
-            "polygon_id": gdf.loc[~nodata, "fid"].astype(np.int64).to_numpy(),
+            "polygon_id": fids[~nodata].astype(np.int64),
             "code": codes[~nodata].astype(np.int64).to_numpy(),
         },
         geometry=gdf.loc[~nodata].geometry.to_numpy(),
