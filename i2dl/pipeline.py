@@ -28,7 +28,8 @@ from i2dl.errors import ConfigError, StoreError
 from i2dl.inference import InferenceResult, classify_raster, mosaic, resolve_device
 from i2dl.io.sources import data_tiles, open_source, uses_sensors
 from i2dl.sampling.regions import rasterize_regions, read_regions
-from i2dl.prepare import prepare, store_path
+from i2dl.prepare import class_statistics_path, prepare, store_path
+from i2dl.products import write_map_products
 from i2dl.preview import write_learning_curves, write_map_preview
 from i2dl.report import write_atomic, write_report
 from i2dl.store import StoreInfo, read_info
@@ -59,9 +60,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def run_prepare(cfg: DictConfig) -> Path:
-    """Stage ``prepare``: build or reuse the sample store. Returns its path."""
-    with stage_logging(run_dir(cfg), "prepare"):
-        return prepare(cfg)
+    """Stage ``prepare``: build or reuse the sample store; copy its class statistics.
+
+    Returns:
+        The store path; ``<run>/class_statistics.csv`` is iota2's per class, region, run
+        and split report of polygons, available and selected pixels.
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, "prepare"):
+        store = prepare(cfg)
+        stats = class_statistics_path(store)
+        if stats.is_file():
+            write_atomic(out / "class_statistics.csv", stats.read_bytes())
+        return store
 
 
 # ---------------------------------------------------------------- fit
@@ -579,6 +590,11 @@ def run_infer(cfg: DictConfig) -> InferenceResult | None:
                 info.class_names,
             )
             log.info("map preview: %s", preview)
+            products = write_map_products(
+                results[tile].classif, info.class_codes, info.class_names,
+                colour_table=cfg.data.get("colour_table") or None,
+            )
+            log.info("map products: %s", ", ".join(str(p) for p in products.values()))
         if not tiles:
             return results[None]
         seed = cfg.seed if cfg.seed is not None else 0

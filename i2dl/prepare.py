@@ -28,6 +28,12 @@ from i2dl.io.sources import data_tiles, open_source, uses_sensors
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
 from i2dl.sampling.regions import rasterize_regions, read_regions
+from i2dl.sampling.selection import (
+    class_statistics,
+    select_samples,
+    selection_from_config,
+    write_class_statistics,
+)
 from i2dl.sampling.split import LEARN, VAL, split_polygons
 from i2dl.store import STORE_VERSION, read_info, write_store
 
@@ -56,8 +62,9 @@ def _source_files(cfg: DictConfig) -> list[Path]:
         Path(str(data[k]).format(tile=t) if t else data[k])
         for k in (*keys, "dates_file", "nomenclature") if data.get(k) for t in tiles
     ]
-    if cfg.sampling.get("region_file"):
-        paths.append(Path(cfg.sampling.region_file))
+    for key in ("region_file", "byclass_csv"):
+        if cfg.sampling.get(key):
+            paths.append(Path(str(cfg.sampling[key])))
     if not table:
         for m in data.get("masks") or []:
             path = m if isinstance(m, str) else m["path"]
@@ -143,8 +150,8 @@ def prepare(cfg: DictConfig) -> Path:
         )
     arrays.setdefault("region", np.zeros(len(arrays["y"]), dtype=np.int32))
     arrays["split"] = _split(arrays, float(sampling.ratio), int(sampling.random_seed))
-    n = len(arrays["y"])
-    arrays.setdefault("tile", np.zeros(n, dtype=np.int32))
+    arrays.setdefault("tile", np.zeros(len(arrays["y"]), dtype=np.int32))
+    arrays, stats = _select(arrays, sampling, label_names)
 
     codes = sorted(int(c) for c in np.unique(arrays["y"]))
     nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
@@ -163,8 +170,42 @@ def prepare(cfg: DictConfig) -> Path:
         }
     )
     write_store(path, arrays, attrs, chunk_size=int(cfg.store.chunk_size))
+    write_class_statistics(class_statistics_path(path), stats)
     _log_counts(attrs["counts"], names, codes)
     return path
+
+
+def class_statistics_path(store: Path) -> Path:
+    """iota2's ``class_statistics.csv`` of a store, written beside it."""
+    return store.with_name(store.name.removesuffix(".zarr") + ".class_statistics.csv")
+
+
+def _select(
+    arrays: dict[str, np.ndarray], sampling: DictConfig, label_names: dict[int, str]
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Sample selection on the learn pixels, per region (val pixels are all kept).
+
+    Returns:
+        The arrays reduced to the selected learn pixels + all val pixels, and the
+        class statistics table (iota2 ``class_statistics.csv``).
+    """
+    sel = selection_from_config(sampling, class_names=label_names)
+    learn = arrays["split"] == LEARN
+    keep = np.ones(len(arrays["y"]), dtype=bool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keep[learn] = select_samples(arrays["y"][learn], groups=arrays["region"][learn], **sel)
+    for w in caught:
+        log.warning("%s", w.message)
+    stats = class_statistics(
+        arrays["y"], arrays["polygon_id"], arrays["split"], arrays["region"], keep,
+        run=int(sampling.random_seed),
+    )
+    if not keep.all():
+        log.info("sample selection (%s, %s): %d of %d learn pixels kept", sel["strategy"],
+                 sel["sampler"], int(keep[learn].sum()), int(learn.sum()))
+        arrays = {k: v[keep] for k, v in arrays.items()}
+    return arrays, stats
 
 
 def _split(arrays: dict[str, np.ndarray], ratio: float, seed: int) -> np.ndarray:
