@@ -632,9 +632,11 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
 
     With ``runs=N`` (iota2's ``arg_train.runs``), the job runs N times with seeds
     ``seed, seed+1, ...`` — each run re-splits the polygons with its own seed — into
-    ``<run>/seed_<i>/``, and the runs are aggregated into ``<run>/RESULTS.txt`` (mean ± std
-    and 95 % interval of OA, kappa, F1; summed confusion matrix), see
-    :mod:`i2dl.aggregate`.
+    ``<run>/seed_<i>/`` (one map per run), and the runs are aggregated into
+    ``<run>/RESULTS.txt`` (mean ± std and 95 % interval of OA, kappa, F1; summed confusion
+    matrix), see :mod:`i2dl.aggregate`. With ``fusion=true`` the run maps are also fused
+    by majority vote into ``<run>/final/Classif_Fusion.tif`` with its agreement ratio
+    (:mod:`i2dl.fusion`).
 
     Returns:
         The summary (also written to ``summary.json``); for N runs, the aggregate.
@@ -665,6 +667,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         agg = aggregate(run_dirs)
         files = write_results(out, agg)
         log.info("%d runs aggregated: %s", runs, files.get("RESULTS.txt", out))
+        maps = [json.loads((d / "summary.json").read_text()).get("classif_map") for d in run_dirs]
+        if cfg.get("fusion", False) and all(maps):
+            from i2dl.fusion import fuse_maps
+
+            codes = [c["code"] for c in json.loads((run_dirs[0] / "summary.json").read_text())["classes"]]
+            fused, agreement = fuse_maps([Path(m) for m in maps], codes, out / "final")
+            agg["fusion"] = {"classif": str(fused), "agreement": str(agreement)}
     return agg
 
 
@@ -698,7 +707,7 @@ def _train_one(cfg: DictConfig) -> dict[str, Any]:
             "n_classes": info.n_classes,
             "classes": [{"code": c, "name": n} for c, n in classes],
             "store": str(store),
-            "best_checkpoint": str(best),
+            "best_checkpoint": best if isinstance(best, dict) else str(best),
             "report": str(out / "report" / "metrics.json"),
             "classif_map": str(maps.classif) if maps else None,
             "confidence_map": str(maps.confidence) if maps else None,
