@@ -561,9 +561,10 @@ def run_infer(cfg: DictConfig) -> InferenceResult | None:
         predicts = {r: _proba_fn(m.to(device)) for r, m in models.items()}
         predict = predicts[None] if None in predicts else predicts
         tiles = data_tiles(cfg.data)
+        multi = len(tiles) > 1
         results = {}
         for tile in tiles or [None]:
-            maps = out / "maps" / tile if tile else out / "maps"
+            maps = out / "maps" / tile if multi else out / "maps"
             with open_source(cfg.data, tile) as series:
                 region_index = None
                 if None not in predicts:
@@ -595,8 +596,8 @@ def run_infer(cfg: DictConfig) -> InferenceResult | None:
                 colour_table=cfg.data.get("colour_table") or None,
             )
             log.info("map products: %s", ", ".join(str(p) for p in products.values()))
-        if not tiles:
-            return results[None]
+        if not multi:
+            return next(iter(results.values()))
         seed = cfg.seed if cfg.seed is not None else 0
         final = out / "final"
         classif = mosaic([r.classif for r in results.values()], final / f"Classif_Seed_{seed}.tif")

@@ -40,6 +40,13 @@ from i2dl.io.raster import days_since
 
 log = logging.getLogger(__name__)
 
+#: sensor config name -> band-role table of :data:`i2dl.features.indices.SENSOR_ROLES`.
+INDEX_SENSOR = {
+    "sentinel2_theia": "sentinel2",
+    "sentinel2_sen2cor": "sentinel2",
+    "landsat8_n2a": "landsat8",
+}
+
 
 def _grid_window(src: Any, ref: Any, window: Window) -> Window:
     """The window of ``src``'s grid covering ``window`` of ``ref``'s grid (+1 px margin)."""
@@ -175,7 +182,8 @@ class FeatureStack:
         names = list(src.band_names)
         if self.indices:
             _, names = compute_indices(
-                np.zeros((1, len(names)), np.float32), names, self.indices, self.keep_bands
+                np.zeros((1, len(names)), np.float32), names, self.indices, self.keep_bands,
+                sensor=INDEX_SENSOR.get(name, "sentinel2"),
             )
         prefix = f"{name}_" if len(self.sensors) > 1 else ""
         return [f"{prefix}{n}" for n in names]
@@ -232,7 +240,8 @@ class FeatureStack:
         ref = self.sensors[self.reference]
         x, valid = read_on_grid(src, ref, window)
         if self.indices:
-            x, _ = compute_indices(x, list(src.band_names), self.indices, self.keep_bands)
+            x, _ = compute_indices(x, list(src.band_names), self.indices, self.keep_bands,
+                                   sensor=INDEX_SENSOR.get(name, "sentinel2"))
         if self.gapfill:
             from i2dl.features.gapfill import gapfill
 
