@@ -91,6 +91,18 @@ def test_summary_and_checkpoint(slovenia_run: dict) -> None:
     assert Path(summary["best_checkpoint"]).is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert any((run / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tags = acc.Tags()
+    for key in ("train/loss", "val/loss", "val/oa", "val/kappa", "val/fscore", "lr-Adam"):
+        assert key in tags["scalars"], (key, tags["scalars"])
+    assert "val/confusion_matrix" in tags["images"]
+    # HParams tab: the final metrics are logged with the hyper-parameters
+    summary = slovenia_run["summary"]
+    assert "hparam/oa" in tags["scalars"]
+    assert acc.Scalars("hparam/oa")[-1].value == pytest.approx(summary["oa"], abs=1e-6)
     for png in (run / "report" / "learning_curves.png", run / "maps" / "classif_preview.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     for stage in ("prepare", "fit", "evaluate", "infer", "train"):

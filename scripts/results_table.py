@@ -1,0 +1,39 @@
+"""Build the tables of docs/results.md from the outputs of scripts/results.sh.
+
+Usage: python scripts/results_table.py [outputs/results]
+Reads <root>/<dataset>/<experiment>/results.json (written by `python -m i2dl report`) and
+<root>/walltimes.txt (seconds for the 5 runs of each experiment) and prints Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ORDER = ["rf", "extra_trees", "svm", "ann", "mlp", "ltae", "ssa", "tempcnn"]
+
+
+def main() -> None:
+    """Print one table per dataset."""
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/results")
+    walls = {}
+    for line in (root / "walltimes.txt").read_text().splitlines():
+        ds, exp, sec = line.split()
+        walls[(ds, exp)] = int(sec)
+    for ds in sorted({d for d, _ in walls}):
+        print(f"\n### {ds}\n")
+        print("| experiment | runs | OA | kappa | macro F1 | wall time, 5 runs (s) |")
+        print("|---|---:|---|---|---|---:|")
+        for exp in ORDER:
+            path = root / ds / exp / "results.json"
+            if not path.is_file():
+                continue
+            res = json.loads(path.read_text())
+            cells = [f"{res['metrics'][k]['mean']:.3f} ± {res['metrics'][k]['std']:.3f}"
+                     for k in ("oa", "kappa", "f1_macro")]
+            print(f"| {exp} | {res['n_runs']} | {' | '.join(cells)} | {walls.get((ds, exp), '')} |")
+
+
+if __name__ == "__main__":
+    main()
