@@ -75,6 +75,7 @@ from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.raster import parse_date
+from i2dl.io.sensors.common import as_date
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +270,6 @@ def _normalize_band(band: str) -> str:
             f"band {band!r}: Sen2Cor gives surface reflectance for {list(REFLECTANCE_BANDS)} only"
         )
     return name
-
-
-def _as_date(value: dt.date | str | None, param: str) -> dt.date | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return parse_date(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{param}={value!r}: {exc}") from None
 
 
 def _parse_time(text: str, path: Path, tag: str) -> dt.datetime:
@@ -517,7 +505,7 @@ def _discover(
     """The searched folder and the metadata of its products of ``tile``, sorted by time."""
     root = Path(root)
     tile_id = _normalize_tile(tile)
-    start, end = _as_date(start_date, "start_date"), _as_date(end_date, "end_date")
+    start, end = as_date(start_date, "start_date"), as_date(end_date, "end_date")
     if start is not None and end is not None and start > end:
         raise ConfigError(f"start_date {start} is after end_date {end}; swap them")
     if not root.is_dir():
