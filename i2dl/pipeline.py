@@ -27,11 +27,11 @@ from i2dl.cli import stage_logging
 from i2dl.errors import ConfigError, StoreError
 from i2dl.inference import InferenceResult, classify_raster, mosaic, resolve_device
 from i2dl.io.sources import data_tiles, open_source, uses_sensors
-from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.prepare import class_statistics_path, prepare, store_path
-from i2dl.products import write_map_products
 from i2dl.preview import write_learning_curves, write_map_preview
+from i2dl.products import write_map_products
 from i2dl.report import write_atomic, write_report
+from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.store import StoreInfo, read_info
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 from rasterio.warp import Resampling, reproject, transform_bounds
-from rasterio.windows import Window, bounds as window_bounds, from_bounds
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import bounds as window_bounds
 
 from i2dl.errors import ConfigError
 from i2dl.io.raster import days_since
