@@ -159,6 +159,9 @@ class SITSClassifier(pl.LightningModule):
             self.register_buffer("class_weights", None)
 
         # Primitives only, so that checkpoints load with torch.load(weights_only=True).
+        # Lightning also compares the __init__ arguments (frame locals) with these values:
+        # rebind the weights to the list, an array or tensor would make that ambiguous.
+        class_weights = weights_list
         self.save_hyperparameters(
             {
                 "n_classes": n_classes,

@@ -71,3 +71,16 @@ def test_early_stopping_is_opt_in_and_follows_the_criterion(make_cfg) -> None:
     assert (stop.monitor, stop.patience, stop.mode) == ("val/loss", 3, "min")
     assert _precision(make_cfg("trainer.accelerator=cpu")) == "32-true"
     assert _precision(make_cfg("trainer.precision=16-mixed")) == "16-mixed"
+
+
+def test_balanced_class_weights_train(make_cfg, tiny_dataset, tmp_path: Path) -> None:
+    import torch
+
+    from i2dl.pipeline import run_train
+    from tests.conftest import SMALL_LTAE
+
+    summary = run_train(make_cfg(*tiny_dataset["overrides"], *FAST, *SMALL_LTAE,
+                                 "model.class_weights=balanced"))
+    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    weights = ckpt["hyper_parameters"]["class_weights"]
+    assert len(weights) == 3 and all(w > 0 for w in weights)

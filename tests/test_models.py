@@ -360,3 +360,16 @@ def test_reduce_on_plateau_monitors_criterion():
     assert conf["optimizer"].param_groups[0]["lr"] == 1e-3
     assert conf["lr_scheduler"]["monitor"] == "val/loss"
     assert conf["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_class_weights_as_numpy_array_are_accepted() -> None:
+    """The pipeline passes balanced weights as a NumPy array (datamodule.class_weights)."""
+    import numpy as np
+
+    from models import LTAE, SITSClassifier
+
+    weights = np.array([0.5, 2.0, 1.0], dtype=np.float32)
+    module = SITSClassifier(LTAE(2, 3, d_model=32, n_head=4, d_k=4, mlp=(32, 16)), 3,
+                            class_weights=weights)
+    assert module.hparams["class_weights"] == [0.5, 2.0, 1.0]
+    assert torch.equal(module.class_weights, torch.tensor([0.5, 2.0, 1.0]))
