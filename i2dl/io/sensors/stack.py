@@ -251,21 +251,24 @@ class FeatureStack:
             )
         return x.astype(np.float32, copy=False), valid
 
-    def _external(self, window: Window) -> tuple[np.ndarray, list[str]]:
-        """External features of a window, computed on the padded window then cropped."""
-        from i2dl.features.external import apply_external
-
-        pad = self.padding
+    def _padded(self, window: Window) -> tuple[Window, int, int]:
+        """``window`` enlarged by ``chunk_padding`` (clipped to the grid), and the offset
+        of ``window`` inside it."""
+        pad = self.padding if self.functions else 0
         r0 = max(int(window.row_off) - pad, 0)
         c0 = max(int(window.col_off) - pad, 0)
         r1 = min(int(window.row_off + window.height) + pad, self.height)
         c1 = min(int(window.col_off + window.width) + pad, self.width)
-        big = Window(c0, r0, c1 - c0, r1 - r0)
+        return Window(c0, r0, c1 - c0, r1 - r0), int(window.row_off) - r0, int(window.col_off) - c0
+
+    def _external(self, window: Window) -> tuple[np.ndarray, list[str]]:
+        """External features of a window (computed on the padded window, then cropped)."""
+        from i2dl.features.external import apply_external
+
+        big, ri, ci = self._padded(window)
         x, _ = self._dynamic(big)
         feats, names = apply_external(x, self._dynamic_names(), self.dates, self.functions)
-        ri, ci = int(window.row_off) - r0, int(window.col_off) - c0
-        inner = feats[ri : ri + int(window.height), ci : ci + int(window.width)]
-        return inner, names
+        return feats[ri : ri + int(window.height), ci : ci + int(window.width)], names
 
     def _dynamic_names(self) -> list[str]:
         return [n for s in self.sensors for n in self._sensor_channels(s)]
@@ -285,22 +288,33 @@ class FeatureStack:
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read the feature series of a window.
 
+        The sensors are read once, on the window enlarged by ``chunk_padding`` when there
+        are external features (their neighbourhood filters see the pixels around it).
+
         Returns:
             ``x`` (H, W, T, C) float32 (C = :attr:`band_names`), ``valid`` (H, W, T) bool.
         """
+        from i2dl.features.external import apply_external
+
         if window is None:
             window = Window(0, 0, self.width, self.height)
-        x, valid = self._dynamic(window)
+        h, w = int(window.height), int(window.width)
+        big, ri, ci = self._padded(window)
+        xb, vb = self._dynamic(big)
+        x, valid = xb[ri : ri + h, ci : ci + w], vb[ri : ri + h, ci : ci + w]
         statics = []
         if self.user_features is not None:
             feats, fvalid = self.user_features.read_static(window)
             statics.append(feats)
             valid = valid & fvalid[..., None]
         if self.functions:
-            statics.append(self._external(window)[0])
+            feats, _ = apply_external(xb, self._dynamic_names(), self.dates, self.functions)
+            statics.append(feats[ri : ri + h, ci : ci + w])
         if statics:
             s = np.concatenate(statics, axis=-1).astype(np.float32)
             s = np.broadcast_to(s[:, :, None, :], (*x.shape[:3], s.shape[-1]))
             x = np.concatenate([x, s], axis=-1)
+        else:
+            x = x.copy()
         x[~valid] = 0.0
         return np.ascontiguousarray(x, dtype=np.float32), valid
