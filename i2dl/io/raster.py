@@ -219,13 +219,19 @@ class TimeSeriesRaster:
 
     def profile(self) -> dict[str, Any]:
         """A rasterio creation profile of the grid (no band count, dtype or options)."""
-        return {
-            "driver": "GTiff",
-            "crs": self.crs,
-            "transform": self.transform,
-            "width": self.width,
-            "height": self.height,
-        }
+        return grid_profile(self)
+
+
+def grid_profile(grid: Any) -> dict[str, Any]:
+    """A GeoTIFF creation profile of any object with ``crs``, ``transform``, ``width`` and
+    ``height`` (no band count, dtype or creation options)."""
+    return {
+        "driver": "GTiff",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+    }
 
 
 def open_time_series(

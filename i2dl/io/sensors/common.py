@@ -24,7 +24,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import parse_date
+from i2dl.io.raster import grid_profile, parse_date
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,7 @@ class Grid:
 
     def profile(self) -> dict[str, Any]:
         """A rasterio creation profile of the grid (no band count, dtype or options)."""
-        return {
-            "driver": "GTiff",
-            "crs": self.crs,
-            "transform": self.transform,
-            "width": self.width,
-            "height": self.height,
-        }
+        return grid_profile(self)
 
 
 def _same_crs(a: Any, b: Any) -> bool:

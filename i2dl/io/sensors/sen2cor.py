@@ -74,7 +74,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import parse_date
+from i2dl.io.raster import grid_profile, parse_date
 from i2dl.io.sensors.common import as_date
 
 log = logging.getLogger(__name__)
@@ -815,13 +815,7 @@ class Sentinel2Sen2Cor:
 
     def profile(self) -> dict[str, Any]:
         """A rasterio creation profile of the 10 m grid (no band count, dtype or options)."""
-        return {
-            "driver": "GTiff",
-            "crs": self.crs,
-            "transform": self.transform,
-            "width": self.width,
-            "height": self.height,
-        }
+        return grid_profile(self)
 
     def __repr__(self) -> str:
         return (

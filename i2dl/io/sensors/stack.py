@@ -37,7 +37,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from i2dl.errors import ConfigError
-from i2dl.io.raster import days_since
+from i2dl.io.raster import days_since, grid_profile
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ class FeatureStack:
 
     def profile(self) -> dict[str, Any]:
         """rasterio profile of the reference grid."""
-        return {"driver": "GTiff", "crs": self.crs, "transform": self.transform,
-                "width": self.width, "height": self.height}
+        return grid_profile(self)
 
     def close(self) -> None:
         """Close every sensor."""
