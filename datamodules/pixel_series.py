@@ -3,7 +3,10 @@
 The store is read in **chunk-aligned blocks** (a few Zarr chunks at a time along N), never
 whole: chunk order is shuffled each epoch, rows are shuffled inside a block, and batches
 are cut from the block with the remainder carried over, so memory stays bounded by
-``block_chunks * chunk_size`` samples whatever the store size.
+``block_chunks * store.samples_per_chunk`` samples whatever the store size.
+
+The store's ``code`` array (class codes) becomes two batch keys: ``code``, the class code,
+and ``y``, the class index in [0, K) (position of the code in ``StoreInfo.class_codes``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from i2dl.errors import ConfigError
-from i2dl.store import StoreInfo, open_store, read_info
+from i2dl.store import LEARN, VAL, StoreInfo, open_store, read_array, read_info, store_array
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class StoreBlockDataset(IterableDataset):
 
     Args:
         store_path: the sample store.
-        split: 0 learn, 1 val.
+        split: ``LEARN`` (0) or ``VAL`` (1), see :mod:`i2dl.store`.
         batch_size: samples per batch (the last batch of an epoch may be smaller).
         shuffle: shuffle chunk order and rows (each epoch differently, from torch's RNG,
             so ``seed_everything`` makes it reproducible).
@@ -72,9 +75,12 @@ class StoreBlockDataset(IterableDataset):
         self.region = region
         self.info: StoreInfo = read_info(self.store_path)
         group = open_store(self.store_path)
-        self.chunk_len = int(group["X"].chunks[0])
-        self.n_total = int(group["X"].shape[0])
-        self.n_samples = int(self._selected(group["split"][:], group["region"][:]).sum())
+        x = store_array(group, "X")
+        self.chunk_len = int(x.chunks[0])
+        self.n_total = int(x.shape[0])
+        self.n_samples = int(
+            self._selected(read_array(group, "split"), read_array(group, "region")).sum()
+        )
         self._codes = np.asarray(self.info.class_codes, dtype=np.int64)  # sorted
 
     def __len__(self) -> int:
@@ -120,7 +126,8 @@ class StoreBlockDataset(IterableDataset):
                 carry = []
             n_full = len(block["y"]) // self.batch_size * self.batch_size
             for b0 in range(0, n_full, self.batch_size):
-                yield self._to_batch({k: v[b0 : b0 + self.batch_size] for k, v in block.items()}, days)
+                batch = {k: v[b0 : b0 + self.batch_size] for k, v in block.items()}
+                yield self._to_batch(batch, days)
             if n_full < len(block["y"]):
                 carry = [{k: v[n_full:] for k, v in block.items()}]
         # a training batch of one sample would break BatchNorm: drop it (it is a random
@@ -131,13 +138,14 @@ class StoreBlockDataset(IterableDataset):
     def _read_block(self, group: zarr.Group, chunk_ids: np.ndarray) -> dict[str, np.ndarray] | None:
         parts = []
         for cid in np.sort(chunk_ids):
-            sl = slice(int(cid) * self.chunk_len, min((int(cid) + 1) * self.chunk_len, self.n_total))
-            sel = self._selected(group["split"][sl], group["region"][sl])
+            start = int(cid) * self.chunk_len
+            sl = slice(start, min(start + self.chunk_len, self.n_total))
+            sel = self._selected(read_array(group, "split", sl), read_array(group, "region", sl))
             if not sel.any():
                 continue
-            x = group["X"][sl][sel]
-            valid = group["mask"][sl][sel]
-            codes = group["y"][sl][sel]
+            x = read_array(group, "X", sl)[sel]
+            valid = read_array(group, "mask", sl)[sel]
+            codes = read_array(group, "code", sl)[sel]
             index = np.flatnonzero(sel) + sl.start
             parts.append(
                 {"x": self.transform(x, valid), "mask": valid, "code": codes, "index": index}
@@ -194,19 +202,31 @@ class PixelSeriesDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self._info: StoreInfo | None = None
 
+    def _path(self) -> str | Path:
+        """``store_path``, checked.
+
+        Raises:
+            ConfigError: ``store_path`` is not set.
+        """
+        if self.store_path is None:
+            raise ConfigError("datamodule.store_path is not set; run prepare first")
+        return self.store_path
+
     @property
     def info(self) -> StoreInfo:
         """The store's attributes (dates, bands, classes, statistics)."""
         if self._info is None:
-            if self.store_path is None:
-                raise ConfigError("datamodule.store_path is not set; run prepare first")
-            self._info = read_info(self.store_path)
+            self._info = read_info(self._path())
         return self._info
 
     def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
-        """The block dataset of one split (0 learn, 1 val)."""
+        """The block dataset of one split (``LEARN`` or ``VAL``, see :mod:`i2dl.store`).
+
+        Raises:
+            ConfigError: ``store_path`` is not set.
+        """
         return StoreBlockDataset(
-            self.store_path,
+            self._path(),
             split,
             self.batch_size,
             shuffle=shuffle,
@@ -225,24 +245,28 @@ class PixelSeriesDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Learn split, shuffled."""
-        return self._loader(0, shuffle=True)
+        return self._loader(LEARN, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """Val split, in store order."""
-        return self._loader(1, shuffle=False)
+        return self._loader(VAL, shuffle=False)
 
     def class_weights(self) -> np.ndarray:
         """Balanced class weights ``n / (K * n_k)`` over the learn split: (K,) float32.
 
         (scikit-learn's ``class_weight="balanced"``, counted on this datamodule's region; a
         class with no learn pixel gets 0.)
+
+        Raises:
+            ConfigError: ``store_path`` is not set.
         """
-        group = open_store(self.store_path)
-        sel = group["split"][:] == 0
+        group = open_store(self._path())
+        sel = read_array(group, "split") == LEARN
         if self.region is not None:
-            sel &= group["region"][:] == self.region
+            sel &= read_array(group, "region") == self.region
         codes = np.asarray(self.info.class_codes)
-        n_k = np.bincount(np.searchsorted(codes, group["y"][:][sel]), minlength=len(codes))
+        indices = np.searchsorted(codes, read_array(group, "code")[sel])
+        n_k = np.bincount(indices, minlength=len(codes))
         n_k = n_k.astype(np.float64)
         w = np.where(n_k > 0, n_k.sum() / (len(n_k) * np.maximum(n_k, 1)), 0.0)
         return w.astype(np.float32)

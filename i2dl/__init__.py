@@ -8,4 +8,8 @@ Stages (each a function and a ``python -m i2dl <stage>`` subcommand):
 
 from __future__ import annotations
 
+from i2dl.config import check_packages
+
 __version__ = "0.1.0"
+
+check_packages()

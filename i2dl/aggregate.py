@@ -18,14 +18,12 @@ Statistics (decisions):
   left out, so ``n`` may be smaller than the number of runs;
 * 95 % confidence interval of the mean with Student's t distribution:
   ``mean +- t_{0.975, n-1} * std / sqrt(n)`` (runs treated as independent draws).
-  ``t`` comes from ``scipy.stats.t.ppf`` when scipy is importable (it is installed
-  as a dependency of scikit-learn), else from :data:`T_975` (df 1..30, 4 decimals)
-  and 1.96 (normal quantile) beyond 30; ``ci_method`` in the results says which.
+  ``t`` comes from ``scipy.stats.t.ppf``; ``ci_method`` in the results says so.
   The interval is not clipped to [0, 1]. It is undefined (null) with fewer than 2
   values;
 * the summed confusion matrix aligns classes by CODE over the union of the runs'
   classes (sorted by code); a run lacking a class contributes zeros. Its OA, kappa
-  and macro F1 (over the classes with reference samples, as :mod:`i2dl.report`) are
+  and macro F1 (:mod:`i2dl.metrics`: over the classes with reference samples) are
   computed on the summed counts ("pooled" estimates, weighted by n_val).
 
 Runs of different experiments, with different class sets, with the same
@@ -36,7 +34,6 @@ aggregated anyway; each such case is logged as a warning and listed under
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -44,19 +41,24 @@ import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import t as student_t
 
-from i2dl.errors import I2dlError, InputDataError, InputFileNotFoundError
+from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.io.files import write_bytes_atomic
+from i2dl.layout import METRICS_JSON, REPORT_DIR, SUMMARY_JSON
+from i2dl.metrics import scores
+from i2dl.report import confusion_csv, confusion_png
 
 log = logging.getLogger(__name__)
 
-SUMMARY_JSON = "summary.json"
-METRICS_REL = Path("report") / "metrics.json"
+METRICS_REL = Path(REPORT_DIR) / METRICS_JSON
 
 RESULTS_TXT = "RESULTS.txt"
 RESULTS_JSON = "results.json"
@@ -75,26 +77,7 @@ DECIMALS = 6
 #: Depth below the given folder searched for run folders.
 MAX_DEPTH = 2
 
-#: Two-sided 95 % Student t quantiles t_{0.975, df} for df = 1..30 (index df - 1),
-#: from scipy.stats.t.ppf(0.975, df) rounded to 4 decimals; used without scipy.
-T_975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-#: Normal quantile used beyond df = 30 without scipy.
-Z_975 = 1.96
-
-try:  # scipy is a dependency of scikit-learn, hence normally installed
-    from scipy.stats import t as _student_t
-except ImportError:  # pragma: no cover - depends on the environment
-    _student_t = None
-
-CI_METHOD = (
-    "Student t, scipy.stats.t.ppf(0.975, n - 1)"
-    if _student_t is not None
-    else "Student t, table of t(0.975, df) for df <= 30, 1.96 beyond (scipy absent)"
-)
+CI_METHOD = "Student t, scipy.stats.t.ppf(0.975, n - 1)"
 
 
 # --------------------------------------------------------------------- statistics
@@ -107,17 +90,14 @@ def t_critical(df: int) -> float:
         df: degrees of freedom (number of runs - 1), >= 1.
 
     Returns:
-        ``scipy.stats.t.ppf(0.975, df)`` when scipy is installed, else
-        :data:`T_975` for df <= 30 and :data:`Z_975` (1.96) beyond.
+        ``scipy.stats.t.ppf(0.975, df)``.
 
     Raises:
         ValueError: df < 1.
     """
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if _student_t is not None:
-        return float(_student_t.ppf(0.5 + CI_LEVEL / 2, df))
-    return T_975[df - 1] if df <= len(T_975) else Z_975
+    return float(student_t.ppf(0.5 + CI_LEVEL / 2, df))
 
 
 def _rnd(x: float | None) -> float | None:
@@ -168,31 +148,20 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _matrix_scores(cm: np.ndarray) -> dict[str, Any]:
-    """OA, Cohen's kappa, per-class P/R/F1 and macro F1 of a confusion matrix.
+    """OA, Cohen's kappa, per-class P/R/F1 and macro F1 of a (summed) confusion matrix.
 
-    Same formulas and undefined-value conventions as :func:`i2dl.report.compute_metrics`
-    (rows = reference; macro F1 over the classes with reference samples).
+    Computed by :func:`i2dl.metrics.scores` (rows = reference; macro F1 over the classes
+    with reference samples), rounded to :data:`DECIMALS`.
     """
-    cm = cm.astype(np.float64)
-    n = cm.sum()
-    rows, cols, tp = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
-    out: dict[str, Any] = {"oa": None, "kappa": None, "f1_macro": None}
-    if n <= 0:
-        return {**out, "precision": [None] * len(cm), "recall": [None] * len(cm),
-                "f1": [None] * len(cm)}  # fmt: skip
-    oa = tp.sum() / n
-    pe = float((rows * cols).sum() / n**2)
-    out["oa"] = _rnd(oa)
-    out["kappa"] = _rnd((oa - pe) / (1 - pe)) if pe < 1 else None
-    prec, rec, f1 = [], [], []
-    for k in range(len(cm)):
-        seen = rows[k] > 0 or cols[k] > 0
-        prec.append(_rnd(tp[k] / cols[k]) if cols[k] > 0 else (0.0 if rows[k] > 0 else None))
-        rec.append(_rnd(tp[k] / rows[k]) if rows[k] > 0 else None)
-        f1.append(_rnd(2 * tp[k] / (rows[k] + cols[k])) if seen else None)
-    present = [f for f, r in zip(f1, rows, strict=True) if r > 0 and f is not None]
-    out["f1_macro"] = _rnd(float(np.mean(present))) if present else None
-    return {**out, "precision": prec, "recall": rec, "f1": f1}
+    sc = scores(cm)
+    return {
+        "oa": _rnd(sc.oa),
+        "kappa": _rnd(sc.kappa),
+        "f1_macro": _rnd(sc.f1_macro),
+        "precision": [_rnd(v) for v in sc.precision],
+        "recall": [_rnd(v) for v in sc.recall],
+        "f1": [_rnd(v) for v in sc.f1],
+    }
 
 
 # -------------------------------------------------------------------------- inputs
@@ -301,7 +270,7 @@ def load_run(run: str | Path) -> dict[str, Any]:
     summary = _read_json(run / SUMMARY_JSON, "run summary")
     mpath = run / METRICS_REL
     metrics = _read_json(mpath, "accuracy report")
-    classes = metrics.get("classes")
+    classes: Any = metrics.get("classes")
     cm_list = metrics.get("confusion_matrix")
     try:
         codes = [int(c["code"]) for c in classes]
@@ -411,7 +380,7 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
 
     classes = []
     for code in codes:
-        per = {"f1": [], "precision": [], "recall": [], "support": []}
+        per: dict[str, list[Any]] = {"f1": [], "precision": [], "recall": [], "support": []}
         for r in loaded:
             entry = next((c for c in r["metrics"]["classes"] if int(c["code"]) == code), None)
             for key in ("f1", "precision", "recall"):
@@ -613,11 +582,8 @@ def _f1_png(agg: Mapping[str, Any]) -> bytes:
     """Horizontal bar chart of the mean per-class F1, std error bars, runs as dots.
 
     matplotlib object API with the Agg canvas (no pyplot), as
-    :func:`i2dl.report._confusion_png`.
+    :func:`i2dl.report.confusion_png`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     classes = agg["classes"]
     k = len(classes)
     labels = [
@@ -680,7 +646,7 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
     * ``confusion_matrix_sum.csv``: summed counts, header row / first column
       ``"code name"``, rows = reference (format of i2dl.report's CSV);
     * ``confusion_matrix_sum.png``: heatmap of the summed matrix, row-normalised
-      (:func:`i2dl.report._confusion_png`);
+      (:func:`i2dl.report.confusion_png`);
     * ``f1_per_class.png``: bar chart of the mean per-class F1, std error bars.
 
     Args:
@@ -693,21 +659,19 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
     Raises:
         OSError: ``out_dir`` cannot be created or written.
     """
-    from i2dl.report import _confusion_csv, _confusion_png, write_atomic
-
     title = f"{agg['experiment']}: confusion matrix summed over {_runs(agg['n_runs'])}"
     contents = {
         RESULTS_TXT: format_results(agg).encode("utf-8"),
         RESULTS_JSON: (json.dumps(agg, indent=2, allow_nan=False) + "\n").encode("utf-8"),
-        CONFUSION_SUM_CSV: _confusion_csv(_cm_metrics(agg)),
-        CONFUSION_SUM_PNG: _confusion_png(_cm_metrics(agg), title),
+        CONFUSION_SUM_CSV: confusion_csv(_cm_metrics(agg)),
+        CONFUSION_SUM_PNG: confusion_png(_cm_metrics(agg), title),
         F1_PNG: _f1_png(agg),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, data in contents.items():
-        write_atomic(out / name, data)
+        write_bytes_atomic(out / name, data)
         written[name] = out / name
     log.info("multi-run report written to %s", out)
     return written
@@ -839,8 +803,6 @@ def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -
         InputDataError: ``groups`` is empty.
         OSError: ``out_dir`` cannot be created or written.
     """
-    from i2dl.report import write_atomic
-
     contents = {
         COMPARISON_MD: compare(groups).encode("utf-8"),
         COMPARISON_CSV: comparison_csv(groups).encode("utf-8"),
@@ -849,92 +811,6 @@ def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, data in contents.items():
-        write_atomic(out / name, data)
+        write_bytes_atomic(out / name, data)
         written[name] = out / name
     return written
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m i2dl report",
-        description=(
-            "Aggregate i2dl runs (mean +- std and 95% Student t CI of OA, kappa, "
-            "macro F1 and per-class F1; confusion matrix summed over runs), as "
-            "iota2's RESULTS.txt. One DIR: report of its runs. Several DIRs: one "
-            "report per DIR (each DIR = one experiment group) plus a comparison."
-        ),
-    )
-    p.add_argument(
-        "dirs", nargs="+", metavar="DIR",
-        help="run folder, or folder with run folders up to 2 levels below "
-        "(e.g. a Hydra multirun directory)",
-    )  # fmt: skip
-    p.add_argument(
-        "--out", type=Path, default=None,
-        help="output folder: with one DIR, where the report goes (default: DIR); "
-        "with several, where comparison.md/.csv go (default: the deepest folder "
-        "containing every DIR, i.e. their common parent)",
-    )  # fmt: skip
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m i2dl report DIR [DIR ...] [--out OUT]``.
-
-    One DIR: aggregate its runs, write the report files (:func:`write_results`)
-    into OUT (default DIR itself, or the run's folder when DIR is a summary.json),
-    print RESULTS.txt. Several DIRs: aggregate each DIR as one experiment group,
-    write each group's report into that DIR, write comparison.md / comparison.csv
-    into OUT (default: the common parent folder of the DIRs, ``os.path.commonpath``
-    of their absolute paths) and print the comparison. A DIR given twice is used
-    once.
-
-    Args:
-        argv: arguments after ``report``; None reads ``sys.argv[1:]``.
-
-    Returns:
-        0 on success; 2 on a usage error or an i2dl error (message on stderr,
-        e.g. no run folder in DIR); 1 when an output cannot be written (OSError).
-    """
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or usage error (2)
-        return int(exc.code or 0)
-    try:
-        dirs = list(dict.fromkeys(Path(d).resolve() for d in args.dirs))
-        dirs = [d.parent if d.is_file() and d.name == SUMMARY_JSON else d for d in dirs]
-        if len(dirs) == 1:
-            agg = aggregate(find_runs(dirs[0]))
-            agg["root"] = str(dirs[0])
-            out = args.out if args.out is not None else dirs[0]
-            written = write_results(out, agg)
-            print(written[RESULTS_TXT].read_text(encoding="utf-8"), end="")
-            print(f"\nreport written to {Path(out)}")
-            return 0
-        groups = []
-        for d in dirs:
-            agg = aggregate(find_runs(d))
-            agg["root"] = str(d)
-            write_results(d, agg)
-            groups.append(agg)
-        out = args.out if args.out is not None else Path(os.path.commonpath(dirs))
-        written = write_comparison(out, groups)
-        print(written[COMPARISON_MD].read_text(encoding="utf-8"), end="")
-        print(
-            f"\nper-group reports written to {', '.join(map(str, dirs))}; "
-            f"comparison written to {Path(out)}"
-        )
-        return 0
-    except I2dlError as exc:
-        print(f"i2dl report: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"i2dl report: cannot write the report: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

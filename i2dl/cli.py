@@ -1,82 +1,109 @@
-"""Hydra entry points of the stages and the per-stage log file."""
+"""The command line: a table of stages, each run under Hydra with command-line overrides."""
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from i2dl.config import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from i2dl.config import CONFIG_DIR, CONFIG_NAME, check_packages, register_resolvers
 from i2dl.errors import I2dlError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "fit", "evaluate", "infer", "train", "features-map")
 
+@dataclass(frozen=True)
+class Stage:
+    """One subcommand: ``python -m i2dl <name> ...``.
 
-@contextlib.contextmanager
-def stage_logging(run_dir: str | Path, stage: str) -> Iterator[Path]:
-    """Copy every log record of a stage to ``<run>/logs/<stage>.log``.
-
-    Yields:
-        The log file path.
+    Attributes:
+        name: the subcommand.
+        module: the module holding the stage (``run(cfg)`` for Hydra stages,
+            ``main(argv)`` otherwise), imported when the stage runs.
+        help: one line for the usage text.
+        hydra: True = takes Hydra overrides and calls ``run(cfg)``; False = plain
+            arguments, ``main(argv) -> exit status``.
     """
-    log_dir = Path(run_dir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / f"{stage}.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+    name: str
+    module: str
+    help: str
+    hydra: bool = True
+
+
+#: Every subcommand, in the order of the usage text.
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("train", "i2dl.stages.train",
+              "the main job: prepare -> fit -> evaluate -> infer "
+              "(e.g. python -m i2dl train +experiment=ltae)"),
+        Stage("prepare", "i2dl.stages.prepare",
+              "rasters + reference polygons -> Zarr sample store"),
+        Stage("fit", "i2dl.stages.fit", "train the model on the store"),
+        Stage("evaluate", "i2dl.stages.evaluate", "best checkpoint on the val split -> report/"),
+        Stage("infer", "i2dl.stages.infer", "chunked classification of the raster -> maps/"),
+        Stage("features-map", "i2dl.stages.features_map",
+              "feature time series (bands, indices, gap-filled dates, user and external "
+              "features) per chunk, per tile, and their mosaic -> final/"),
+        Stage("report", "i2dl.stages.report",
+              "aggregate runs (mean +- std, 95% interval, summed confusion matrix) and "
+              "compare experiments: python -m i2dl report DIR [DIR ...] [--out DIR]",
+              hydra=False),
     )
-    handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+}
 
 
-def stage_function(stage: str) -> Callable[[DictConfig], Any]:
-    """The Python function of a stage, taking the composed config."""
-    if stage == "prepare":
-        from i2dl.pipeline import run_prepare as fn
-    elif stage == "fit":
-        from i2dl.pipeline import run_fit as fn
-    elif stage == "evaluate":
-        from i2dl.pipeline import run_evaluate as fn
-    elif stage == "infer":
-        from i2dl.pipeline import run_infer as fn
-    elif stage == "train":
-        from i2dl.pipeline import run_train as fn
-    elif stage == "features-map":
-        from i2dl.features_map import run_features_map as fn
-    else:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+def usage() -> str:
+    """The usage text: one line per stage."""
+    width = max(len(n) for n in STAGES)
+    lines = [
+        "usage: python -m i2dl {" + "|".join(STAGES) + "} [hydra overrides]",
+        *(f"  {s.name:<{width}}  {s.help}" for s in STAGES.values()),
+        "A stage run alone on an existing run folder: add hydra.run.dir=<run folder>.",
+    ]
+    return "\n".join(lines)
+
+
+def stage_function(name: str) -> Callable[..., Any]:
+    """``run`` (Hydra stages) or ``main`` (plain stages) of a stage.
+
+    Raises:
+        ValueError: unknown stage.
+    """
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    stage = STAGES[name]
+    module = importlib.import_module(stage.module)
+    fn: Callable[..., Any] = module.run if stage.hydra else module.main
     return fn
 
 
 def run_stage(stage: str, argv: list[str] | None = None) -> Any:
-    """Run a stage under Hydra with command-line overrides.
+    """Run a Hydra stage with command-line overrides.
 
     Args:
-        stage: one of :data:`STAGES`.
+        stage: a Hydra stage of :data:`STAGES` (not ``report``).
         argv: Hydra overrides (``["+experiment=ltae", "seed=1"]``), ``-m`` for multirun;
             None reads them from ``sys.argv[1:]``.
 
     Returns:
         The stage's return value (single run).
+
+    Raises:
+        ValueError: unknown or non-Hydra stage.
+        SystemExit: (status 2) an i2dl error, logged with its message.
     """
     register_resolvers()
+    check_packages()
+    if stage in STAGES and not STAGES[stage].hydra:
+        raise ValueError(f"stage {stage!r} takes plain arguments: use main([{stage!r}, ...])")
     fn = stage_function(stage)
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("task_name=") for a in args):
@@ -99,3 +126,24 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     finally:
         sys.argv = saved
     return result.get("value")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``[stage, *arguments]`` to a stage; print the usage for an unknown one.
+
+    Args:
+        argv: ``[stage, *overrides]``; None reads ``sys.argv[1:]``.
+
+    Returns:
+        Exit status (0 success or help, 2 usage error; ``report``'s own status).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in STAGES:
+        if args and args[0] not in ("-h", "--help"):
+            print(f"unknown stage {args[0]!r}", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    if not STAGES[args[0]].hydra:
+        return int(stage_function(args[0])(args[1:]))
+    run_stage(args[0], args[1:])
+    return 0

@@ -25,3 +25,7 @@ class ConfigError(I2dlError, ValueError):
 
 class StoreError(I2dlError, ValueError):
     """A sample store is missing, incomplete or inconsistent with the request."""
+
+
+class PackageShadowedError(I2dlError, ImportError):
+    """A top-level package of i2dl (``models``, ``datamodules``) is shadowed by another."""

@@ -10,15 +10,15 @@ counted over the runs that voted).
 from __future__ import annotations
 
 import logging
-import os
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import rasterio
 
 from i2dl.errors import ConfigError
-from i2dl.io.raster import block_windows
+from i2dl.io.files import atomic_path
+from i2dl.io.geotiff import block_windows, geotiff_profile
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +58,33 @@ def fuse_maps(
         The fusion and agreement map paths.
 
     Raises:
-        ConfigError: fewer than two maps, or maps on different grids.
+        ConfigError: fewer than two maps, maps on different grids, or ``chunk_size`` < 1.
     """
     if len(paths) < 2:
         raise ConfigError(f"fusion needs the maps of at least two runs, got {len(paths)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sources = [rasterio.open(p) for p in paths]
-    targets = {"fusion": out_dir / "Classif_Fusion.tif", "agreement": out_dir / "Agreement_Fusion.tif"}
-    tmp = {k: p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex[:8]}") for k, p in targets.items()}
-    try:
+    targets = {
+        "fusion": out_dir / "Classif_Fusion.tif",
+        "agreement": out_dir / "Agreement_Fusion.tif",
+    }
+    with ExitStack() as stack:
+        sources = [stack.enter_context(rasterio.open(p)) for p in paths]
         first = sources[0]
         for s, p in zip(sources, paths, strict=True):
             if (s.crs, s.transform, s.shape) != (first.crs, first.transform, first.shape):
                 raise ConfigError(f"{p} is not on the grid of {paths[0]}: cannot fuse")
-        base = first.profile
-        prof_c = {**base, "tiled": True, "blockxsize": 256, "blockysize": 256,
-                  "compress": "deflate"}
-        prof_a = {**prof_c, "dtype": "float32", "nodata": 0.0, "predictor": 3}
+        grid = (first.width, first.height, 1)
+        prof_c = geotiff_profile(*grid, first.dtypes[0], first.crs, first.transform, first.nodata)
+        prof_a = geotiff_profile(*grid, "float32", first.crs, first.transform, nodata=0.0)
         codes_arr = np.asarray(sorted(codes))
-        with rasterio.open(tmp["fusion"], "w", **prof_c) as dc, \
-                rasterio.open(tmp["agreement"], "w", **prof_a) as da:
-            for win in block_windows(first.width, first.height, chunk_size):
+        windows = block_windows(first.width, first.height, chunk_size, param="fusion chunk_size")
+        tmp_c = stack.enter_context(atomic_path(targets["fusion"]))
+        tmp_a = stack.enter_context(atomic_path(targets["agreement"]))
+        with rasterio.open(tmp_c, "w", **prof_c) as dc, rasterio.open(tmp_a, "w", **prof_a) as da:
+            for win in windows:
                 maps = np.stack([s.read(1, window=win) for s in sources])
                 fused, agreement = majority_vote(maps, codes_arr)
                 dc.write(fused[None], window=win)
                 da.write(agreement[None], window=win)
-        for k in targets:
-            os.replace(tmp[k], targets[k])
-    finally:
-        for s in sources:
-            s.close()
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
     log.info("fusion of %d runs: %s, %s", len(paths), targets["fusion"], targets["agreement"])
     return targets["fusion"], targets["agreement"]

@@ -3,9 +3,11 @@
 The raster is cut into square block windows (``chunk_size`` pixels a side). Each window is
 read with its validity masks, normalised with the sample store's statistics (exactly as
 the datamodule does for training), sent to the device in large batches (pinned memory and
-bfloat16 autocast on CUDA) and written to tiled, DEFLATE-compressed GeoTIFF windows.
-Reading the next window overlaps computing the current one (one reader thread). Outputs
-are written under temporary names and renamed at the end: a map that exists is complete.
+bfloat16 autocast on CUDA) and written to tiled, DEFLATE-compressed GeoTIFF windows
+(:func:`i2dl.io.geotiff.geotiff_profile`). Reading the next window overlaps computing the
+current one (one reader thread). Outputs are written under temporary names and renamed at
+the end (:func:`i2dl.io.files.atomic_path`): a map that exists is complete. Tile maps are
+merged by :func:`i2dl.io.geotiff.mosaic`.
 
 Products (iota2 names in brackets):
 - ``classif.tif`` (Classif_Seed_0.tif): class codes, uint8 or uint16, nodata 0;
@@ -17,10 +19,9 @@ A pixel with no valid acquisition date is nodata in every product.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import torch
 from rich.progress import Progress
 
 from i2dl.errors import ConfigError
-from i2dl.io.raster import TimeSeriesRaster, block_windows
+from i2dl.io.files import atomic_path
+from i2dl.io.geotiff import block_windows, geotiff_profile
+from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.store import StoreInfo
 
 log = logging.getLogger(__name__)
@@ -100,24 +103,8 @@ def _predict_batch(
     return pb.float().cpu().numpy()
 
 
-def _tiff_profile(series: TimeSeriesRaster, count: int, dtype: str, nodata: float) -> dict:
-    profile = series.profile()
-    profile.update(
-        count=count,
-        dtype=dtype,
-        nodata=nodata,
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-        compress="deflate",
-        predictor=3 if dtype.startswith("float") else 2,
-        BIGTIFF="IF_SAFER",
-    )
-    return profile
-
-
 def classify_raster(
-    series: TimeSeriesRaster,
+    series: TimeSeriesSource,
     info: StoreInfo,
     predict: PredictFn | Mapping[int, PredictFn],
     out_dir: str | Path,
@@ -152,7 +139,7 @@ def classify_raster(
 
     Raises:
         ConfigError: the raster's dates or channels differ from the store's, or a bad
-            ``batch_size``.
+            ``batch_size`` or ``chunk_size``.
     """
     if series.n_dates != info.n_dates or series.n_channels != info.n_channels:
         raise ConfigError(
@@ -162,6 +149,7 @@ def classify_raster(
         )
     if batch_size < 1:
         raise ConfigError(f"infer.batch_size must be >= 1, got {batch_size}")
+    single: PredictFn | None = None if isinstance(predict, Mapping) else predict
     predicts = predict if isinstance(predict, Mapping) else None
     if predicts is not None and region_index is None:
         raise ConfigError("one model per region needs the region of every pixel (region_index)")
@@ -173,22 +161,27 @@ def classify_raster(
     names = {"classif": "classif.tif", "confidence": "confidence.tif"}
     if write_proba:
         names["proba"] = "proba.tif"
-    tag = uuid.uuid4().hex[:8]
-    tmp = {key: out_dir / f".{name}.tmp-{tag}" for key, name in names.items()}
+    final = {key: out_dir / name for key, name in names.items()}
+    grid = (series.width, series.height)
     profiles = {
-        "classif": _tiff_profile(series, 1, class_dtype, 0),
-        "confidence": _tiff_profile(series, 1, "float32", 0.0),
-        "proba": _tiff_profile(series, k, "float32", 0.0),
+        "classif": geotiff_profile(*grid, 1, class_dtype, series.crs, series.transform, 0),
+        "confidence": geotiff_profile(*grid, 1, "float32", series.crs, series.transform, 0.0),
+        "proba": geotiff_profile(*grid, k, "float32", series.crs, series.transform, 0.0),
     }
     days = torch.from_numpy(info.days).to(device)
-    windows = block_windows(series.width, series.height, chunk_size)
+    windows = block_windows(series.width, series.height, chunk_size, "infer.chunk_size")
     use_amp = amp and device.type == "cuda"
     pin = device.type == "cuda"
     n_pixels = n_nodata = 0
-    dsts = {}
-    try:
-        for key, path in tmp.items():
-            dsts[key] = rasterio.open(path, "w", **profiles[key])
+    with ExitStack() as stack:
+        # each map: temporary name, renamed when the stack closes without error (after its
+        # dataset is closed: last in, first out)
+        dsts = {
+            key: stack.enter_context(
+                rasterio.open(stack.enter_context(atomic_path(path)), "w", **profiles[key])
+            )
+            for key, path in final.items()
+        }
         with ThreadPoolExecutor(max_workers=1) as reader, Progress(disable=not progress) as bar:
             task = bar.add_task("classifying chunks", total=len(windows))
             future = reader.submit(series.read, windows[0])
@@ -200,9 +193,10 @@ def classify_raster(
                 flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
                 flat_valid = valid.reshape(h * w, info.n_dates)
                 has_data = flat_valid.any(axis=1)
-                if predicts is None:
-                    groups = [(predict, np.flatnonzero(has_data))]
+                if single is not None:
+                    groups = [(single, np.flatnonzero(has_data))]
                 else:
+                    assert predicts is not None and region_index is not None  # checked above
                     r0, c0 = int(win.row_off), int(win.col_off)
                     reg = region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
                     has_data &= reg >= 0
@@ -228,21 +222,10 @@ def classify_raster(
                 n_pixels += int(has_data.sum())
                 n_nodata += int((~has_data).sum())
                 bar.advance(task)
-        for key in list(dsts):
-            if key == "proba":
-                dsts[key].descriptions = tuple(
-                    f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
-                )
-            dsts.pop(key).close()
-        final = {key: out_dir / name for key, name in names.items()}
-        for key in tmp:
-            os.replace(tmp[key], final[key])
-    finally:
-        for dst in dsts.values():
-            dst.close()
-        for path in tmp.values():
-            if path.exists():
-                path.unlink()
+        if write_proba:
+            dsts["proba"].descriptions = tuple(
+                f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
+            )
     log.info(
         "maps written to %s: %d pixels classified, %d nodata (device %s)",
         out_dir,
@@ -259,52 +242,3 @@ def classify_raster(
         device=str(device),
     )
 
-
-def mosaic(paths: list[Path], out_path: str | Path, descriptions: list[str] | None = None) -> Path:
-    """Merge single-tile GeoTIFFs (same CRS, bands and dtype) into one mosaic.
-
-    The extent is the union of the tiles; where tiles overlap, the first tile's valid
-    pixels win (``rasterio.merge.merge``); outside every tile: the tiles' nodata. Written
-    tiled and DEFLATE-compressed under a temporary name, then renamed.
-
-    Args:
-        paths: the tile rasters, in priority order.
-        out_path: the mosaic (e.g. ``final/Classif_Seed_0.tif``).
-        descriptions: band descriptions (default: those of the first tile).
-
-    Returns:
-        ``out_path``.
-
-    Raises:
-        ConfigError: no input, or inputs in different CRS.
-    """
-    from rasterio.merge import merge
-
-    if not paths:
-        raise ConfigError("nothing to mosaic: no tile map was written")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sources = [rasterio.open(p) for p in paths]
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        crs = {str(s.crs) for s in sources}
-        if len(crs) > 1:
-            raise ConfigError(f"tiles {paths} are in different CRS {sorted(crs)}: cannot mosaic")
-        first = sources[0]
-        data, transform = merge(sources, nodata=first.nodata)
-        profile = first.profile
-        profile.update(
-            width=data.shape[2], height=data.shape[1], transform=transform, tiled=True,
-            blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
-        )
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            names = descriptions or list(first.descriptions)
-            if any(names):
-                dst.descriptions = tuple(names)
-        os.replace(tmp, out_path)
-    finally:
-        for s in sources:
-            s.close()
-        tmp.unlink(missing_ok=True)
-    return out_path

@@ -21,10 +21,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from i2dl.errors import ConfigError, InputDataError
+from i2dl.errors import ConfigError, InputDataError, StoreError
+from i2dl.features.source import data_tiles, open_source, uses_sensors
+from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
-from i2dl.io.raster import block_windows, days_since, read_dates_file
-from i2dl.io.sources import data_tiles, open_source, uses_sensors
+from i2dl.io.raster import days_since, read_dates_file
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
 from i2dl.sampling.regions import rasterize_regions, read_regions
@@ -34,8 +35,8 @@ from i2dl.sampling.selection import (
     selection_from_config,
     write_class_statistics,
 )
-from i2dl.sampling.split import LEARN, VAL, split_polygons
-from i2dl.store import STORE_VERSION, read_info, write_store
+from i2dl.sampling.split import split_polygons
+from i2dl.store import LEARN, STORE_VERSION, VAL, read_info, write_store
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _source_files(cfg: DictConfig) -> list[Path]:
         return files + extra
     table = bool(data.get("table"))
     keys = ("table",) if table else ("raster", "reference")
-    tiles = data_tiles(data) or [None]
+    tiles: list[str | None] = [*data_tiles(data)] or [None]
     paths = [
         Path(str(data[k]).format(tile=t) if t else data[k])
         for k in (*keys, "dates_file", "nomenclature") if data.get(k) for t in tiles
@@ -93,7 +94,7 @@ def store_fingerprint(cfg: DictConfig) -> str:
         "version": STORE_VERSION,
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
-        "chunk_size": int(cfg.store.chunk_size),
+        "samples_per_chunk": int(cfg.store.samples_per_chunk),
         "sources": [_file_stamp(p) for p in _source_files(cfg)],
     }
     text = json.dumps(payload, sort_keys=True, default=str)
@@ -130,8 +131,12 @@ def prepare(cfg: DictConfig) -> Path:
     path = store_path(cfg)
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
-        info = read_info(path)
-        if info.attrs.get("fingerprint") == fingerprint:
+        try:
+            reusable = read_info(path).attrs.get("fingerprint") == fingerprint
+        except StoreError as exc:  # another layout version, or not a store: rebuild
+            log.warning("%s; rebuilding it", exc)
+            reusable = False
+        if reusable:
             log.info("reusing up-to-date sample store %s", path)
             return path
     data, sampling = cfg.data, cfg.sampling
@@ -140,7 +145,7 @@ def prepare(cfg: DictConfig) -> Path:
     else:
         arrays, attrs, label_names = _samples_from_raster(data, sampling)
 
-    pairs = np.unique(np.stack([arrays["polygon_id"], arrays["y"]]), axis=1)
+    pairs = np.unique(np.stack([arrays["polygon_id"], arrays["code"]]), axis=1)
     if pairs.shape[1] != len(np.unique(arrays["polygon_id"])):
         ids, counts = np.unique(pairs[0], return_counts=True)
         raise InputDataError(
@@ -148,12 +153,12 @@ def prepare(cfg: DictConfig) -> Path:
             f"{data.get('table') or data.reference}; a polygon must have one label. Give each "
             "polygon its own id"
         )
-    arrays.setdefault("region", np.zeros(len(arrays["y"]), dtype=np.int32))
+    arrays.setdefault("region", np.zeros(len(arrays["code"]), dtype=np.int32))
     arrays["split"] = _split(arrays, float(sampling.ratio), int(sampling.random_seed))
-    arrays.setdefault("tile", np.zeros(len(arrays["y"]), dtype=np.int32))
+    arrays.setdefault("tile", np.zeros(len(arrays["code"]), dtype=np.int32))
     arrays, stats = _select(arrays, sampling, label_names)
 
-    codes = sorted(int(c) for c in np.unique(arrays["y"]))
+    codes = sorted(int(c) for c in np.unique(arrays["code"]))
     nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
     names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
     learn = arrays["split"] == LEARN
@@ -166,10 +171,10 @@ def prepare(cfg: DictConfig) -> Path:
             "sources": [_file_stamp(p) for p in _source_files(cfg)],
             "data_field": data.get("data_field"),
             "sampling": OmegaConf.to_container(sampling, resolve=True),
-            "counts": _counts(arrays["y"], arrays["split"], arrays["polygon_id"]),
+            "counts": _counts(arrays["code"], arrays["split"], arrays["polygon_id"]),
         }
     )
-    write_store(path, arrays, attrs, chunk_size=int(cfg.store.chunk_size))
+    write_store(path, arrays, attrs, samples_per_chunk=int(cfg.store.samples_per_chunk))
     write_class_statistics(class_statistics_path(path), stats)
     _log_counts(attrs["counts"], names, codes)
     return path
@@ -191,14 +196,14 @@ def _select(
     """
     sel = selection_from_config(sampling, class_names=label_names)
     learn = arrays["split"] == LEARN
-    keep = np.ones(len(arrays["y"]), dtype=bool)
+    keep = np.ones(len(arrays["code"]), dtype=bool)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        keep[learn] = select_samples(arrays["y"][learn], groups=arrays["region"][learn], **sel)
+        keep[learn] = select_samples(arrays["code"][learn], groups=arrays["region"][learn], **sel)
     for w in caught:
         log.warning("%s", w.message)
     stats = class_statistics(
-        arrays["y"], arrays["polygon_id"], arrays["split"], arrays["region"], keep,
+        arrays["code"], arrays["polygon_id"], arrays["split"], arrays["region"], keep,
         run=int(sampling.random_seed),
     )
     if not keep.all():
@@ -214,14 +219,14 @@ def _split(arrays: dict[str, np.ndarray], ratio: float, seed: int) -> np.ndarray
     One split unit per (region, polygon id): exploded MultiPolygon parts share their
     feature's id and so their side; a polygon cut by a region boundary is split per region.
     """
-    split = np.zeros(len(arrays["y"]), dtype=np.int8)
+    split = np.full(len(arrays["code"]), LEARN, dtype=np.int8)
     for region in np.unique(arrays["region"]):
         sel = np.flatnonzero(arrays["region"] == region)
         pid = arrays["polygon_id"][sel]
         ids, first = np.unique(pid, return_index=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            split_of = split_polygons(ids, arrays["y"][sel][first], ratio=ratio, seed=seed)
+            split_of = split_polygons(ids, arrays["code"][sel][first], ratio=ratio, seed=seed)
         for w in caught:
             log.warning("region %d: %s", int(region), w.message)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -257,9 +262,10 @@ def _samples_from_raster(
     samples outside every region are dropped.
     """
     tiles = data_tiles(data)
+    each_tile: list[str | None] = [*tiles] or [None]
     sources = []
     try:
-        for tile in tiles or [None]:
+        for tile in each_tile:
             sources.append(open_source(data, tile))
         first = sources[0]
         for tile, src in zip(tiles, sources, strict=False):
@@ -316,7 +322,7 @@ def _samples_from_raster(
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
-        arrays["y"] = ref.polygons["code"].to_numpy()[rows_poly]
+        arrays["code"] = ref.polygons["code"].to_numpy()[rows_poly]
         attrs = _grid_attrs(first.dates, days_since(first.dates, first.dates[0]), first.band_names)
         attrs.update(
             {
@@ -330,7 +336,10 @@ def _samples_from_raster(
                      "width": s.width, "height": s.height}
                     for i, s in enumerate(sources)
                 ],
-                "regions": sorted(int(r) for r in np.unique(arrays["region"])) if regions is not None else [],
+                "regions": (
+                    sorted(int(r) for r in np.unique(arrays["region"]))
+                    if regions is not None else []
+                ),
             }
         )
     finally:
@@ -372,7 +381,7 @@ def _samples_from_table(
     arrays = {
         "X": table.x[keep],
         "mask": table.valid[keep],
-        "y": table.codes[keep],
+        "code": table.codes[keep],
         "polygon_id": table.polygon_id[keep],
         "row": np.full(n, -1, dtype=np.int32),
         "col": np.full(n, -1, dtype=np.int32),
@@ -425,10 +434,10 @@ def _learn_statistics(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _counts(y: np.ndarray, split: np.ndarray, polygon_id: np.ndarray) -> dict[str, Any]:
+def _counts(codes: np.ndarray, split: np.ndarray, polygon_id: np.ndarray) -> dict[str, Any]:
     per_class = {}
-    for code in np.unique(y):
-        sel = y == code
+    for code in np.unique(codes):
+        sel = codes == code
         per_class[str(int(code))] = {
             "learn_pixels": int((sel & (split == LEARN)).sum()),
             "val_pixels": int((sel & (split == VAL)).sum()),

@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from i2dl.report import write_atomic
+from i2dl.io.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def write_map_preview(
 
     Args:
         classif_path: single-band GeoTIFF of class codes, nodata 0.
-        png_path: output PNG.
-        class_codes, class_names: the K classes, legend order.
+        png_path: output PNG (written atomically; its folder is created).
+        class_codes: the K class codes, legend order.
+        class_names: their K names, same order.
         max_side: the map is read decimated (nearest neighbour) so that its longer side
             is at most this many pixels.
 
@@ -56,7 +57,7 @@ def write_map_preview(
         shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
         codes_img = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     k = len(class_codes)
-    palette = colormaps["tab20" if k > 10 else "tab10"].colors
+    palette = colormaps["tab20" if k > 10 else "tab10"].colors  # type: ignore[attr-defined]
     colours = [palette[i % len(palette)] for i in range(k)]
     index = np.full(codes_img.shape, -1, dtype=np.int64)
     for i, code in enumerate(class_codes):
@@ -74,9 +75,7 @@ def write_map_preview(
                zip(colours, class_codes, class_names, strict=True)]
     handles.append(Patch(facecolor="white", edgecolor="grey", label="0 nodata"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    png_path = Path(png_path)
-    write_atomic(png_path, _png(fig))
-    return png_path
+    return write_bytes_atomic(png_path, _png(fig))
 
 
 def write_learning_curves(tb_dir: str | Path, png_path: str | Path) -> Path | None:
@@ -84,7 +83,7 @@ def write_learning_curves(tb_dir: str | Path, png_path: str | Path) -> Path | No
 
     Args:
         tb_dir: folder of the TensorBoard event files (``<run>/tb``).
-        png_path: output PNG.
+        png_path: output PNG (written atomically; its folder is created).
 
     Returns:
         ``png_path``, or None when the folder holds no epoch scalars (nothing written).
@@ -120,7 +119,4 @@ def write_learning_curves(tb_dir: str | Path, png_path: str | Path) -> Path | No
         ax.legend()
     if not drawn:
         return None
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(png_path, _png(fig))
-    return png_path
+    return write_bytes_atomic(png_path, _png(fig))

@@ -25,19 +25,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
 from i2dl.errors import InputDataError
 from i2dl.io.colours import MAX_CODE, RGB, read_colour_table, resolve_colours, rgb_to_hex
-from i2dl.report import write_atomic
+from i2dl.io.files import atomic_path, write_text_atomic
+from i2dl.io.geotiff import block_windows, geotiff_profile
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +83,15 @@ def _classes(
             f"class code(s) {missing} have no colour; complete the colours with "
             "i2dl.io.colours.resolve_colours(class_codes, colour_table)"
         )
-    out = []
+    out: list[tuple[int, str, RGB]] = []
     for code, name in zip(codes, names, strict=True):
-        rgb = tuple(int(v) for v in colours[code])
-        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        values = [int(v) for v in colours[code]]
+        if len(values) != 3 or not all(0 <= v <= 255 for v in values):
             raise InputDataError(
                 f"colour {colours[code]!r} of class {code} is not (R, G, B) with values 0-255"
             )
-        out.append((code, name, rgb))
-    return out  # type: ignore[return-value]
+        out.append((code, name, (values[0], values[1], values[2])))
+    return out
 
 
 def write_label_table(
@@ -128,16 +126,7 @@ def write_label_table(
     writer.writerow(TABLE_COLUMNS)
     for code, name, (r, g, b) in classes:
         writer.writerow([name, code, r, g, b])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue().encode("utf-8"))
-    return path
-
-
-def _windows(width: int, height: int, size: int = _CHUNK) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
+    return write_text_atomic(path, buf.getvalue())
 
 
 def write_colour_map(
@@ -204,6 +193,7 @@ def write_colour_map(
                 f"classification {classif_path} has pixel type {src_dtype}; class codes "
                 "must be integers (uint8 or uint16)"
             )
+        dtype: np.dtype
         if src_dtype == np.uint8 or (src_dtype != np.uint16 and max(palette) <= 255):
             dtype = np.dtype(np.uint8)
         else:
@@ -212,28 +202,15 @@ def write_colour_map(
             dtype = np.dtype(np.uint16)
         src_nodata = src.nodata
         remap_nodata = src_nodata is not None and src_nodata != 0
-        profile = src.profile.copy()
-        for key in ("photometric", "predictor", "interleave", "blockxsize", "blockysize"):
-            profile.pop(key, None)
-        profile.update(
-            driver="GTiff",
-            count=1,
-            dtype=dtype.name,
-            nodata=0,
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            compress="deflate",
-            photometric="palette",
-            BIGTIFF="IF_SAFER",
+        profile = geotiff_profile(
+            src.width, src.height, 1, dtype, src.crs, src.transform, nodata=0,
+            predictor=False, photometric="palette",
         )
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         counts = np.zeros(np.iinfo(dtype).max + 1, dtype=np.int64)
-        try:
+        with atomic_path(out_path) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write_colormap(1, palette)
-                for win in _windows(src.width, src.height):
+                for win in block_windows(src.width, src.height, _CHUNK):
                     block = src.read(1, window=win)
                     if remap_nodata:
                         block = np.where(block == src_nodata, 0, block)
@@ -248,9 +225,6 @@ def write_colour_map(
                     counts += np.bincount(block.ravel(), minlength=counts.size)
                     dst.write(block, 1, window=win)
                 dst.update_tags(1, CLASS_CODES=",".join(str(c) for c in sorted(palette) if c))
-            os.replace(tmp, out_path)
-        finally:
-            tmp.unlink(missing_ok=True)
     uncoloured = [int(v) for v in np.flatnonzero(counts) if int(v) not in palette]
     if uncoloured:
         log.warning(
@@ -334,11 +308,7 @@ def write_qml(
     Raises:
         InputDataError: see :func:`_classes`.
     """
-    text = qml_text(class_codes, class_names, colours)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text.encode("utf-8"))
-    return path
+    return write_text_atomic(path, qml_text(class_codes, class_names, colours))
 
 
 def product_paths(classif_path: str | Path) -> dict[str, Path]:
@@ -386,7 +356,10 @@ def write_map_products(
     else:
         table = colour_table
     colours = resolve_colours(class_codes, dict(table) if table is not None else None)
-    nodata_colour = tuple(table[0]) if table is not None and 0 in table else (0, 0, 0)
+    nodata_colour: RGB = (0, 0, 0)
+    if table is not None and 0 in table:
+        r, g, b = (int(v) for v in table[0])
+        nodata_colour = (r, g, b)
     paths = product_paths(classif_path)
     write_label_table(paths["table"], class_codes, class_names, colours)
     write_colour_map(classif_path, paths["colour_indexed"], colours, nodata_colour)

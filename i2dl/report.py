@@ -5,9 +5,9 @@ The report follows the conventions of iota2's validation step (iota2 documentati
 rows of the confusion matrix are the reference (ground truth) classes, columns the
 predicted classes, and classes are identified by their nomenclature CODE.
 
-Metrics are computed with the functional API of torchmetrics
-(``torchmetrics.functional.classification``) on class indices 0..K-1 obtained by
-mapping each code to its position in ``class_codes``:
+Metrics are computed by :mod:`i2dl.metrics` (the one definition shared with checkpoint
+selection and the multi-run aggregate) on class indices 0..K-1 obtained by mapping each
+code to its position in ``class_codes``:
 
 * OA (overall accuracy) = trace(C) / N;
 * kappa = Cohen's kappa (Cohen 1960): (OA - p_e) / (1 - p_e) with
@@ -26,30 +26,23 @@ import io
 import json
 import logging
 import math
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_cohen_kappa,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from i2dl.errors import InputDataError
 from i2dl.io import nomenclature as _nomenclature
+from i2dl.io.files import write_bytes_atomic
+from i2dl.metrics import confusion_matrix, scores
 
 log = logging.getLogger(__name__)
 
-#: Decimals kept for the float metrics. torchmetrics computes in float32 (about 7
-#: significant digits), so further digits would only be rounding noise.
+#: Decimals kept for the float metrics in reports.
 METRIC_DECIMALS = 6
 
 CONFUSION_CSV = "confusion_matrix.csv"
@@ -156,7 +149,7 @@ def _codes_to_indices(values: np.ndarray, codes: list[int], what: str) -> np.nda
     if not known.all():
         unknown, counts = np.unique(values[~known], return_counts=True)
         listed = ", ".join(
-            f"{int(c)} ({int(n)} samples)" for c, n in zip(unknown[:10], counts[:10])
+            f"{int(c)} ({int(n)} samples)" for c, n in zip(unknown[:10], counts[:10], strict=True)
         )
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
         raise InputDataError(
@@ -198,8 +191,10 @@ def _label(code: int, name: str) -> str:
     return str(code) if name == str(code) else f"{code} {name}"
 
 
-def _round(x: float) -> float | None:
-    """Python float rounded to METRIC_DECIMALS, None for NaN / inf."""
+def _round(x: float | None) -> float | None:
+    """Python float rounded to METRIC_DECIMALS, None for None, NaN or inf."""
+    if x is None:
+        return None
     x = float(x)
     if not math.isfinite(x):
         return None
@@ -217,10 +212,9 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Confusion matrix, OA, Cohen's kappa and per-class / macro scores.
 
-    Computed with ``torchmetrics.functional.classification`` (multiclass_* functions)
-    on the indices of the codes in ``class_codes``; formulas in the module docstring.
-    Float values are rounded to :data:`METRIC_DECIMALS` decimals (torchmetrics works
-    in float32).
+    Computed by :func:`i2dl.metrics.scores` on the indices of the codes in
+    ``class_codes``; formulas in the module docstring. Float values are rounded to
+    :data:`METRIC_DECIMALS` decimals.
 
     Conventions (decisions):
 
@@ -279,51 +273,30 @@ def compute_metrics(
             "validation sample (check the validation split and no-data masking)"
         )
     k = len(codes)
-    target = torch.from_numpy(_codes_to_indices(true_codes, codes, "y_true"))
-    preds = torch.from_numpy(_codes_to_indices(pred_codes, codes, "y_pred"))
-
-    # torchmetrics needs num_classes >= 2: a single-class model gets an unused
-    # padding class, sliced away below.
-    nc = max(k, 2)
-    kw: dict[str, Any] = {"num_classes": nc, "validate_args": False}
-    cm = multiclass_confusion_matrix(preds, target, **kw)[:k, :k]
-    oa = multiclass_accuracy(preds, target, average="micro", **kw)
-    kappa = multiclass_cohen_kappa(preds, target, **kw)
-    precision = multiclass_precision(preds, target, average="none", **kw)[:k]
-    recall = multiclass_recall(preds, target, average="none", **kw)[:k]
-    f1 = multiclass_f1_score(preds, target, average="none", **kw)[:k]
-
-    cm_np = cm.to(torch.int64).numpy()
-    support = cm_np.sum(axis=1)
-    predicted = cm_np.sum(axis=0)
-    present = support > 0
-
-    classes: list[dict[str, Any]] = []
-    for i, (code, name) in enumerate(zip(codes, names)):
-        has_ref = bool(support[i] > 0)
-        seen = has_ref or bool(predicted[i] > 0)
-        classes.append(
-            {
-                "code": code,
-                "name": name,
-                # precision 0/0: 0.0 if the class was missed, None if absent
-                "precision": _round(precision[i]) if seen else None,
-                "recall": _round(recall[i]) if has_ref else None,
-                "f1": _round(f1[i]) if seen else None,
-                "support": int(support[i]),
-            }
-        )
-
-    def macro(values: torch.Tensor) -> float | None:
-        return _round(values.double().numpy()[present].mean())
-
+    cm_np = confusion_matrix(
+        _codes_to_indices(true_codes, codes, "y_true"),
+        _codes_to_indices(pred_codes, codes, "y_pred"),
+        k,
+    )
+    sc = scores(cm_np)
+    classes: list[dict[str, Any]] = [
+        {
+            "code": code,
+            "name": name,
+            "precision": _round(sc.precision[i]),
+            "recall": _round(sc.recall[i]),
+            "f1": _round(sc.f1[i]),
+            "support": sc.support[i],
+        }
+        for i, (code, name) in enumerate(zip(codes, names, strict=True))
+    ]
     metrics: dict[str, Any] = {
         "n_samples": n,
-        "oa": _round(oa),
-        "kappa": _round(kappa),
-        "precision_macro": macro(precision),
-        "recall_macro": macro(recall),
-        "f1_macro": macro(f1),
+        "oa": _round(sc.oa),
+        "kappa": _round(sc.kappa),
+        "precision_macro": _round(sc.precision_macro),
+        "recall_macro": _round(sc.recall_macro),
+        "f1_macro": _round(sc.f1_macro),
         "confusion_matrix": cm_np.tolist(),
         "classes": classes,
     }
@@ -339,31 +312,13 @@ def compute_metrics(
 # -------------------------------------------------------------------------- outputs
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
-
-    The temporary file is renamed with ``os.replace`` (atomic on POSIX), so readers
-    see either the old file or the complete new one; it is removed on failure.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _confusion_csv(metrics: Mapping[str, Any]) -> bytes:
+def confusion_csv(metrics: Mapping[str, Any]) -> bytes:
     """CSV text of the confusion matrix: header row and first column "code name"."""
     labels = [_label(c["code"], c["name"]) for c in metrics["classes"]]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["reference/predicted", *labels])
-    for label, row in zip(labels, metrics["confusion_matrix"]):
+    for label, row in zip(labels, metrics["confusion_matrix"], strict=True):
         writer.writerow([label, *row])
     return buf.getvalue().encode("utf-8")
 
@@ -385,15 +340,13 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def _confusion_png(metrics: Mapping[str, Any], title: str = "") -> bytes:
+def confusion_png(metrics: Mapping[str, Any], title: str = "") -> bytes:
     """PNG heatmap of the row-normalised confusion matrix, raw counts annotated.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend
     change). Rows without reference samples are drawn light grey.
     """
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     k = cm.shape[0]
@@ -453,7 +406,7 @@ def write_report(
     """Compute the metrics and write the accuracy report files.
 
     Files written in ``report_dir`` (created with its parents if needed), each
-    atomically (temporary file in the same directory, then ``os.replace``); all
+    atomically (:func:`i2dl.io.files.write_bytes_atomic`); all
     contents are computed before the first file is written, so invalid inputs leave
     the directory untouched:
 
@@ -467,7 +420,10 @@ def write_report(
 
     Args:
         report_dir: output directory.
-        y_true, y_pred, class_codes, class_names: as in :func:`compute_metrics`.
+        y_true: (N,) reference class codes, as in :func:`compute_metrics`.
+        y_pred: (N,) predicted class codes.
+        class_codes: the K class codes of the model's nomenclature.
+        class_names: K names, a code -> name mapping, or None.
         title: first line of the figure title (e.g. the run name); may be empty.
 
     Returns:
@@ -479,8 +435,8 @@ def write_report(
     """
     metrics = compute_metrics(y_true, y_pred, class_codes, class_names)
     contents = {
-        CONFUSION_CSV: _confusion_csv(metrics),
-        CONFUSION_PNG: _confusion_png(metrics, title),
+        CONFUSION_CSV: confusion_csv(metrics),
+        CONFUSION_PNG: confusion_png(metrics, title),
         METRICS_JSON: (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(
             "utf-8"
         ),
@@ -488,7 +444,7 @@ def write_report(
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in contents.items():
-        write_atomic(out / name, data)
+        write_bytes_atomic(out / name, data)
     log.info("accuracy report written to %s:\n%s", out, format_metrics(metrics))
     return metrics
 

@@ -4,21 +4,20 @@ Layout (DESIGN.md), first axis = samples N, chunked along N:
 
 - ``X`` (N, T, C) float32: the series, unscaled (normalisation happens when reading);
 - ``mask`` (N, T) bool: True = valid observation;
-- ``y`` (N,) int64 class code; ``polygon_id`` (N,) int64 feature id in the reference file;
-- ``region`` (N,) int32; ``tile`` (N,) int32; ``split`` (N,) int8 (0 learn, 1 val);
+- ``code`` (N,) int64 class code (nomenclature code; batches turn it into the class index
+  ``y`` in [0, K)); ``polygon_id`` (N,) int64 feature id in the reference file;
+- ``region`` (N,) int32; ``tile`` (N,) int32; ``split`` (N,) int8 (:data:`LEARN` = 0,
+  :data:`VAL` = 1);
 - ``row``, ``col`` (N,) int32: pixel position in the tile raster.
 
 Attributes: see :class:`StoreInfo`. A store is written under a temporary name and renamed
-when complete, so a store that exists is complete.
+when complete (:func:`i2dl.io.files.atomic_path`), so a store that exists is complete.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +27,23 @@ import numpy as np
 import zarr
 
 from i2dl.errors import StoreError
+from i2dl.io.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "i2dl-sample-store"
-STORE_VERSION = 1
+#: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``).
+STORE_VERSION = 2
+
+#: Values of the ``split`` array: learn (training) and val (validation) samples.
+LEARN = 0
+VAL = 1
 
 #: Arrays of a store and their dtypes; ``X`` and ``mask`` have extra axes.
 ARRAY_DTYPES: dict[str, str] = {
     "X": "float32",
     "mask": "bool",
-    "y": "int64",
+    "code": "int64",
     "polygon_id": "int64",
     "region": "int32",
     "tile": "int32",
@@ -116,7 +121,7 @@ def write_store(
     path: str | Path,
     arrays: Mapping[str, np.ndarray],
     attrs: Mapping[str, Any],
-    chunk_size: int = 4096,
+    samples_per_chunk: int = 4096,
 ) -> Path:
     """Write a sample store atomically (temporary folder, then rename).
 
@@ -124,13 +129,15 @@ def write_store(
         path: destination folder (``*.zarr``); an existing store there is replaced.
         arrays: every array of :data:`ARRAY_DTYPES`, same first dimension N.
         attrs: JSON-serialisable attributes.
-        chunk_size: samples per chunk along N.
+        samples_per_chunk: samples per Zarr chunk along N (config
+            ``store.samples_per_chunk``), >= 1.
 
     Returns:
         The store path.
 
     Raises:
-        StoreError: an array is missing or has another length than ``X``.
+        StoreError: an array is missing or has another length than ``X``, or
+            ``samples_per_chunk`` < 1.
     """
     path = Path(path)
     missing = set(ARRAY_DTYPES) - set(arrays)
@@ -140,40 +147,31 @@ def write_store(
     for name, arr in arrays.items():
         if len(arr) != n:
             raise StoreError(f"store array {name} has {len(arr)} rows, X has {n}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    if samples_per_chunk < 1:
+        raise StoreError(
+            f"store.samples_per_chunk must be >= 1 sample, got {samples_per_chunk}"
+        )
+    with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for name, dtype in ARRAY_DTYPES.items():
             data = np.ascontiguousarray(arrays[name], dtype=dtype)
-            chunks = (max(1, min(chunk_size, n)),) + data.shape[1:]
-            arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks)
+            chunks = (max(1, min(samples_per_chunk, n)),) + data.shape[1:]
+            zarray = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks)
             if n:
-                arr[...] = data
+                zarray[...] = data
         group.attrs.update(
             {"format": STORE_FORMAT, "version": STORE_VERSION, "n_samples": n, **attrs}
         )
-        _replace_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote sample store %s (%d samples)", path, n)
     return path
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``, replacing ``dst`` with no moment where it is partial."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def open_store(path: str | Path) -> zarr.Group:
     """Open a sample store read-only.
+
+    A store of an older layout version opens too (its attributes, hence
+    :func:`read_info`, are unchanged, so a model trained on it can still map); reading
+    an array that version lacks raises (see :func:`store_array`).
 
     Raises:
         StoreError: no store at ``path``, or a folder that is not an i2dl store.
@@ -193,6 +191,55 @@ def open_store(path: str | Path) -> zarr.Group:
     return group
 
 
+def store_array(group: zarr.Group, name: str) -> zarr.Array:
+    """One array of an opened store (see :data:`ARRAY_DTYPES`), typed.
+
+    Args:
+        group: a store opened with :func:`open_store`.
+        name: the array name (``"X"``, ``"mask"``, ``"code"``, ``"split"``...).
+
+    Returns:
+        The Zarr array (not read).
+
+    Raises:
+        StoreError: the store has no array ``name`` (e.g. ``code`` in a store of layout
+            version 1, which called it ``y``).
+    """
+    try:
+        arr = group[name]
+    except KeyError:
+        version = group.attrs.get("version")
+        why = (
+            f"it has layout version {version}, this i2dl reads version {STORE_VERSION}"
+            if version != STORE_VERSION else f"its arrays are {sorted(ARRAY_DTYPES)}"
+        )
+        raise StoreError(
+            f"sample store {group.store} has no array {name!r}: {why}. Write a new store "
+            "with `python -m i2dl prepare` (then train again with `python -m i2dl fit`)"
+        ) from None
+    if not isinstance(arr, zarr.Array):
+        raise StoreError(f"{name!r} in sample store {group.store} is a group, not an array")
+    return arr
+
+
+def read_array(group: zarr.Group, name: str, rows: slice = slice(None)) -> np.ndarray:
+    """Read rows of one store array into memory.
+
+    Args:
+        group: a store opened with :func:`open_store`.
+        name: the array name (see :data:`ARRAY_DTYPES` for dtypes and shapes).
+        rows: the samples to read along N (default: all).
+
+    Returns:
+        ``(n, ...)`` array of the array's dtype (``X``: (n, T, C) float32; ``mask``:
+        (n, T) bool; ``code``: (n,) int64 class codes; ``split``: (n,) int8...).
+
+    Raises:
+        StoreError: see :func:`store_array`.
+    """
+    return np.asarray(store_array(group, name)[rows])
+
+
 def read_info(path: str | Path) -> StoreInfo:
     """Read a store's attributes as a :class:`StoreInfo`.
 
@@ -200,7 +247,7 @@ def read_info(path: str | Path) -> StoreInfo:
         StoreError: see :func:`open_store`.
     """
     group = open_store(path)
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     dates = [dt.date.fromisoformat(d) for d in attrs["dates"]]
     return StoreInfo(
         path=Path(path),

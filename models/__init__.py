@@ -1,20 +1,23 @@
-"""Classifier networks and the shared Lightning module of i2dl.
+"""Classifiers of i2dl: temporal encoders, one classification head, one Lightning module.
 
-* :class:`LTAE`: Lightweight Temporal Attention Encoder (Garnot & Landrieu 2020) for
-  single-pixel time series, ``net(x, days, mask) -> logits``;
-* :class:`MLPClassifier`, :class:`ANN`: deep / shallow fully connected networks on the
-  gap-filled flattened series (iota2 ``MLPClassifier`` / ``ANN``);
-* :class:`SimpleSelfAttention`: one self-attention layer over dates (iota2
-  ``SimpleSelfAttentionClassifier``);
-* :class:`TempCNN`: temporal convolutional network (Pelletier et al. 2019);
-* :class:`SITSClassifier`: Lightning module owning loss, optimiser, scheduler, metrics;
+* encoders ``(x, days, mask) -> (B, D)`` features: :class:`LTAE` (Garnot & Landrieu 2020),
+  :class:`SimpleSelfAttention` (iota2 ``SimpleSelfAttentionClassifier``), :class:`TempCNN`
+  (Pelletier et al. 2019), :class:`MLPClassifier` and :class:`ANN` (iota2 ``MLPClassifier``
+  / ``ANN``, on the gap-filled flattened series);
+* :class:`ClassifierHead`: the shared head, ``(B, D) -> (B, K)`` logits;
+* :class:`SITSClassifier`: Lightning module (encoder + head) owning loss, optimiser,
+  scheduler and metrics;
+* :class:`SklearnClassifier`: scikit-learn estimators on the same samples;
+* :class:`Classifier`: the protocol both implement, ``predict_proba(x, days, mask)``;
 * :func:`criterion_monitor`: ``(metric key, mode)`` of a model-selection criterion.
 """
 
 from models.ann import ANN
-from models.base import CRITERIA, SITSClassifier, criterion_monitor
+from models.base import CRITERIA, Classifier, SITSClassifier, criterion_monitor
+from models.head import ClassifierHead
 from models.ltae import LTAE, positional_encoding
 from models.mlp import MLPClassifier
+from models.sklearn_backends import CalibratedSVC, SklearnClassifier
 from models.ssa import SimpleSelfAttention
 from models.tempcnn import TempCNN
 
@@ -22,9 +25,13 @@ __all__ = [
     "ANN",
     "CRITERIA",
     "LTAE",
+    "CalibratedSVC",
+    "Classifier",
+    "ClassifierHead",
     "MLPClassifier",
     "SITSClassifier",
     "SimpleSelfAttention",
+    "SklearnClassifier",
     "TempCNN",
     "criterion_monitor",
     "positional_encoding",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -22,18 +23,14 @@ from torch.nn import Parameter
 from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassCohenKappa,
-    MulticlassF1Score,
-)
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from i2dl.errors import ConfigError
+from i2dl.errors import ConfigError, StoreError
+from i2dl.metrics import scores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SITSClassifier", "criterion_monitor", "CRITERIA"]
+__all__ = ["CRITERIA", "Classifier", "SITSClassifier", "criterion_monitor"]
 
 #: Model-selection criteria: name -> (logged metric key, optimisation mode).
 CRITERIA: dict[str, tuple[str, str]] = {
@@ -44,6 +41,39 @@ CRITERIA: dict[str, tuple[str, str]] = {
 }
 
 _REQUIRED_KEYS = ("x", "days", "mask")
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What evaluation and inference call on any trained i2dl classifier.
+
+    Deep networks (:class:`SITSClassifier`) and scikit-learn estimators
+    (:class:`models.sklearn_backends.SklearnClassifier`) both implement it; both are built
+    from their Hydra config by ``hydra.utils.instantiate`` (:mod:`i2dl.build`).
+    """
+
+    n_classes: int
+
+    def predict_proba(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        """Class probabilities of a batch of pixel series.
+
+        Args:
+            x: (B, T, C) float32, series normalised by the store statistics.
+            days: (B, T) int64, days since the reference date.
+            mask: (B, T) bool, True = valid observation.
+
+        Returns:
+            (B, K) float32 probabilities, column k = class index k.
+        """
+        ...
+
+    def load_weights(self, path: str | Path) -> None:
+        """Restore the fitted state saved at ``path`` by the fitting stage."""
+        ...
+
+    def to(self, device: Any) -> Any:
+        """Move to a device (a no-op for CPU-only estimators); returns the model."""
+        ...
 
 
 def criterion_monitor(criterion: str) -> tuple[str, str]:
@@ -79,7 +109,13 @@ def _default_optimizer(params: Iterable[Parameter]) -> Optimizer:
 
 
 class SITSClassifier(pl.LightningModule):
-    """Train / validate / predict any ``net(x, days, mask) -> logits`` classifier.
+    """Train / validate / predict an encoder + classification head on pixel time series.
+
+    The network is ``head(encoder(x, days, mask))``: every encoder of :mod:`models`
+    (:class:`~models.LTAE`, :class:`~models.TempCNN`, ...) maps a batch of series to
+    ``(B, D)`` features (``encoder.out_dim`` = D), the shared
+    :class:`~models.ClassifierHead` maps them to ``(B, K)`` logits. Built from the model
+    config by ``hydra.utils.instantiate`` (:func:`i2dl.build.build_classifier`).
 
     Batches are dicts of tensors::
 
@@ -87,37 +123,37 @@ class SITSClassifier(pl.LightningModule):
          "y": (B,) int64 class index in [0, K)}
 
     (``"y"`` may be absent from predict batches). The loss is cross-entropy with optional
-    class weights; the metrics are overall accuracy (``oa``, micro accuracy), Cohen's
-    kappa (``kappa``) and macro F1-score (``fscore``), logged once per epoch as
-    ``train/<name>`` and ``val/<name>`` together with ``train/loss`` and ``val/loss``.
+    class weights. The metrics, logged once per epoch as ``train/<name>`` and
+    ``val/<name>`` with ``train/loss`` and ``val/loss``, are overall accuracy (``oa``),
+    Cohen's kappa (``kappa``) and macro F1 (``fscore``), computed by
+    :func:`i2dl.metrics.scores` from the epoch's confusion matrix (accumulated by
+    torchmetrics, hence synchronised across devices): the very definitions of the
+    validation report, so the score a checkpoint is selected on is the score reported.
 
-    Checkpoints: only plain hyper-parameters (``n_classes``,
-    ``model_selection_criterion``, ``class_weights`` as a list of floats) are saved; the
-    network, optimiser and scheduler are not. Reload by rebuilding the network with the
-    same arguments and passing it in::
-
-        net = LTAE(**net_kwargs)
-        model = SITSClassifier.load_from_checkpoint(path, net=net)
-
-    This works with ``torch.load(weights_only=True)``, the default of recent PyTorch.
-    Pass ``optimizer=``/``scheduler=`` as well to resume training with them (the default
-    is Adam, lr 1e-3, and no scheduler).
+    Checkpoints hold only plain hyper-parameters (``n_classes``,
+    ``model_selection_criterion``, ``class_weights``) besides the weights; reload by
+    building the same module and calling :meth:`load_weights`.
     """
 
     def __init__(
         self,
-        net: nn.Module,
+        encoder: nn.Module,
+        head: nn.Module | Callable[..., nn.Module],
         n_classes: int,
         optimizer: Callable[[Iterable[Parameter]], Optimizer] | None = None,
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         model_selection_criterion: str = "fscore",
         class_weights: Sequence[float] | Tensor | None = None,
+        name: str = "",
     ) -> None:
-        """Wrap a network.
+        """Wrap an encoder and a classification head.
 
         Args:
-            net: module with ``forward(x (B,T,C) float32, days (B,T), mask (B,T) bool)``
-                returning ``(B, K)`` float32 logits.
+            encoder: module with ``forward(x (B,T,C) float32, days (B,T), mask (B,T) bool)``
+                returning ``(B, D)`` float32 features and an ``out_dim`` attribute (D).
+            head: the head module, or a factory ``head(in_features=D, n_classes=K)``
+                (Hydra ``_partial_: true`` on :class:`~models.ClassifierHead`) called here,
+                after the encoder is built.
             n_classes: number of classes ``K``.
             optimizer: partial optimiser constructor taking the parameters (e.g. Hydra
                 ``_partial_: true`` on ``torch.optim.Adam``); default Adam, lr 1e-3.
@@ -128,11 +164,12 @@ class SITSClassifier(pl.LightningModule):
             model_selection_criterion: ``"fscore"``, ``"oa"``, ``"kappa"`` or ``"loss"``.
             class_weights: optional ``(K,)`` non-negative weights of the cross-entropy,
                 in class-index order.
+            name: model name (``ltae``, ``tempcnn``, ...), for logs.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) if ``n_classes`` is not a positive
-                int, the criterion is unknown, or ``class_weights`` has the wrong length,
-                negative or non-finite values.
+                int, the encoder has no ``out_dim``, the criterion is unknown, or
+                ``class_weights`` has the wrong length, negative or non-finite values.
         """
         super().__init__()
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -140,6 +177,12 @@ class SITSClassifier(pl.LightningModule):
                 f"SITSClassifier: n_classes must be a positive int, got {n_classes!r}"
             )
         self.monitor_key, self.monitor_mode = criterion_monitor(model_selection_criterion)
+        out_dim = getattr(encoder, "out_dim", None)
+        if not isinstance(out_dim, int) or out_dim < 1:
+            raise ConfigError(
+                f"SITSClassifier: the encoder {type(encoder).__name__} has no positive int "
+                f"`out_dim` (got {out_dim!r}); encoders must expose the width of their output"
+            )
 
         weights_list: list[float] | None = None
         if class_weights is not None:
@@ -169,24 +212,21 @@ class SITSClassifier(pl.LightningModule):
                 "class_weights": weights_list,
             }
         )
-        self.net = net
+        self.encoder = encoder
+        self.head = head if isinstance(head, nn.Module) else head(
+            in_features=out_dim, n_classes=n_classes
+        )
         self.n_classes = n_classes
+        self.name = name
         self.model_selection_criterion = model_selection_criterion
         self.optimizer_factory = optimizer if optimizer is not None else _default_optimizer
         self.scheduler_factory = scheduler
-
-        metrics = MetricCollection(
-            {
-                "oa": MulticlassAccuracy(n_classes, average="micro"),
-                "kappa": MulticlassCohenKappa(n_classes),
-                "fscore": MulticlassF1Score(n_classes, average="macro"),
-            }
-        )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
+        # torchmetrics needs >= 2 classes: a 1-class model counts in a padded matrix.
+        self.train_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
+        self.val_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        """Logits of the wrapped network.
+        """Logits of the head on the encoder's features.
 
         Args:
             x: ``(B, T, C)`` float32 input features.
@@ -197,9 +237,9 @@ class SITSClassifier(pl.LightningModule):
             ``(B, K)`` float32 logits.
 
         Raises:
-            ValueError: propagated from the network on badly shaped input.
+            ValueError: propagated from the encoder on badly shaped input.
         """
-        return self.net(x, days, mask)
+        return self.head(self.encoder(x, days, mask))
 
     def _unpack(self, batch: Mapping[str, Tensor], need_y: bool) -> tuple[Tensor, ...]:
         """Return ``(x, days, mask[, y])`` from a batch dict, checking the keys."""
@@ -217,7 +257,7 @@ class SITSClassifier(pl.LightningModule):
         return tuple(batch[k] for k in keys)
 
     def _shared_step(self, batch: Mapping[str, Tensor], split: str) -> Tensor:
-        """Loss of one labelled batch; updates and logs the metrics of ``split``."""
+        """Loss of one labelled batch; accumulates the confusion matrix of ``split``."""
         x, days, mask, y = self._unpack(batch, need_y=True)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(
@@ -226,17 +266,52 @@ class SITSClassifier(pl.LightningModule):
             )
         logits = self(x, days, mask)
         y = y.long()
-        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights)
-        metrics = self.train_metrics if split == "train" else self.val_metrics
-        metrics.update(logits.detach(), y)
-        bs = x.shape[0]
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=bs,
+        weight = self.class_weights if isinstance(self.class_weights, Tensor) else None
+        loss = F.cross_entropy(logits.float(), y, weight=weight)
+        self._confusion(split).update(logits.detach().argmax(dim=1), y)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0],
                  prog_bar=split == "val")
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
+    def epoch_scores(self, split: str) -> dict[str, float]:
+        """OA, kappa and macro F1 of the batches of ``split`` seen since the last reset.
+
+        Args:
+            split: ``"train"`` or ``"val"``.
+
+        Returns:
+            ``{"oa", "kappa", "fscore"}`` floats (:func:`i2dl.metrics.scores`; an
+            undefined value, e.g. kappa when one class is both reference and prediction,
+            is logged as 0.0).
+        """
+        cm = self._confusion(split).compute()[: self.n_classes, : self.n_classes]
+        sc = scores(cm.detach().cpu().numpy())
+        return {
+            "oa": float(sc.oa or 0.0),
+            "kappa": float(sc.kappa or 0.0),
+            "fscore": float(sc.f1_macro or 0.0),
+        }
+
+    def _confusion(self, split: str) -> MulticlassConfusionMatrix:
+        return self.train_confusion if split == "train" else self.val_confusion
+
+    def _log_epoch(self, split: str) -> None:
+        confusion = self._confusion(split)
+        if confusion.update_count > 0:
+            for key, value in self.epoch_scores(split).items():
+                self.log(f"{split}/{key}", value, on_step=False, on_epoch=True)
+        confusion.reset()
+
+    def on_train_epoch_end(self) -> None:
+        """Log ``train/oa``, ``train/kappa``, ``train/fscore`` of the epoch."""
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/oa``, ``val/kappa``, ``val/fscore`` of the epoch (checkpoint selection)."""
+        self._log_epoch("val")
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of a training batch; logs ``train/loss`` and ``train/*`` metrics.
+        """Cross-entropy of a training batch; logs ``train/loss``.
 
         Args:
             batch: dict ``x (B,T,C) float32, days (B,T) int64, mask (B,T) bool,
@@ -252,7 +327,7 @@ class SITSClassifier(pl.LightningModule):
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        """Cross-entropy of a validation batch; logs ``val/loss`` and ``val/*`` metrics.
+        """Cross-entropy of a validation batch; logs ``val/loss``.
 
         Args:
             batch: dict as in :meth:`training_step`.
@@ -265,6 +340,35 @@ class SITSClassifier(pl.LightningModule):
             ValueError: if a key is missing or ``y`` is not ``(B,)``.
         """
         return self._shared_step(batch, "val")
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load the weights of a Lightning checkpoint written by fit into this module.
+
+        Args:
+            path: ``.ckpt`` file (``<run>/checkpoints/best.ckpt``).
+
+        Raises:
+            StoreError: no such file, or its weights do not fit this network (the model
+                config differs from the one that was trained).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"checkpoint {path} not found; run `python -m i2dl fit` first")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = dict(ckpt["state_dict"])
+            # the loss weights of training (a buffer) are restored whatever this module has
+            self.class_weights = state.pop("class_weights", None)
+            missing, unexpected = self.load_state_dict(state, strict=False)
+            missing = [k for k in missing if k != "class_weights"]
+            if missing or unexpected:
+                raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
+        except (KeyError, RuntimeError) as exc:
+            raise StoreError(
+                f"checkpoint {path} does not match the network of model.yaml ({exc}); "
+                "train again with `python -m i2dl fit`"
+            ) from None
+        self.eval()
 
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Class probabilities of a batch (``"y"`` not needed).
@@ -307,7 +411,7 @@ class SITSClassifier(pl.LightningModule):
         finally:
             self.train(was_training)
 
-    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         """Build the optimiser and, if given, the per-epoch scheduler.
 
         Returns:

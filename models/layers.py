@@ -1,11 +1,12 @@
 """Building blocks shared by the i2dl pixel-series networks.
 
 Argument checks (raising :class:`i2dl.errors.ConfigError`), the forward-input shape check
-every network runs first, dense blocks, and the gap-filled flat input used by the
-networks that need every date on a fixed grid (:class:`models.MLPClassifier`,
-:class:`models.ANN`, :class:`models.TempCNN`).
+every network runs first, dense blocks (also used by :class:`models.head.ClassifierHead`),
+and the gap-filled flat input used by the networks that need every date on a fixed grid
+(:class:`models.MLPClassifier`, :class:`models.ANN`, :class:`models.TempCNN`).
 
-Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` input channels, ``K`` classes.
+Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` input channels, ``D`` encoder
+output width, ``K`` classes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
-from models.gapfill import linear_gapfill
+from i2dl.features.gapfill import linear_gapfill
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def gapfilled(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
     """The series with invalid dates linearly interpolated in time, as float32.
 
     iota2 gap-fills every series onto its date grid before its non-sequential
-    classifiers see it; see :func:`models.gapfill.linear_gapfill`. Values at invalid
+    classifiers see it; see :func:`i2dl.features.gapfill.linear_gapfill`. Values at invalid
     dates are zeroed first, so they have no effect (NaN included); the days of invalid
     dates are used, as the dates to interpolate at.
 
@@ -224,17 +225,23 @@ def dense_block(w_in: int, w_out: int, batch_norm: bool, dropout: float) -> list
 
 
 class FlatDenseNet(nn.Module):
-    """Fully connected classifier of the gap-filled, flattened series.
+    """Fully connected encoder of the gap-filled, flattened series.
 
     Shared implementation of :class:`models.MLPClassifier` and :class:`models.ANN`,
     which differ only in their defaults. Pipeline: gap-fill invalid dates by linear
     interpolation in time (:func:`gapfilled`), flatten ``(B, T, C) -> (B, T * C)`` in
-    date-major order (date 0 channels, then date 1 channels, ...), one
-    :func:`dense_block` per hidden width, then ``Linear(hidden[-1], K)``.
+    date-major order (date 0 channels, then date 1 channels, ...), then one
+    :func:`dense_block` per hidden width. The output, of width :attr:`out_dim`
+    (``hidden[-1]``, or ``T * C`` when ``hidden`` is empty), goes to a
+    :class:`models.head.ClassifierHead`; with ``hidden=[]`` in the head, encoder plus
+    head is the former classifier ending in ``Linear(hidden[-1], K)``.
 
-    Parameter count: with widths ``w_0 = T * C, w_1, ..., w_L`` (``hidden``) and
-    ``w_{L+1} = K``, ``sum_i (w_i * w_{i+1} + w_{i+1})`` plus ``2 * sum(hidden)`` with
-    batch norm (BatchNorm1d weight and bias; running statistics are buffers).
+    Parameter count: with widths ``w_0 = T * C, w_1, ..., w_L`` (``hidden``),
+    ``sum_i (w_i * w_{i+1} + w_{i+1})`` plus ``2 * sum(hidden)`` with batch norm
+    (BatchNorm1d weight and bias; running statistics are buffers).
+
+    Attributes:
+        out_dim: width ``D`` of the output features.
 
     Note:
         With ``batch_norm=True``, a training batch of size 1 raises ValueError
@@ -244,62 +251,59 @@ class FlatDenseNet(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        n_classes: int,
         n_dates: int,
         hidden: Sequence[int],
         batch_norm: bool,
         dropout: float,
     ) -> None:
-        """Build the network.
+        """Build the encoder.
 
         Args:
             in_channels: input channels ``C`` per date.
-            n_classes: number of classes ``K``.
             n_dates: number of dates ``T`` of every input series (fixed: the first layer
                 has ``T * C`` inputs).
-            hidden: widths of the hidden layers (may be empty: a linear classifier).
+            hidden: widths of the hidden layers (may be empty: the encoder then only
+                gap-fills and flattens, and has no parameters).
             batch_norm: BatchNorm1d after each hidden Linear layer.
             dropout: dropout probability after each hidden ReLU, in ``[0, 1)``.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size
-                or width, or ``dropout`` outside ``[0, 1)``.
+                or width, a non-bool ``batch_norm``, or ``dropout`` outside ``[0, 1)``.
         """
         super().__init__()
         owner = type(self).__name__
         check_positive_int(owner, "in_channels", in_channels)
-        check_positive_int(owner, "n_classes", n_classes)
         check_positive_int(owner, "n_dates", n_dates)
         widths = check_widths(owner, "hidden", hidden)
         p = check_dropout(owner, dropout)
         if not isinstance(batch_norm, bool):
             raise ConfigError(f"{owner}: `batch_norm` must be true or false, got {batch_norm!r}")
         self.in_channels = in_channels
-        self.n_classes = n_classes
         self.n_dates = n_dates
         self.hidden = tuple(widths)
         self.batch_norm = batch_norm
         self.dropout = p
         all_widths = [n_dates * in_channels, *widths]
+        self.out_dim: int = all_widths[-1]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(all_widths[:-1], all_widths[1:], strict=True):
             layers += dense_block(w_in, w_out, batch_norm, p)
-        layers.append(nn.Linear(all_widths[-1], n_classes))
         self.layers = nn.Sequential(*layers)
         log.debug(
-            "%s: T=%d C=%d K=%d hidden=%s batch_norm=%s dropout=%s, %d parameters",
+            "%s: T=%d C=%d hidden=%s batch_norm=%s dropout=%s, D=%d, %d parameters",
             owner,
             n_dates,
             in_channels,
-            n_classes,
             widths,
             batch_norm,
             p,
+            self.out_dim,
             sum(q.numel() for q in self.parameters()),
         )
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        """Classify a batch of pixel time series.
+        """Encode a batch of pixel time series.
 
         Args:
             x: ``(B, T, C)`` float32, normalised features (unitless); values at invalid
@@ -309,8 +313,9 @@ class FlatDenseNet(nn.Module):
             mask: ``(B, T)`` bool, True = valid observation.
 
         Returns:
-            ``(B, K)`` float32 logits. A series without any valid date is all zeros
-            after gap-filling, so its logits are finite but carry no information.
+            ``(B, D)`` float32 features, ``D = out_dim``. A series without any valid
+            date is all zeros after gap-filling, so its features are finite but carry no
+            information.
 
         Raises:
             ValueError: if ``x`` is not ``(B, n_dates, in_channels)`` floating point

@@ -7,7 +7,9 @@ Data (AALTD), 2020, arXiv:2007.00586.
 The paper pairs the L-TAE with a pixel-set encoder; here it is applied to a single pixel
 series: each date of the series is one vector of ``C`` channels (spectral bands and/or
 indices), so the pixel-set encoder is replaced by a per-date linear projection (the
-paper's 1x1 convolution "inconv").
+paper's 1x1 convolution "inconv"). :class:`LTAE` is the encoder, up to the paper's
+MLP and output LayerNorm; the paper's decoder MLP is a :class:`models.head.ClassifierHead`
+(``hidden=[64, 32]``, batch norm, no dropout).
 
 Dimension names used in the docstrings: ``B`` batch (pixels), ``T`` dates, ``C`` input
 channels, ``K`` classes, ``H`` heads (``n_head``), ``D`` model width (``d_model``).
@@ -23,7 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
-from models.layers import check_forward_inputs
+from models.layers import (
+    check_dropout,
+    check_forward_inputs,
+    check_positive_int,
+    check_widths,
+    dense_block,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float =
             values, irregular spacing allowed).
         d_model: model width ``D``; must be a positive multiple of ``n_head``.
         n_head: number of heads ``H``.
-        period: the period parameter ``T`` of the sinusoids (1000 in the paper).
+        period: period of the sinusoids, in days (named ``T`` in the paper, 1000).
 
     Returns:
         ``(B, T, D)`` float32 tensor on the device of ``days``, values in ``[-1, 1]``.
@@ -79,22 +87,8 @@ def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float =
     return table.to(torch.float32).repeat(1, 1, n_head)  # (B, T, D)
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    """Raise ConfigError unless ``value`` is a positive int (bool excluded)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"LTAE: `{name}` must be a positive int, got {value!r}")
-
-
-def _linear_bn_relu(widths: Sequence[int]) -> nn.Sequential:
-    """Stack Linear + BatchNorm1d + ReLU for each consecutive pair of ``widths``."""
-    layers: list[nn.Module] = []
-    for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out), nn.ReLU()]
-    return nn.Sequential(*layers)
-
-
 class LTAE(nn.Module):
-    """L-TAE classifier for single-pixel satellite image time series.
+    """L-TAE encoder for single-pixel satellite image time series.
 
     Pipeline per pixel (Garnot & Landrieu 2020, "Lightweight Temporal Self-Attention for
     Classifying Satellite Images Time Series", AALTD 2020, Fig. 1 and Sec. 3):
@@ -107,15 +101,20 @@ class LTAE(nn.Module):
        is ``softmax_t(q_h . k_{h,t} / sqrt(d_k))`` with invalid dates excluded; the values
        of head ``h`` are its own group of ``D / H`` channels of the encoded dates (no value
        projection); the heads' weighted sums are concatenated to a ``(B, D)`` vector;
-    4. MLP ``mlp`` (Linear + BatchNorm1d + ReLU per layer), dropout, ``LayerNorm``;
-    5. decoder: Linear + BatchNorm1d + ReLU per width in ``decoder``, then a final Linear
-       to ``K`` logits.
+    4. MLP ``mlp`` (Linear + BatchNorm1d + ReLU per layer), dropout, ``LayerNorm``:
+       the output, ``(B, out_dim)`` with ``out_dim = mlp[-1]``.
+
+    The paper's decoder (Linear + BatchNorm1d + ReLU per hidden width, then a final
+    Linear to ``K`` logits) is ``ClassifierHead(out_dim, K, hidden=[64, 32],
+    batch_norm=True, dropout=0.0)`` (:class:`models.head.ClassifierHead`). Building this
+    encoder and then that head under the same torch seed gives the same initial weights
+    as the former single-module LTAE with ``decoder=[64, 32]``.
 
     Masking: dates with ``mask == False`` get a score of ``-inf`` before the softmax, and
     their input values and days are zeroed beforehand, so whatever they hold (NaN
     included) has no effect on the output. A pixel whose dates are all invalid gets
     attention weights that are all zero, so its output is finite but depends only on the
-    network's biases; callers should treat such pixels as nodata.
+    network's biases and the days' encoding; callers should treat such pixels as nodata.
 
     Input normalisation: the paper's code normalises each date's input vector with
     ``LayerNorm(C)``; there the input is a 128-wide pixel-set embedding. On raw pixel
@@ -126,6 +125,7 @@ class LTAE(nn.Module):
     restores the paper's layer.
 
     Attributes:
+        out_dim: width ``D`` of the output features, ``mlp[-1]``.
         attention_weights: ``(B, H, T)`` float32 detached tensor, the attention of the
             last forward call (rows sum to 1, or 0 for an all-invalid pixel); ``None``
             before the first call.
@@ -138,28 +138,26 @@ class LTAE(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        n_classes: int,
         d_model: int = 256,
         n_head: int = 16,
         d_k: int = 8,
         mlp: Sequence[int] = (256, 128),
-        decoder: Sequence[int] = (64, 32),
         dropout: float = 0.2,
-        T: float = 1000.0,
+        period: float = 1000.0,
         input_layernorm: bool = False,
     ) -> None:
-        """Build the network.
+        """Build the encoder.
 
         Args:
             in_channels: number of input channels ``C`` per date.
-            n_classes: number of classes ``K`` (width of the logits).
             d_model: model width ``D`` after the input projection; multiple of ``n_head``.
             n_head: number of attention heads ``H``.
             d_k: width of the master queries and keys per head.
-            mlp: widths of the MLP after attention; ``mlp[0]`` must equal ``d_model``.
-            decoder: hidden widths of the classification head (may be empty).
+            mlp: widths of the MLP after attention; ``mlp[0]`` must equal ``d_model``,
+                ``mlp[-1]`` is the output width ``out_dim``.
             dropout: dropout probability after the MLP, in ``[0, 1)``.
-            T: period of the sinusoidal positional encoding, in days (1000 in the paper).
+            period: period of the sinusoidal positional encoding, in days (named ``T``
+                in the paper, 1000).
             input_layernorm: apply the paper's per-date ``LayerNorm(C)`` to ``x`` before
                 the projection. Off by default: it discards each date's mean and scale
                 across channels, and all of the input when ``C == 1``.
@@ -167,53 +165,51 @@ class LTAE(nn.Module):
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
                 ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
-                ``dropout`` outside ``[0, 1)`` or ``T <= 0``.
+                ``dropout`` outside ``[0, 1)`` or ``period`` not a number > 0.
         """
         super().__init__()
         for name, value in (
             ("in_channels", in_channels),
-            ("n_classes", n_classes),
             ("d_model", d_model),
             ("n_head", n_head),
             ("d_k", d_k),
         ):
-            _check_positive_int(name, value)
+            check_positive_int("LTAE", name, value)
         if d_model % n_head != 0:
             raise ConfigError(
                 f"LTAE: d_model={d_model} must be divisible by n_head={n_head}; "
                 f"choose d_model as a multiple of n_head "
                 f"(e.g. {n_head * max(1, d_model // n_head)})"
             )
-        mlp = list(mlp)
-        decoder = list(decoder)
-        if not mlp:
-            raise ConfigError(f"LTAE: `mlp` must list at least one width (d_model={d_model})")
-        for k, w in enumerate(mlp):
-            _check_positive_int(f"mlp[{k}]", w)
-        for k, w in enumerate(decoder):
-            _check_positive_int(f"decoder[{k}]", w)
+        mlp = check_widths("LTAE", "mlp", mlp, allow_empty=False)
         if mlp[0] != d_model:
             raise ConfigError(
                 f"LTAE: mlp[0]={mlp[0]} must equal d_model={d_model} (the width of the "
                 f"attention output); set mlp=[{d_model}, ...]"
             )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"LTAE: `dropout` must be in [0, 1), got {dropout!r}")
+        p = check_dropout("LTAE", dropout)
         if in_channels == 1 and input_layernorm:
             log.warning(
                 "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
                 "of x (LayerNorm over one channel is constant); use input_layernorm=False"
             )
-        if not float(T) > 0:
-            raise ConfigError(f"LTAE: `T` (positional period, days) must be > 0, got {T!r}")
+        try:
+            period_f = float(period)
+        except (TypeError, ValueError):
+            period_f = float("nan")
+        if isinstance(period, bool) or not period_f > 0:
+            raise ConfigError(
+                f"LTAE: `period` (positional encoding period, days) must be a number > 0, "
+                f"got {period!r}; the paper uses 1000"
+            )
 
         self.in_channels = in_channels
-        self.n_classes = n_classes
         self.d_model = d_model
         self.n_head = n_head
         self.d_k = d_k
-        self.T = float(T)
+        self.period = period_f
         self.input_layernorm = bool(input_layernorm)
+        self.out_dim: int = mlp[-1]
 
         self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
         self.inconv = nn.Linear(in_channels, d_model)
@@ -224,24 +220,22 @@ class LTAE(nn.Module):
         self.key = nn.Linear(d_model, n_head * d_k)
         nn.init.normal_(self.key.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
 
-        self.mlp = _linear_bn_relu(mlp)
-        self.dropout = nn.Dropout(dropout)
+        mlp_layers: list[nn.Module] = []
+        for w_in, w_out in zip(mlp[:-1], mlp[1:], strict=True):
+            mlp_layers += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
+        self.mlp = nn.Sequential(*mlp_layers)  # Linear, BatchNorm1d, ReLU per layer
+        self.dropout = nn.Dropout(p)
         self.out_norm = nn.LayerNorm(mlp[-1])
-
-        widths = [mlp[-1], *decoder]
-        self.decoder = nn.Sequential(
-            *_linear_bn_relu(widths), nn.Linear(widths[-1], n_classes)
-        )
 
         self.attention_weights: Tensor | None = None
         log.debug(
-            "LTAE: C=%d K=%d d_model=%d n_head=%d d_k=%d mlp=%s decoder=%s, %d parameters",
-            in_channels, n_classes, d_model, n_head, d_k, mlp, decoder,
-            sum(p.numel() for p in self.parameters()),
+            "LTAE: C=%d d_model=%d n_head=%d d_k=%d mlp=%s period=%s, D=%d, %d parameters",
+            in_channels, d_model, n_head, d_k, mlp, period_f, self.out_dim,
+            sum(q.numel() for q in self.parameters()),
         )
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        """Classify a batch of pixel time series.
+        """Encode a batch of pixel time series.
 
         Args:
             x: ``(B, T, C)`` float32, normalised reflectances / spectral indices
@@ -250,7 +244,7 @@ class LTAE(nn.Module):
             mask: ``(B, T)`` bool, True where the observation is valid.
 
         Returns:
-            ``(B, K)`` float32 logits (unnormalised class scores). Also sets
+            ``(B, D)`` float32 features, ``D = out_dim = mlp[-1]``. Also sets
             :attr:`attention_weights` to the ``(B, H, T)`` attention of this call.
 
         Raises:
@@ -265,7 +259,7 @@ class LTAE(nn.Module):
         days = torch.where(mask, days, torch.zeros((), dtype=days.dtype, device=days.device))
 
         z = self.in_out_norm(self.inconv(self.in_norm(x.float())))  # (B, T, D)
-        z = z + positional_encoding(days, self.d_model, self.n_head, self.T)
+        z = z + positional_encoding(days, self.d_model, self.n_head, self.period)
 
         k = self.key(z).view(B, T, self.n_head, self.d_k)  # (B, T, H, d_k)
         scores = torch.einsum("hd,bthd->bht", self.query, k) / math.sqrt(self.d_k)
@@ -280,5 +274,4 @@ class LTAE(nn.Module):
         v = z.view(B, T, self.n_head, self.d_model // self.n_head)  # (B, T, H, D/H)
         out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)  # (B, D)
 
-        out = self.out_norm(self.dropout(self.mlp(out)))
-        return self.decoder(out)
+        return self.out_norm(self.dropout(self.mlp(out)))  # (B, out_dim)

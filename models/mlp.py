@@ -2,12 +2,14 @@
 
 Counterpart of iota2's ``MLPClassifier`` deep-learning network: the series is
 gap-filled onto its date grid (linear interpolation in time of invalid dates, as iota2
-does before its non-sequential classifiers, see :mod:`models.gapfill`), flattened to one
-vector of ``T * C`` values, and classified by a stack of fully connected layers. The
-layer layout and defaults below are i2dl's (they were not copied from iota2's source).
+does before its non-sequential classifiers, see :mod:`i2dl.features.gapfill`), flattened to one
+vector of ``T * C`` values, and encoded by a stack of fully connected layers; a
+:class:`models.head.ClassifierHead` with ``hidden=[]`` (one ``Linear(hidden[-1], K)``)
+classifies the encoding. The layer layout and defaults below are i2dl's (they were not
+copied from iota2's source).
 
-MLPClassifier versus ANN (:mod:`models.ann`), both on the same flattened gap-filled
-input and both ending in ``Linear(last hidden width, K)``:
+MLPClassifier versus ANN (:mod:`models.ann`), both encoders of the same flattened
+gap-filled input, both followed by the head ``Linear(last hidden width, K)``:
 
 ==============  ==========================================  =========================
                 MLPClassifier (this module)                 ANN
@@ -16,7 +18,7 @@ hidden widths   ``(256, 128)``: two hidden layers            ``(128,)``: one lay
 hidden block    Linear → BatchNorm1d → ReLU → Dropout        Linear → ReLU
 batch norm      on (``batch_norm=True``)                     off (``batch_norm=False``)
 dropout         0.2 after every hidden layer                 0.0 (none)
-parameters      51,973 (T=68, C=1, K=5)                      9,477 (T=68, C=1, K=5)
+parameters      51,328 + head 645 (T=68, C=1, K=5)           8,832 + head 645
 ==============  ==========================================  =========================
 
 Both take the same options (``hidden``, ``batch_norm``, ``dropout``), so either can be
@@ -25,7 +27,8 @@ regularised one (batch norm and dropout make it less prone to over-fit a few tho
 pixels with a wide ``T * C`` input), the ANN is the shallow un-regularised baseline,
 faster to train and a sanity check for the deeper networks.
 
-Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` input channels, ``K`` classes.
+Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` input channels, ``D`` output
+width (``out_dim``), ``K`` classes.
 """
 
 from __future__ import annotations
@@ -38,21 +41,27 @@ __all__ = ["MLPClassifier"]
 
 
 class MLPClassifier(FlatDenseNet):
-    """Deep fully connected classifier of the gap-filled flattened series.
+    """Deep fully connected encoder of the gap-filled flattened series.
 
     Pipeline (after iota2's ``MLPClassifier``): linear gap-filling of invalid dates in
-    time (:func:`models.gapfill.linear_gapfill`), flatten ``(B, T, C) -> (B, T * C)``,
+    time (:func:`i2dl.features.gapfill.linear_gapfill`), flatten ``(B, T, C) -> (B, T * C)``,
     then for each width ``w`` in ``hidden``: ``Linear -> BatchNorm1d(w) -> ReLU ->
-    Dropout``, then ``Linear(hidden[-1], K)``.
+    Dropout``; output ``(B, D)`` with ``D = out_dim = hidden[-1]`` (``T * C`` if
+    ``hidden`` is empty). iota2's classifier is this encoder followed by
+    ``ClassifierHead(out_dim, K, hidden=[])``, i.e. ``Linear(hidden[-1], K)``.
 
     Masking: the values at invalid dates are never read (NaN included); those dates take
     the interpolated value, so the days of invalid dates matter (they are the times to
-    interpolate at). A pixel without any valid date is classified from a zero series.
+    interpolate at). A pixel without any valid date is encoded from a zero series.
 
-    Parameter count of the default config (``hidden=(256, 128)``, batch norm):
-    ``(T*C*256 + 256) + 2*256 + (256*128 + 128) + 2*128 + (128*K + K)``, i.e. 51,973 for
-    ``T=68, C=1, K=5`` and 150,029 for ``T=149, C=3, K=13`` (Formosat-2). The first layer
-    dominates and grows with ``T * C``.
+    Parameter count of the default config (``hidden=(256, 128)``, batch norm): encoder
+    ``(T*C*256 + 256) + 2*256 + (256*128 + 128) + 2*128``, i.e. 51,328 for ``T=68, C=1``
+    and 148,352 for ``T=149, C=3`` (Formosat-2); with the head ``128*K + K``, 51,973 for
+    ``T=68, C=1, K=5`` and 150,029 for ``T=149, C=3, K=13``. The first layer dominates
+    and grows with ``T * C``.
+
+    Attributes:
+        out_dim: width ``D`` of the output features, ``hidden[-1]`` (or ``T * C``).
 
     Note:
         BatchNorm1d needs more than one sample per training batch (PyTorch raises
@@ -62,19 +71,18 @@ class MLPClassifier(FlatDenseNet):
     def __init__(
         self,
         in_channels: int,
-        n_classes: int,
         n_dates: int,
         hidden: Sequence[int] = (256, 128),
         batch_norm: bool = True,
         dropout: float = 0.2,
     ) -> None:
-        """Build the network.
+        """Build the encoder.
 
         Args:
             in_channels: input channels ``C`` per date (bands and/or indices).
-            n_classes: number of classes ``K``.
             n_dates: number of dates ``T`` of every series; forward refuses another ``T``.
-            hidden: hidden layer widths (empty: a linear classifier of the series).
+            hidden: hidden layer widths (empty: the encoder only gap-fills and
+                flattens, and a linear head classifies the series).
             batch_norm: BatchNorm1d after each hidden Linear layer.
             dropout: dropout probability after each hidden ReLU, in ``[0, 1)``.
 
@@ -82,4 +90,4 @@ class MLPClassifier(FlatDenseNet):
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size
                 or width, a non-bool ``batch_norm``, or ``dropout`` outside ``[0, 1)``.
         """
-        super().__init__(in_channels, n_classes, n_dates, hidden, batch_norm, dropout)
+        super().__init__(in_channels, n_dates, hidden, batch_norm, dropout)

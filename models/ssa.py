@@ -1,4 +1,4 @@
-"""One-layer self-attention classifier for pixel time series.
+"""One-layer self-attention encoder for pixel time series.
 
 Counterpart of iota2's ``SimpleSelfAttentionClassifier`` deep-learning network: the
 smallest attention model, a single self-attention layer over the acquisition dates
@@ -6,7 +6,9 @@ smallest attention model, a single self-attention layer over the acquisition dat
 need", NeurIPS), with the sinusoidal encoding of the day offset used by the L-TAE
 (:func:`models.ltae.positional_encoding`, Garnot & Landrieu 2020) in place of the
 sequence index. The layer layout and defaults below are i2dl's (they were not copied
-from iota2's source).
+from iota2's source). The classifier is this encoder followed by
+``ClassifierHead(d_model, K, hidden=[64], batch_norm=False, dropout=0.2)``
+(:class:`models.head.ClassifierHead`).
 
 Unlike :class:`models.MLPClassifier`, :class:`models.ANN` and :class:`models.TempCNN`,
 this network reads the raw (not gap-filled) series: invalid dates are excluded from the
@@ -34,7 +36,7 @@ __all__ = ["SimpleSelfAttention"]
 
 
 class SimpleSelfAttention(nn.Module):
-    """Single self-attention layer over dates, masked mean pooling, MLP head.
+    """Single self-attention layer over dates and masked mean pooling.
 
     Pipeline per pixel:
 
@@ -43,8 +45,12 @@ class SimpleSelfAttention(nn.Module):
     2. one ``nn.MultiheadAttention(D, H)`` layer, every date attending to every valid
        date (``key_padding_mask = ~mask``); residual connection and ``LayerNorm(D)``
        (post-norm, as in Vaswani et al. 2017);
-    3. mean over the valid dates only, ``(B, T, D) -> (B, D)``;
-    4. head ``Linear(D, hidden) -> ReLU -> Dropout -> Linear(hidden, K)``.
+    3. mean over the valid dates only, ``(B, T, D) -> (B, D)``: the output, of width
+       ``out_dim = d_model``.
+
+    i2dl's classifier adds the head ``Linear(D, 64) -> ReLU -> Dropout(0.2) ->
+    Linear(64, K)``, i.e. ``ClassifierHead(out_dim, K, hidden=[64], batch_norm=False,
+    dropout=0.2)``.
 
     Masking: invalid dates are masked as keys (no date attends to them) and left out of
     the pooling, and their values and days are zeroed first, so whatever they hold (NaN
@@ -53,60 +59,54 @@ class SimpleSelfAttention(nn.Module):
     finite), hence finite logits that depend on the head's biases only; treat such
     pixels as nodata.
 
-    Parameter count of the default config (``d_model=64, n_head=4, hidden=64``):
-    ``(C*64 + 64)`` projection + ``4*64*64 + 4*64`` attention (in- and out-projections)
-    + ``2*64`` LayerNorm + ``(64*64 + 64) + (64*K + K)`` head, i.e. 21,381 for
-    ``T=68, C=1, K=5`` and 22,029 for ``T=149, C=3, K=13`` (Formosat-2); it does not
-    depend on ``T``.
+    Parameter count of the default config (``d_model=64, n_head=4``): ``(C*64 + 64)``
+    projection + ``4*64*64 + 4*64`` attention (in- and out-projections) + ``2*64``
+    LayerNorm, i.e. 16,896 for ``C=1`` and 17,024 for ``C=3``; with the default head
+    ``(64*64 + 64) + (64*K + K)``, 21,381 for ``T=68, C=1, K=5`` and 22,029 for
+    ``T=149, C=3, K=13`` (Formosat-2). It does not depend on ``T``.
+
+    Attributes:
+        out_dim: width ``D`` of the output features, ``d_model``.
     """
 
     def __init__(
         self,
         in_channels: int,
-        n_classes: int,
         n_dates: int | None = None,
         d_model: int = 64,
         n_head: int = 4,
-        hidden: int = 64,
-        dropout: float = 0.2,
         attention_dropout: float = 0.0,
         period: float = 1000.0,
     ) -> None:
-        """Build the network.
+        """Build the encoder.
 
         Args:
             in_channels: input channels ``C`` per date (bands and/or indices).
-            n_classes: number of classes ``K``.
             n_dates: number of dates ``T`` of the training series; only validated and
                 recorded, since the network accepts any ``T``.
-            d_model: model width ``D``; a multiple of ``n_head``.
+            d_model: model width ``D``, the output width; a multiple of ``n_head``.
             n_head: number of attention heads ``H``.
-            hidden: width of the hidden layer of the classification head.
-            dropout: dropout probability in the head, in ``[0, 1)``.
             attention_dropout: dropout probability on the attention weights, in ``[0, 1)``.
             period: period of the sinusoidal positional encoding, in days (1000, as in
-                the L-TAE paper; named ``T`` in :class:`models.LTAE`).
+                the L-TAE paper; also ``period`` in :class:`models.LTAE`).
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
-                ``d_model % n_head != 0``, a dropout outside ``[0, 1)`` or
+                ``d_model % n_head != 0``, ``attention_dropout`` outside ``[0, 1)`` or
                 ``period <= 0``.
         """
         super().__init__()
         owner = type(self).__name__
         check_positive_int(owner, "in_channels", in_channels)
-        check_positive_int(owner, "n_classes", n_classes)
         if n_dates is not None:
             check_positive_int(owner, "n_dates", n_dates)
         check_positive_int(owner, "d_model", d_model)
         check_positive_int(owner, "n_head", n_head)
-        check_positive_int(owner, "hidden", hidden)
         if d_model % n_head != 0:
             raise ConfigError(
                 f"{owner}: d_model={d_model} must be divisible by n_head={n_head}; choose "
                 f"d_model as a multiple of n_head (e.g. {n_head * max(1, d_model // n_head)})"
             )
-        p = check_dropout(owner, dropout)
         p_att = check_dropout(owner, attention_dropout, "attention_dropout")
         try:
             period_f = float(period)
@@ -118,31 +118,26 @@ class SimpleSelfAttention(nn.Module):
             )
 
         self.in_channels = in_channels
-        self.n_classes = n_classes
         self.n_dates = n_dates
         self.d_model = d_model
         self.n_head = n_head
         self.period = period_f
+        self.out_dim: int = d_model
 
         self.inproj = nn.Linear(in_channels, d_model)
         self.attention = nn.MultiheadAttention(d_model, n_head, dropout=p_att, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Sequential(
-            nn.Linear(d_model, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, n_classes)
-        )
         log.debug(
-            "%s: C=%d K=%d d_model=%d n_head=%d hidden=%d, %d parameters",
+            "%s: C=%d d_model=%d n_head=%d, %d parameters",
             owner,
             in_channels,
-            n_classes,
             d_model,
             n_head,
-            hidden,
             sum(q.numel() for q in self.parameters()),
         )
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        """Classify a batch of pixel time series.
+        """Encode a batch of pixel time series.
 
         Args:
             x: ``(B, T, C)`` float32, normalised features (unitless); values at invalid
@@ -152,7 +147,8 @@ class SimpleSelfAttention(nn.Module):
             mask: ``(B, T)`` bool, True = valid observation.
 
         Returns:
-            ``(B, K)`` float32 logits.
+            ``(B, D)`` float32 features, ``D = out_dim = d_model``; zeros for a pixel
+            without any valid date.
 
         Raises:
             ValueError: if ``x`` is not ``(B, T, in_channels)`` floating point, or
@@ -172,5 +168,4 @@ class SimpleSelfAttention(nn.Module):
 
         weights = mask.to(z.dtype).unsqueeze(-1)  # (B, T, 1)
         count = weights.sum(dim=1).clamp(min=1.0)  # (B, 1)
-        pooled = (z * weights).sum(dim=1) / count  # (B, D); zeros without valid dates
-        return self.head(pooled)
+        return (z * weights).sum(dim=1) / count  # (B, D); zeros without valid dates

@@ -33,11 +33,11 @@ FAST = [
 ]
 #: A small LTAE for tests (the default one is 256 wide).
 SMALL_LTAE = [
-    "model.net.d_model=32",
-    "model.net.n_head=4",
-    "model.net.d_k=4",
-    "model.net.mlp=[32,16]",
-    "model.net.decoder=[16]",
+    "model.encoder.d_model=32",
+    "model.encoder.n_head=4",
+    "model.encoder.d_k=4",
+    "model.encoder.mlp=[32,16]",
+    "model.head.hidden=[16]",
 ]
 
 
@@ -127,7 +127,8 @@ def tiny_dataset(tmp_path: Path) -> dict:
     dates = [dt.date(2020, 1, 1) + dt.timedelta(days=10 * i) for i in range(t)]
     dates_file = tmp_path / "dates.txt"
     dates_file.write_text("\n".join(d.strftime("%Y%m%d") for d in dates) + "\n")
-    gdf = gpd.GeoDataFrame({"code": codes, "name": [f"class{k}" for k in codes]}, geometry=polys, crs="EPSG:32633")
+    gdf = gpd.GeoDataFrame({"code": codes, "name": [f"class{k}" for k in codes]}, geometry=polys,
+                           crs="EPSG:32633")
     reference = tmp_path / "reference.gpkg"
     gdf.to_file(reference, driver="GPKG")
     overrides = [

@@ -22,7 +22,8 @@ from shapely.geometry import MultiPolygon
 from i2dl.errors import InputDataError, InputFileNotFoundError
 from i2dl.io.vector import read_reference
 from i2dl.prepare import prepare, store_path
-from i2dl.sampling.split import LEARN, SinglePolygonClassWarning
+from i2dl.sampling.split import SinglePolygonClassWarning
+from i2dl.store import LEARN
 from tests.conftest import DATA_DIR, write_stack
 
 D5H2 = DATA_DIR / "iota2_testdata" / "references" / "D5H2_groundTruth_samples.shp"
@@ -164,7 +165,7 @@ def test_multipolygon_rejected_then_exploded_in_prepare(make_cfg, tiny_dataset, 
 
     cfg = make_cfg(*_overrides(tiny_dataset, reference=path), "sampling.explode_multipolygons=true")
     store = zarr.open_group(str(prepare(cfg)), mode="r")
-    pid, y = store["polygon_id"][:], store["y"][:]
+    pid, y = store["polygon_id"][:], store["code"][:]
     # both parts (2 x 24 px) carry the MultiPolygon's id and class 2
     assert (pid == multi_fid).sum() == 48
     assert set(y[pid == multi_fid].tolist()) == {2}
@@ -188,7 +189,7 @@ def test_single_polygon_class_warns_and_goes_to_learn(make_cfg, tiny_dataset, tm
         out = prepare(cfg)
     assert out == store_path(cfg) and out.is_dir()
     store = zarr.open_group(str(out), mode="r")
-    y, split, pid = store["y"][:], store["split"][:], store["polygon_id"][:]
+    y, split, pid = store["code"][:], store["split"][:], store["polygon_id"][:]
     sel = y == 3
     assert sel.sum() == 24  # the 4 x 6 px polygon, none fully masked
     assert set(pid[sel].tolist()) == {lone_fid}

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import zarr
 
 from datamodules import PixelSeriesDataModule, StoreBlockDataset
+from i2dl.errors import StoreError
 from i2dl.prepare import prepare
+from i2dl.store import (
+    LEARN,
+    VAL,
+    open_store,
+    read_array,
+    read_info,
+    store_array,
+    write_store,
+)
 
 
-def _store(make_cfg, tiny_dataset, chunk_size: int = 16):
-    cfg = make_cfg(*tiny_dataset["overrides"], f"store.chunk_size={chunk_size}")
+def _store(make_cfg, tiny_dataset, samples_per_chunk: int = 16):
+    cfg = make_cfg(*tiny_dataset["overrides"], f"store.samples_per_chunk={samples_per_chunk}")
     return prepare(cfg)
 
 
 def test_epoch_covers_each_learn_sample_once(make_cfg, tiny_dataset) -> None:
     path = _store(make_cfg, tiny_dataset)
     group = zarr.open_group(str(path), mode="r")
-    learn_rows = set(np.flatnonzero(group["split"][:] == 0).tolist())
+    learn_rows = set(np.flatnonzero(group["split"][:] == LEARN).tolist())
     assert group["X"].chunks[0] == 16 and len(learn_rows) > 3 * 16  # several chunks
-    ds = StoreBlockDataset(path, split=0, batch_size=10, shuffle=True, block_chunks=2)
+    ds = StoreBlockDataset(path, split=LEARN, batch_size=10, shuffle=True, block_chunks=2)
     torch.manual_seed(0)
     epoch1 = torch.cat([b["index"] for b in ds]).tolist()
     epoch2 = torch.cat([b["index"] for b in ds]).tolist()
@@ -34,11 +45,11 @@ def test_epoch_covers_each_learn_sample_once(make_cfg, tiny_dataset) -> None:
 def test_batch_content_is_normalised_store_data(make_cfg, tiny_dataset) -> None:
     path = _store(make_cfg, tiny_dataset)
     group = zarr.open_group(str(path), mode="r")
-    X, mask, y = group["X"][:], group["mask"][:], group["y"][:]
+    X, mask, code = group["X"][:], group["mask"][:], group["code"][:]
     mean = np.asarray(group.attrs["norm"]["mean"], dtype=np.float32)
     std = np.asarray(group.attrs["norm"]["std"], dtype=np.float32)
     codes = [c["code"] for c in group.attrs["classes"]]
-    batch = next(iter(StoreBlockDataset(path, split=1, batch_size=32, shuffle=False)))
+    batch = next(iter(StoreBlockDataset(path, split=VAL, batch_size=32, shuffle=False)))
     idx = batch["index"].numpy()
     expected = (X[idx] - mean) / std
     expected[~mask[idx]] = 0.0
@@ -46,19 +57,53 @@ def test_batch_content_is_normalised_store_data(make_cfg, tiny_dataset) -> None:
     assert batch["x"].dtype == torch.float32 and batch["mask"].dtype == torch.bool
     assert batch["days"].shape == batch["mask"].shape == (32, 6)
     np.testing.assert_array_equal(batch["days"][0].numpy(), [0, 10, 20, 30, 40, 50])
-    np.testing.assert_array_equal(batch["code"].numpy(), y[idx])
-    np.testing.assert_array_equal(np.asarray(codes)[batch["y"].numpy()], y[idx])
+    np.testing.assert_array_equal(batch["code"].numpy(), code[idx])
+    np.testing.assert_array_equal(np.asarray(codes)[batch["y"].numpy()], code[idx])
     # the cloud mask of date 2 (left half) is in the mask
     assert not mask[group["col"][:] < 12][:, 2].any() and mask[group["col"][:] >= 12][:, 2].all()
 
 
 def test_datamodule_loaders_and_class_weights(make_cfg, tiny_dataset) -> None:
-    path = _store(make_cfg, tiny_dataset, chunk_size=4096)
+    path = _store(make_cfg, tiny_dataset, samples_per_chunk=4096)
     dm = PixelSeriesDataModule(store_path=path, batch_size=64)
     assert dm.info.class_codes == [1, 2, 3] and dm.info.n_dates == 6 and dm.info.n_channels == 2
     n_val = sum(len(b["y"]) for b in dm.val_dataloader())
     group = zarr.open_group(str(path), mode="r")
-    assert n_val == int((group["split"][:] == 1).sum())
-    split, y = group["split"][:], group["y"][:]
-    n_k = np.array([((split == 0) & (y == c)).sum() for c in (1, 2, 3)])
+    assert n_val == int((group["split"][:] == VAL).sum())
+    split, code = group["split"][:], group["code"][:]
+    n_k = np.array([((split == LEARN) & (code == c)).sum() for c in (1, 2, 3)])
     np.testing.assert_allclose(dm.class_weights(), n_k.sum() / (3 * n_k), rtol=1e-6)
+
+
+def test_store_arrays_and_layout_version(tmp_path) -> None:
+    n, t, c = 10, 3, 2
+    arrays = {
+        "X": np.ones((n, t, c), np.float32), "mask": np.ones((n, t), bool),
+        "code": np.arange(n) % 2 + 1, "polygon_id": np.arange(n), "region": np.zeros(n),
+        "tile": np.zeros(n), "split": np.arange(n) % 2, "row": np.arange(n), "col": np.arange(n),
+    }
+    attrs = {"dates": [], "days": [0, 5, 10], "band_names": ["b1", "b2"],
+             "classes": [{"code": 1, "name": "a"}, {"code": 2, "name": "b"}],
+             "norm": {"mean": [0, 0], "std": [1, 1]}, "transform": [1, 0, 0, 0, -1, 0],
+             "width": 0, "height": 0}
+    path = write_store(tmp_path / "s.zarr", arrays, attrs, samples_per_chunk=4)
+    group = open_store(path)
+    assert store_array(group, "X").chunks == (4, t, c)
+    np.testing.assert_array_equal(read_array(group, "code", slice(2, 5)), [1, 2, 1])
+    assert read_array(group, "split").dtype == np.int8
+    with pytest.raises(StoreError, match="no array 'y'"):
+        store_array(group, "y")
+    with pytest.raises(StoreError, match="samples_per_chunk must be >= 1"):
+        write_store(tmp_path / "t.zarr", arrays, {}, samples_per_chunk=0)
+    del arrays["code"]
+    with pytest.raises(StoreError, match=r"arrays \['code'\] missing"):
+        write_store(tmp_path / "t.zarr", arrays, {})
+    # a store of layout version 1 (class codes in "y"): attributes still read, arrays not
+    old = zarr.open_group(str(path), mode="r+")
+    old.attrs["version"] = 1
+    old.create_array("y", shape=(n,), dtype="int64")
+    del old["code"]
+    assert read_info(path).n_samples == n
+    with pytest.raises(StoreError, match=r"no array 'code': it has layout version 1.*prepare"):
+        read_array(open_store(path), "code")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

@@ -18,16 +18,16 @@ EXPERIMENTS = {
     "ann": [],
     "ssa": [],
     "tempcnn": [],
-    "rf": ["model.n_estimators=20"],
+    "rf": ["model.estimator.n_estimators=20"],
     "svm": ["model.max_samples=1500"],
-    "extra_trees": ["model.n_estimators=20"],
+    "extra_trees": ["model.estimator.n_estimators=20"],
 }
 SHORT = [*FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=4"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_short_run(name: str, make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     cfg = make_cfg(f"+experiment={name}", *SHORT, *EXPERIMENTS[name])
     assert cfg.experiment_name == name
@@ -44,22 +44,25 @@ def test_experiment_short_run(name: str, make_cfg, slovenia_dir: Path, tmp_path:
 
 
 def test_same_seed_same_metrics_on_cpu(make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     results = []
     for i in range(2):
-        cfg = make_cfg("+experiment=ltae", *SHORT, "seed=3", f"paths.output_dir={tmp_path / f'r{i}'}")
+        cfg = make_cfg("+experiment=ltae", *SHORT, "seed=3",
+                       f"paths.output_dir={tmp_path / f'r{i}'}")
         summary = run_train(cfg)
         results.append((summary, (tmp_path / f"r{i}" / "report" / "metrics.json").read_text()))
     assert results[0][1] == results[1][1]  # identical metrics.json, to the last digit
-    with rasterio.open(results[0][0]["confidence_map"]) as a, rasterio.open(results[1][0]["confidence_map"]) as b:
+    with rasterio.open(results[0][0]["confidence_map"]) as a, \
+            rasterio.open(results[1][0]["confidence_map"]) as b:
         np.testing.assert_array_equal(a.read(), b.read())
 
 
 def test_early_stopping_is_opt_in_and_follows_the_criterion(make_cfg) -> None:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from i2dl.pipeline import _callbacks, _precision
+    from i2dl.training import callbacks as _callbacks
+    from i2dl.training import precision as _precision
 
     default = _callbacks(make_cfg())
     assert not any(isinstance(c, EarlyStopping) for c in default)
@@ -76,7 +79,7 @@ def test_early_stopping_is_opt_in_and_follows_the_criterion(make_cfg) -> None:
 def test_balanced_class_weights_train(make_cfg, tiny_dataset, tmp_path: Path) -> None:
     import torch
 
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
     from tests.conftest import SMALL_LTAE
 
     summary = run_train(make_cfg(*tiny_dataset["overrides"], *FAST, *SMALL_LTAE,

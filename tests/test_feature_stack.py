@@ -12,15 +12,16 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
 from i2dl.config import ROOT_DIR
-from i2dl.io.raster import block_windows
-from i2dl.io.sources import open_feature_stack
+from i2dl.features.source import open_feature_stack
+from i2dl.io.geotiff import block_windows
 from tests.conftest import SLOVENIA
 
 EXAMPLE = ROOT_DIR / "scripts" / "examples" / "external_features.py"
 
 
 def _stack_sensor(raster: Path, masks: bool = True) -> dict:
-    opts = {"raster": str(raster), "dates_file": str(SLOVENIA / "dates.txt"), "band_names": ["NDVI"]}
+    opts = {"raster": str(raster), "dates_file": str(SLOVENIA / "dates.txt"),
+            "band_names": ["NDVI"]}
     if masks:
         opts["masks"] = [{"path": str(SLOVENIA / "CLM.tif"), "invalid_values": [1]}]
     return opts
@@ -36,7 +37,9 @@ def _read_by_chunks(stack, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("padding", [1, 0])
-def test_external_features_chunked_with_padding_have_no_seams(slovenia_dir: Path, padding: int) -> None:
+def test_external_features_chunked_with_padding_have_no_seams(
+    slovenia_dir: Path, padding: int
+) -> None:
     data = {
         "name": "slo", "tile": "slo", "sensors": {"stack": _stack_sensor(SLOVENIA / "NDVI.tif")},
         "gapfilling": {"enabled": False},

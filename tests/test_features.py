@@ -17,12 +17,15 @@ from i2dl.features import (
     apply_external,
     compute_indices,
     gapfill,
+    interpolate,
+    linear_gapfill,
     load_functions,
     read_padded,
     regular_grid,
 )
 from i2dl.features.external import padded_window
-from i2dl.io.raster import TimeSeriesRaster, block_windows, days_since, open_time_series
+from i2dl.io.geotiff import block_windows
+from i2dl.io.raster import TimeSeriesRaster, days_since, open_time_series
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "scripts" / "examples" / "external_features.py"
 
@@ -60,6 +63,66 @@ def reference_gapfill(
             for k in range(c):
                 y[i, j, :, k] = np.interp(target, days[m], x[i, j, m, k].astype(np.float64))
     return y, ok
+
+
+def numpy_gapfill(
+    x: np.ndarray, valid: np.ndarray, days: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle: the same algorithm as the torch gap-filling, in NumPy.
+
+    (The former NumPy backend of ``i2dl.features.gapfill``.) Cumulative max/min of the
+    valid indices, ``searchsorted`` of the target days, gather, interpolate; handles
+    same-day acquisitions like the torch version, which ``numpy.interp`` does not.
+
+    Args: x (..., T, C), valid (..., T), days (T,) non-decreasing, target (K,).
+    Returns: y (..., K, C) float32 and y_valid (..., K) bool.
+    """
+    lead, (t, c) = x.shape[:-2], x.shape[-2:]
+    x = x.reshape(-1, t, c).astype(np.float32)
+    valid = valid.reshape(-1, t)
+    n = x.shape[0]
+    idx = np.arange(t)
+    prev_src = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)
+    next_src = np.minimum.accumulate(np.where(valid, idx, t)[:, ::-1], axis=1)[:, ::-1]
+    d = np.asarray(days).astype(np.float64)
+    tau = np.asarray(target).astype(np.float64)
+    right = np.searchsorted(d, tau, side="right") - 1  # last source index with day <= tau
+    left = np.searchsorted(d, tau, side="left")  # first source index with day >= tau
+    prev = np.where(right >= 0, prev_src[:, np.clip(right, 0, t - 1)], -1)  # (N, K)
+    nxt = np.where(left < t, next_src[:, np.clip(left, 0, t - 1)], t)
+    has_prev, has_next = prev >= 0, nxt < t
+    p, q = np.clip(prev, 0, t - 1), np.clip(nxt, 0, t - 1)
+    xp = np.take_along_axis(x, p[..., None], axis=1)  # (N, K, C)
+    xn = np.take_along_axis(x, q[..., None], axis=1)
+    dp, dn = d[p], d[q]
+    span = dn - dp
+    w = np.where(span > 0, (tau - dp) / np.where(span > 0, span, 1.0), 0.0)
+    interp = xp + w.astype(np.float32)[..., None] * (xn - xp)
+    y = np.where((has_prev & has_next)[..., None], interp, np.where(has_prev[..., None], xp, xn))
+    any_valid = valid.any(axis=1)
+    y = np.where(any_valid[:, None, None], y, 0.0).astype(np.float32)
+    y_valid = np.broadcast_to(any_valid[:, None], (n, len(tau))).copy()
+    return y.reshape(*lead, len(tau), c), y_valid.reshape(*lead, len(tau))
+
+
+def numpy_linear_gapfill(x: np.ndarray, days: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Oracle of ``linear_gapfill``, one series at a time: each invalid position takes the
+    value interpolated between the nearest valid positions before and after it (constant
+    at the ends), valid positions are kept, all-invalid series become zeros."""
+    out = np.zeros(x.shape, dtype=np.float64)
+    for b in range(x.shape[0]):
+        ok = np.flatnonzero(mask[b])
+        if not len(ok):
+            continue
+        for i in range(x.shape[1]):
+            before, after = ok[ok <= i], ok[ok >= i]
+            if len(before) and len(after) and days[b, after[0]] > days[b, before[-1]]:
+                p, q = before[-1], after[0]
+                w = (days[b, i] - days[b, p]) / (days[b, q] - days[b, p])
+                out[b, i] = x[b, p] + w * (x[b, q] - x[b, p])
+            else:
+                out[b, i] = x[b, before[-1]] if len(before) else x[b, after[0]]
+    return out
 
 
 # ---------------------------------------------------------------- regular grid
@@ -108,22 +171,22 @@ def test_gapfill_real_matches_reference(slovenia: TimeSeriesRaster) -> None:
     wide = np.arange(-35, days[-1] + 40, 10)
     for target in (grid, days, wide):
         ref, ok = reference_gapfill(x, valid, days, target)
-        y, yv = gapfill(x, valid, days, target, backend="numpy")
+        y, yv = gapfill(x, valid, days, target, device="cpu")
         assert y.shape == (40, 40, len(target), 1) and y.dtype == np.float32
         assert yv.shape == (40, 40, len(target))
         np.testing.assert_array_equal(yv, np.broadcast_to(ok[..., None], yv.shape))
         np.testing.assert_allclose(y, ref, atol=1e-5, rtol=0)
         assert not yv[0, 0].any() and not yv[5, 7].any()
         assert (y[0, 0] == 0).all() and (y[5, 7] == 0).all()
-        yt, yvt = gapfill(x, valid, days, target, backend="torch", device="cpu")
-        np.testing.assert_allclose(yt, y, atol=1e-5, rtol=0)
-        np.testing.assert_array_equal(yvt, yv)
+        yn, yvn = numpy_gapfill(x, valid, days, target)
+        np.testing.assert_allclose(y, yn, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(yv, yvn)
 
 
 def test_gapfill_real_keeps_valid_observations(slovenia: TimeSeriesRaster) -> None:
     x, valid = slovenia.read(Window(0, 0, 40, 40))
     days = days_since(slovenia.dates, slovenia.dates[0])
-    y, _ = gapfill(x, valid, days, days, backend="numpy")
+    y, _ = gapfill(x, valid, days, days)
     np.testing.assert_array_equal(y[valid], x[valid])
     # cloudy observations are replaced
     assert not np.allclose(y[~valid], x[~valid])
@@ -137,8 +200,8 @@ def test_gapfill_hand_values_and_leading_dims() -> None:
     x = np.array([1.0, 2.0, 3.0, 7.0], dtype=np.float32)[None, None, :, None].repeat(2, 0)
     valid = np.array([[[True, False, True, True]], [[False, True, False, False]]])
     target = np.array([-5, 0, 5, 10, 30, 45])
-    for backend in ("numpy", "torch"):
-        y, yv = gapfill(x, valid, days, target, backend=backend)
+    for fill in (gapfill, numpy_gapfill):
+        y, yv = fill(x, valid, days, target)
         assert y.shape == (2, 1, 6, 1) and yv.all()
         np.testing.assert_allclose(y[0, 0, :, 0], [1, 1, 1.5, 2, 5, 7], atol=1e-6)
         np.testing.assert_allclose(y[1, 0, :, 0], [2] * 6, atol=1e-6)  # one valid: constant
@@ -149,8 +212,8 @@ def test_gapfill_same_day_acquisitions_no_division_by_zero() -> None:
     x = np.array([[0.0, 1.0, 3.0, 5.0]], dtype=np.float32)[..., None]
     valid = np.ones((1, 4), dtype=bool)
     target = np.array([5, 10, 15])
-    for backend in ("numpy", "torch"):
-        y, _ = gapfill(x, valid, days, target, backend=backend)
+    for fill in (gapfill, numpy_gapfill):
+        y, _ = fill(x, valid, days, target)
         assert np.isfinite(y).all()
         # before the shared day: the first acquisition of that day bounds the interval;
         # on it and after it: the last one
@@ -164,14 +227,70 @@ def test_gapfill_multichannel_torch_equals_numpy() -> None:
     valid[0, 0] = False
     days = np.sort(rng.integers(0, 100, 9))
     target = np.arange(-10, 120, 7)
-    yn, vn = gapfill(x, valid, days, target, backend="numpy")
-    yt, vt = gapfill(x, valid, days, target, backend="torch", device="cpu")
-    ya, va = gapfill(x, valid, days, target)  # auto: numpy here, torch on CUDA
+    yn, vn = numpy_gapfill(x, valid, days, target)
+    yt, vt = gapfill(x, valid, days, target, device="cpu")
+    ya, va = gapfill(x, valid, days, target)  # default device: CUDA when available
     np.testing.assert_allclose(yt, yn, atol=1e-5)
     np.testing.assert_allclose(ya, yn, atol=1e-5)
     np.testing.assert_array_equal(vt, vn)
     np.testing.assert_array_equal(va, vn)
     assert not vn[0, 0].any() and (yn[0, 0] == 0).all()
+
+
+def test_gapfill_random_same_day_and_edges_equal_numpy_oracle() -> None:
+    """Many small random cases: repeated days, empty targets, all-invalid series."""
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n, t, c = int(rng.integers(0, 20)), int(rng.integers(1, 12)), int(rng.integers(1, 4))
+        x = rng.normal(size=(n, t, c)).astype(np.float32)
+        valid = rng.random((n, t)) > rng.random()
+        days = np.sort(rng.integers(0, 20, t))  # repeated days likely
+        target = rng.integers(-5, 30, int(rng.integers(0, 10)))
+        yn, vn = numpy_gapfill(x, valid, days, target)
+        yt, vt = gapfill(x, valid, days, target, device="cpu")
+        assert yt.shape == yn.shape and yt.dtype == np.float32
+        np.testing.assert_allclose(yt, yn, atol=1e-5)
+        np.testing.assert_array_equal(vt, vn)
+
+
+def test_interpolate_keeps_device_and_dtype() -> None:
+    x = torch.tensor([[[1.0], [3.0]]], dtype=torch.float64)
+    y, yv = interpolate(x, torch.tensor([[True, True]]), torch.tensor([0, 10]),
+                        torch.tensor([5, 20]))
+    assert y.dtype == torch.float64 and yv.dtype == torch.bool
+    assert y[0, :, 0].tolist() == [2.0, 3.0] and yv.all()
+
+
+# ---------------------------------------------------------------- linear_gapfill (networks)
+
+
+def test_linear_gapfill_equals_oracle_with_padding_and_repeated_days() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        b, t, c = int(rng.integers(1, 10)), int(rng.integers(1, 10)), int(rng.integers(1, 3))
+        x = rng.normal(size=(b, t, c)).astype(np.float32)
+        mask = rng.random((b, t)) > rng.random()
+        days = np.sort(rng.integers(0, 30, (b, t)), axis=1)
+        if rng.random() < 0.3 and t > 2:
+            days[:, -2:] = 0  # padded series: days not increasing at the end, masked
+            mask[:, -2:] = False
+        got = linear_gapfill(torch.from_numpy(x), torch.from_numpy(days), torch.from_numpy(mask))
+        assert got.dtype == torch.float32 and got.shape == (b, t, c)
+        np.testing.assert_allclose(got.numpy(), numpy_linear_gapfill(x, days, mask), atol=1e-5)
+        np.testing.assert_array_equal(got.numpy()[mask], x[mask])  # valid kept exactly
+
+
+def test_linear_gapfill_hand_values_gradient_and_shapes() -> None:
+    x = torch.tensor([[[1.0], [9.0], [3.0], [9.0]], [[9.0], [9.0], [9.0], [9.0]]],
+                     requires_grad=True)
+    days = torch.tensor([[0, 5, 10, 20], [0, 5, 10, 20]])
+    mask = torch.tensor([[True, False, True, False], [False, False, False, False]])
+    y = linear_gapfill(x, days, mask)
+    assert y[0, :, 0].tolist() == [1.0, 2.0, 3.0, 3.0] and (y[1] == 0).all()
+    y.sum().backward()
+    assert x.grad is not None and x.grad[0, 1, 0] == 0  # the invalid value has no effect
+    with pytest.raises(ValueError, match="linear_gapfill expects"):
+        linear_gapfill(x, days[:, :3], mask)
 
 
 @pytest.mark.gpu
@@ -182,8 +301,8 @@ def test_gapfill_cuda_equals_numpy() -> None:
     valid = rng.random((64, 64, 30)) > 0.4
     days = np.sort(rng.integers(0, 300, 30))
     target = np.arange(0, 300, 10)
-    yn, vn = gapfill(x, valid, days, target, backend="numpy")
-    yc, vc = gapfill(x, valid, days, target, backend="torch", device="cuda")
+    yn, vn = numpy_gapfill(x, valid, days, target)
+    yc, vc = gapfill(x, valid, days, target, device="cuda")
     np.testing.assert_allclose(yc, yn, atol=1e-5)
     np.testing.assert_array_equal(vc, vn)
 
@@ -197,8 +316,8 @@ def test_gapfill_bad_inputs() -> None:
         gapfill(x, valid, [0, 10], [0])
     with pytest.raises(InputDataError, match="valid"):
         gapfill(x, valid[:, :2], [0, 5, 10], [0])
-    with pytest.raises(ConfigError, match="backend"):
-        gapfill(x, valid, [0, 5, 10], [0], backend="cupy")
+    with pytest.raises(InputDataError, match="1-D"):
+        gapfill(x, valid, [0, 5, 10], [[0]])
 
 
 # ---------------------------------------------------------------- indices
@@ -293,7 +412,7 @@ def test_laplacian_chunkwise_with_padding_has_no_seam(slovenia: TimeSeriesRaster
     grid_dates = regular_grid(slovenia.dates, 10)
 
     def features(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        y, _ = gapfill(x, valid, days, grid, backend="numpy")
+        y, _ = gapfill(x, valid, days, grid)
         return apply_external(y, ["NDVI"], grid_dates, functions)
 
     x, valid = slovenia.read()

@@ -101,7 +101,8 @@ def test_resolve_device() -> None:
 def test_cuda_matches_cpu(make_cfg, tiny_dataset, tmp_path) -> None:
     info, series = _setup(make_cfg, tiny_dataset, tmp_path)
     with series:
-        a = classify_raster(series, info, predict, tmp_path / "cpu", torch.device("cpu"), progress=False)
-        b = classify_raster(series, info, predict, tmp_path / "gpu", torch.device("cuda"), amp=False,
+        a = classify_raster(series, info, predict, tmp_path / "cpu", torch.device("cpu"),
                             progress=False)
+        b = classify_raster(series, info, predict, tmp_path / "gpu", torch.device("cuda"),
+                            amp=False, progress=False)
     np.testing.assert_array_equal(_read(a.classif)[0], _read(b.classif)[0])

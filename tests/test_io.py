@@ -13,8 +13,16 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.io.raster import block_windows, open_time_series, parse_date, read_dates_file
-from i2dl.io.vector import rasterize_polygons, read_reference
+from i2dl.io.geotiff import block_windows
+from i2dl.io.raster import (
+    as_date,
+    open_time_series,
+    parse_date,
+    read_dates_file,
+)
+from i2dl.io.sensors.base import RasterReader, TimeSeriesSource
+from i2dl.io.sensors.common import normalize_tile
+from i2dl.io.vector import burn_polygons, rasterize_polygons, read_reference
 from tests.conftest import write_stack
 
 # ---------------------------------------------------------------- dates
@@ -42,6 +50,27 @@ def test_parse_date_formats(text: str, expected: dt.date) -> None:
 def test_parse_date_rejects_non_dates(text: str) -> None:
     with pytest.raises(ValueError):
         parse_date(text)
+
+
+def test_as_date_reads_dates_datetimes_text_and_none() -> None:
+    day = dt.date(2020, 1, 11)
+    assert as_date(day) == day
+    assert as_date(dt.datetime(2020, 1, 11, 23, 59)) == day
+    assert as_date("20200111") == day and as_date("2020-01-11T10:00:00Z") == day
+    assert as_date(None) is None and as_date("") is None
+    with pytest.raises(ConfigError, match=r"data.start_date='2020-13-01' is not a date"):
+        as_date("2020-13-01", "data.start_date")
+
+
+@pytest.mark.parametrize("tile", ["T31TCJ", "31TCJ", "t31tcj", " 31tcj "])
+def test_normalize_tile_gives_t_prefix_and_capitals(tile: str) -> None:
+    assert normalize_tile(tile) == "T31TCJ"
+
+
+@pytest.mark.parametrize("tile", ["D0005H0002", "T31TC", "TT31TCJ", ""])
+def test_normalize_tile_rejects_non_mgrs_ids(tile: str) -> None:
+    with pytest.raises(ConfigError, match="not an MGRS tile id"):
+        normalize_tile(tile)
 
 
 def test_read_dates_file_skips_blank_lines_and_rejects_unsorted(tmp_path: Path) -> None:
@@ -325,3 +354,48 @@ def test_polygons_in_another_crs_are_reprojected(tiny_dataset: dict, tmp_path: P
     np.testing.assert_array_equal(got, want)
     codes = np.append(ref.polygons["code"].to_numpy(), 0)
     np.testing.assert_array_equal(codes[got], tiny_dataset["label"])
+
+
+def test_burn_polygons_values_last_wins_and_empty() -> None:
+    from affine import Affine
+
+    transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 4.0)  # 4 x 4 px, 1 unit a pixel
+    big, small = box(0, 0, 4, 4), box(0, 0, 2, 2)  # small covers the bottom-left 2 x 2
+    burnt = burn_polygons([big, small], [7, 0], transform, 4, 4)
+    assert burnt.dtype == np.int64 and burnt.shape == (4, 4)
+    assert (burnt[2:, :2] == 0).all() and (burnt[:2] == 7).all() and (burnt[:, 2:] == 7).all()
+    assert (burn_polygons([], [], transform, 4, 3) == -1).all()
+    with pytest.raises(ValueError):
+        burn_polygons([big], [1, 2], transform, 4, 4)
+
+
+def test_readers_share_the_base_members(tiny_dataset: dict) -> None:
+    with open_time_series(tiny_dataset["raster"], tiny_dataset["dates_file"], ["a", "b"]) as ts:
+        assert isinstance(ts, RasterReader) and isinstance(ts, TimeSeriesSource)
+        assert (ts.n_dates, ts.n_channels) == (6, 2)
+        assert ts.profile() == {
+            "driver": "GTiff", "crs": ts.crs, "transform": ts.transform, "width": 24,
+            "height": 20,
+        }
+        text = repr(ts)
+        assert text.startswith("TimeSeriesRaster(") and "dates=6" in text and "24x20 px" in text
+        ts.read(Window(0, 0, 2, 2))
+        assert ts._handles
+    assert not ts._handles  # closed by the context manager
+
+
+def test_io_does_not_import_features() -> None:
+    """Layering: readers (i2dl.io) never import the feature pipeline (i2dl.features)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "i2dl" / "io"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("i2dl.features")]
+    assert not offenders

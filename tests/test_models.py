@@ -1,4 +1,4 @@
-"""Tests of models.ltae.LTAE and models.base.SITSClassifier (CPU, fast)."""
+"""Tests of the models.ltae.LTAE encoder and models.base.SITSClassifier (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models import LTAE, SITSClassifier, criterion_monitor
+from i2dl.errors import ConfigError
+from models import LTAE, ClassifierHead, SITSClassifier, criterion_monitor
 from models.ltae import positional_encoding
 
-SMALL = dict(d_model=32, n_head=4, d_k=8, mlp=(32, 16), decoder=(16,), dropout=0.1)
+#: A small LTAE encoder (out_dim 16) and the head of its classifier.
+SMALL = dict(d_model=32, n_head=4, d_k=8, mlp=(32, 16), dropout=0.1)
+SMALL_HEAD = dict(hidden=[16], batch_norm=True, dropout=0.0)
+
+
+def _clf(n_classes: int, **kw) -> SITSClassifier:
+    """A small LTAE classifier: encoder + head (the head built by SITSClassifier)."""
+    return SITSClassifier(LTAE(2, **SMALL), functools.partial(ClassifierHead, **SMALL_HEAD),
+                          n_classes, **kw)
 
 
 def _inputs(b: int, t: int, c: int, seed: int = 0):
@@ -31,14 +40,18 @@ def _inputs(b: int, t: int, c: int, seed: int = 0):
 
 @pytest.mark.parametrize("t,c", [(7, 3), (68, 1), (68, 3), (1, 2)])
 def test_ltae_default_forward_shape(t, c):
+    """The default encoder returns (B, mlp[-1]) = (B, 128) features for any T and C."""
     torch.manual_seed(0)
-    net = LTAE(in_channels=c, n_classes=5)
-    assert net.d_model == 256 and net.n_head == 16 and net.d_k == 8
+    net = LTAE(in_channels=c)
+    assert net.d_model == 256 and net.n_head == 16 and net.d_k == 8 and net.period == 1000.0
+    assert net.out_dim == 128
     x, days, mask = _inputs(4, t, c)
     out = net(x, days, mask)
-    assert out.shape == (4, 5)
+    assert out.shape == (4, 128)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
+    logits = ClassifierHead(net.out_dim, 5, hidden=[64, 32])(out)
+    assert logits.shape == (4, 5) and torch.isfinite(logits).all()
     att = net.attention_weights
     assert att is not None and att.shape == (4, 16, t)
     # attention sums to one over dates, zero on invalid dates
@@ -47,7 +60,7 @@ def test_ltae_default_forward_shape(t, c):
 
 
 def test_ltae_float_days_accepted():
-    net = LTAE(3, 4, **SMALL).eval()
+    net = LTAE(3, **SMALL).eval()
     x, days, mask = _inputs(2, 5, 3)
     out_int = net(x, days, mask)
     out_float = net(x, days.double() + 0.0, mask)
@@ -56,7 +69,7 @@ def test_ltae_float_days_accepted():
 
 def test_ltae_masked_dates_are_ignored():
     torch.manual_seed(1)
-    net = LTAE(3, 4, **SMALL).eval()
+    net = LTAE(3, **SMALL).eval()
     x, days, mask = _inputs(5, 10, 3, seed=2)
     mask[:, 3] = False
     mask[:, 7] = False
@@ -82,7 +95,7 @@ def test_ltae_masked_dates_are_ignored():
 
 def test_ltae_all_invalid_sample_is_finite():
     torch.manual_seed(0)
-    net = LTAE(2, 3, **SMALL)
+    net = LTAE(2, **SMALL)
     x, days, mask = _inputs(4, 6, 2)
     mask[1] = False
     x[1] = float("nan")
@@ -99,7 +112,7 @@ def test_ltae_all_invalid_sample_is_finite():
 
 
 def test_ltae_shape_errors():
-    net = LTAE(3, 4, **SMALL)
+    net = LTAE(3, **SMALL)
     x, days, mask = _inputs(2, 5, 3)
     with pytest.raises(ValueError, match=r"C=2 channels.*in_channels=3"):
         net(x[..., :2], days, mask)
@@ -121,11 +134,13 @@ def test_ltae_shape_errors():
         (dict(n_head=0), "n_head"),
         (dict(d_k=2.5), "d_k"),
         (dict(dropout=1.0), "dropout"),
+        (dict(period=0), r"`period` \(positional encoding period, days\) must be a number > 0"),
+        (dict(period=-365.0), r"got -365.0; the paper uses 1000"),
     ],
 )
 def test_ltae_bad_constructor_args(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        LTAE(3, 4, **kwargs)
+    with pytest.raises(ConfigError, match=match):
+        LTAE(3, **kwargs)
 
 
 def test_positional_encoding_matches_formula():
@@ -145,8 +160,9 @@ def test_positional_encoding_matches_formula():
 
 
 def test_ltae_uses_positional_encoding_with_its_period():
-    """The model's encoding equals positional_encoding(days, d_model, n_head, T)."""
-    net = LTAE(2, 3, T=500.0, **SMALL).eval()
+    """The model's encoding equals positional_encoding(days, d_model, n_head, period)."""
+    net = LTAE(2, period=500.0, **SMALL).eval()
+    assert net.period == 500.0
     x, days, _ = _inputs(3, 4, 2)
     mask = torch.ones(3, 4, dtype=torch.bool)
     captured = {}
@@ -162,10 +178,10 @@ def test_ltae_single_channel_input_is_used():
     torch.manual_seed(0)
     x, days, mask = _inputs(4, 6, 1)
     x2 = x + 1.0
-    net = LTAE(1, 3, **SMALL).eval()
+    net = LTAE(1, **SMALL).eval()
     with torch.no_grad():
         assert not torch.allclose(net(x, days, mask), net(x2, days, mask), atol=1e-4)
-    net_ln = LTAE(1, 3, input_layernorm=True, **SMALL).eval()
+    net_ln = LTAE(1, input_layernorm=True, **SMALL).eval()
     with torch.no_grad():
         torch.testing.assert_close(net_ln(x, days, mask), net_ln(x2, days, mask))
 
@@ -207,10 +223,8 @@ def _trainer(**kw) -> pl.Trainer:
 def trained():
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     pl.seed_everything(0, verbose=False)
-    net = LTAE(2, 2, **SMALL)
-    model = SITSClassifier(
-        net,
-        n_classes=2,
+    model = _clf(
+        2,
         optimizer=functools.partial(torch.optim.Adam, lr=5e-3),
         scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.5),
     )
@@ -261,11 +275,11 @@ class _PredictOnly(Dataset):
 
 
 def test_predict_proba_restores_mode():
-    model = SITSClassifier(LTAE(2, 3, **SMALL), n_classes=3)
+    model = _clf(3)
     model.train()
     x, days, mask = _inputs(4, 5, 2)
     p = model.predict_proba(x, days, mask)
-    assert model.training and model.net.training
+    assert model.training and model.encoder.training and model.head.training
     assert p.shape == (4, 3) and not p.requires_grad
 
 
@@ -273,10 +287,12 @@ def test_checkpoint_round_trip(trained, tmp_path):
     trainer, model, val = trained
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    # default torch.load (weights_only=True in recent torch) must accept the checkpoint
-    reloaded = SITSClassifier.load_from_checkpoint(path, net=LTAE(2, 2, **SMALL))
-    assert reloaded.hparams.n_classes == 2
-    assert reloaded.hparams.model_selection_criterion == "fscore"
+    # torch.load(weights_only=True) must accept the checkpoint
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert hparams["n_classes"] == 2 and hparams["model_selection_criterion"] == "fscore"
+    reloaded = _clf(2)
+    reloaded.load_weights(path)
+    assert not reloaded.training
     ds = val.dataset
     torch.testing.assert_close(
         reloaded.predict_proba(ds.x, ds.days, ds.mask),
@@ -288,31 +304,32 @@ def test_checkpoint_round_trip(trained, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step`")
 def test_checkpoint_round_trip_with_class_weights(tmp_path):
-    model = SITSClassifier(
-        LTAE(2, 3, **SMALL),
-        n_classes=3,
-        class_weights=torch.tensor([1.0, 2.0, 0.5]),
-        model_selection_criterion="kappa",
-    )
+    model = _clf(3, class_weights=torch.tensor([1.0, 2.0, 0.5]), model_selection_criterion="kappa")
     path = tmp_path / "w.ckpt"
     trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(model, DataLoader(_Toy(16, seed=3), batch_size=8))
     trainer.save_checkpoint(path)
-    reloaded = SITSClassifier.load_from_checkpoint(path, net=LTAE(2, 3, **SMALL))
+    reloaded = _clf(3, class_weights=[1.0, 1.0, 1.0])
+    reloaded.load_weights(path)  # the weights are a buffer of the state dict
     torch.testing.assert_close(reloaded.class_weights, torch.tensor([1.0, 2.0, 0.5]))
-    assert reloaded.monitor_key == "val/kappa"
+    with pytest.raises(ValueError, match="does not match"):
+        _clf(4).load_weights(path)
+    with pytest.raises(ValueError, match="not found"):
+        _clf(3).load_weights(tmp_path / "missing.ckpt")
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_class_weights_change_the_loss():
     torch.manual_seed(0)
-    net = LTAE(2, 2, **SMALL)
+    net = LTAE(2, **SMALL)
+    head = ClassifierHead(net.out_dim, 2, **SMALL_HEAD)
     batch = _Toy(8, seed=4)[:]
     batch = {"x": batch["x"], "days": batch["days"], "mask": batch["mask"], "y": batch["y"]}
-    plain = SITSClassifier(net, 2)
-    weighted = SITSClassifier(net, 2, class_weights=[1.0, 10.0])
+    plain = SITSClassifier(net, head, 2)
+    weighted = SITSClassifier(net, head, 2, class_weights=[1.0, 10.0])
     net.eval()
-    logits = net(batch["x"], batch["days"], batch["mask"])
+    head.eval()
+    logits = head(net(batch["x"], batch["days"], batch["mask"]))
     expected_plain = torch.nn.functional.cross_entropy(logits, batch["y"])
     expected_w = torch.nn.functional.cross_entropy(
         logits, batch["y"], weight=torch.tensor([1.0, 10.0])
@@ -332,25 +349,25 @@ def test_criterion_monitor():
 
 
 def test_invalid_classifier_args():
-    net = LTAE(2, 2, **SMALL)
     with pytest.raises(ValueError, match="model_selection_criterion='accuracy'"):
-        SITSClassifier(net, 2, model_selection_criterion="accuracy")
+        _clf(2, model_selection_criterion="accuracy")
     with pytest.raises(ValueError, match="class_weights has 3 values but n_classes=2"):
-        SITSClassifier(net, 2, class_weights=[1.0, 1.0, 1.0])
+        _clf(2, class_weights=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="n_classes"):
-        SITSClassifier(net, 0)
+        _clf(0)
+    with pytest.raises(ValueError, match="out_dim"):
+        SITSClassifier(torch.nn.Linear(2, 3), ClassifierHead(3, 2), 2)
 
 
 def test_missing_batch_key():
-    model = SITSClassifier(LTAE(2, 2, **SMALL), 2)
+    model = _clf(2)
     x, days, mask = _inputs(3, 4, 2)
     with pytest.raises(ValueError, match=r"lacks key\(s\) \['y'\]"):
         model.training_step({"x": x, "days": days, "mask": mask}, 0)
 
 
 def test_reduce_on_plateau_monitors_criterion():
-    model = SITSClassifier(
-        LTAE(2, 2, **SMALL),
+    model = _clf(
         2,
         scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min"),
         model_selection_criterion="loss",
@@ -364,12 +381,7 @@ def test_reduce_on_plateau_monitors_criterion():
 
 def test_class_weights_as_numpy_array_are_accepted() -> None:
     """The pipeline passes balanced weights as a NumPy array (datamodule.class_weights)."""
-    import numpy as np
-
-    from models import LTAE, SITSClassifier
-
     weights = np.array([0.5, 2.0, 1.0], dtype=np.float32)
-    module = SITSClassifier(LTAE(2, 3, d_model=32, n_head=4, d_k=4, mlp=(32, 16)), 3,
-                            class_weights=weights)
+    module = _clf(3, class_weights=weights)
     assert module.hparams["class_weights"] == [0.5, 2.0, 1.0]
     assert torch.equal(module.class_weights, torch.tensor([0.5, 2.0, 1.0]))

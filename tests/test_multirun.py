@@ -15,7 +15,7 @@ from tests.conftest import FAST, SMALL_LTAE
 
 
 def test_runs_shortcut_resplits_and_aggregates(make_cfg, tiny_dataset, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     cfg = make_cfg(*tiny_dataset["overrides"], *FAST, *SMALL_LTAE, "runs=2", "seed=4")
     agg = run_train(cfg)

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from i2dl.config import CONFIG_DIR, CONFIG_NAME, ROOT_DIR, register_resolvers
+from i2dl.store import LEARN, VAL
 from tests.conftest import FAST, SLOVENIA, SMALL_LTAE
 
 
@@ -24,7 +25,7 @@ def slovenia_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One short `train` of a small LTAE on the Slovenia example, shared by the tests."""
     if not (SLOVENIA / "NDVI.tif").is_file():
         pytest.skip(f"real data absent: {SLOVENIA} (set I2DL_DATA to the shared data folder)")
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     tmp = tmp_path_factory.mktemp("slovenia")
     register_resolvers()
@@ -52,14 +53,14 @@ def test_store_shapes_and_disjoint_split(slovenia_run: dict) -> None:
     n = store["X"].shape[0]
     assert store["X"].shape == (n, 68, 1)
     assert store["mask"].shape == (n, 68)
-    for name in ("y", "polygon_id", "split", "row", "col", "region", "tile"):
+    for name in ("code", "polygon_id", "split", "row", "col", "region", "tile"):
         assert store[name].shape == (n,), name
     split, pid = store["split"][:], store["polygon_id"][:]
-    assert set(np.unique(split)) == {0, 1}
-    assert not set(pid[split == 0]) & set(pid[split == 1]), "a polygon is in learn and val"
+    assert set(np.unique(split)) == {LEARN, VAL}
+    assert not set(pid[split == LEARN]) & set(pid[split == VAL]), "a polygon is in learn and val"
     # label 0 polygons (fid 16, 40, 41, 46 per the data README: four no-data polygons) absent
-    assert 0 not in set(store["y"][:])
-    assert set(store["y"][:]) <= {1, 2, 3, 4, 8}
+    assert 0 not in set(store["code"][:])
+    assert set(store["code"][:]) <= {1, 2, 3, 4, 8}
     # every sample has at least one valid date, and X equals the raster at (row, col)
     assert store["mask"][:].any(axis=1).all()
     rows, cols = store["row"][:], store["col"][:]
@@ -72,7 +73,7 @@ def test_store_shapes_and_disjoint_split(slovenia_run: dict) -> None:
     attrs = store.attrs
     assert len(attrs["dates"]) == 68 and attrs["dates"][0] == "2015-07-11"
     assert attrs["band_names"] == ["NDVI"]
-    learn = split == 0
+    learn = split == LEARN
     x_learn = store["X"][:][learn][store["mask"][:][learn]]
     np.testing.assert_allclose(attrs["norm"]["mean"], [x_learn.mean()], rtol=1e-4)
     np.testing.assert_allclose(attrs["norm"]["std"], [x_learn.std()], rtol=1e-4)
@@ -112,11 +113,11 @@ def test_summary_and_checkpoint(slovenia_run: dict) -> None:
 def test_confusion_matrix_total_is_val_pixel_count(slovenia_run: dict) -> None:
     run = slovenia_run["run"]
     store = zarr.open_group(slovenia_run["summary"]["store"], mode="r")
-    n_val = int((store["split"][:] == 1).sum())
+    n_val = int((store["split"][:] == VAL).sum())
     cm = pd.read_csv(run / "report" / "confusion_matrix.csv", index_col=0)
     assert int(cm.to_numpy().sum()) == n_val == slovenia_run["summary"]["n_val"]
     # rows are the reference: row sums are the val pixels per class
-    y_val = store["y"][:][store["split"][:] == 1]
+    y_val = store["code"][:][store["split"][:] == VAL]
     codes, counts = np.unique(y_val, return_counts=True)
     row_sums = dict(zip([int(i.split()[0]) for i in cm.index], cm.sum(axis=1), strict=True))
     for code, count in zip(codes, counts, strict=True):
@@ -150,7 +151,8 @@ def test_map_grid_and_values(slovenia_run: dict) -> None:
     np.testing.assert_allclose(proba.max(axis=0)[any_valid], conf[any_valid], rtol=1e-6)
     np.testing.assert_allclose(proba.sum(axis=0)[any_valid], 1.0, atol=1e-4)
     order = sorted(codes)
-    np.testing.assert_array_equal(np.asarray(order)[proba.argmax(axis=0)][any_valid], classif[any_valid])
+    best = np.asarray(order)[proba.argmax(axis=0)]
+    np.testing.assert_array_equal(best[any_valid], classif[any_valid])
     assert not list((run / "maps").glob(".*tmp*"))
 
 
@@ -184,7 +186,8 @@ def test_cli_train_on_tiny_data(tmp_path: Path, tiny_dataset: dict) -> None:
 def test_cli_reports_bad_input_without_traceback(tmp_path: Path, tiny_dataset: dict) -> None:
     cmd = [
         sys.executable, "-m", "i2dl", "prepare", f"hydra.run.dir={tmp_path / 'run'}",
-        f"paths.store_dir={tmp_path / 'stores'}", *tiny_dataset["overrides"], "data.data_field=nope",
+        f"paths.store_dir={tmp_path / 'stores'}", *tiny_dataset["overrides"],
+        "data.data_field=nope",
     ]
     proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -194,5 +197,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, tiny_dataset: d
 
 
 def test_unknown_stage_prints_usage() -> None:
-    proc = subprocess.run([sys.executable, "-m", "i2dl", "fly"], capture_output=True, text=True, cwd=ROOT_DIR)
+    proc = subprocess.run(
+        [sys.executable, "-m", "i2dl", "fly"], capture_output=True, text=True, cwd=ROOT_DIR
+    )
     assert proc.returncode == 2 and "usage: python -m i2dl" in proc.stderr

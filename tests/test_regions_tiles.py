@@ -16,6 +16,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from i2dl.fusion import majority_vote
+from i2dl.store import VAL
 from tests.conftest import FAST, SLOVENIA, SMALL_LTAE
 
 
@@ -37,9 +38,10 @@ def _halves(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 
 def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
+    from i2dl.features.source import open_source
     from i2dl.inference import classify_raster
-    from i2dl.io.sources import open_source
-    from i2dl.pipeline import _proba_fn, load_run_models, run_train
+    from i2dl.stages.evaluate import load_models as load_run_models
+    from i2dl.stages.train import run as run_train
 
     regions, region_of_pixel = _halves(tmp_path)
     cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, f"sampling.region_file={regions}",
@@ -48,19 +50,21 @@ def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_pat
     run = tmp_path / "run"
     assert set(summary["best_checkpoint"]) == {"region_1", "region_2"}
     store = zarr.open_group(summary["store"], mode="r")
-    np.testing.assert_array_equal(store["region"][:], region_of_pixel[store["row"][:], store["col"][:]])
+    pixel_region = region_of_pixel[store["row"][:], store["col"][:]]
+    np.testing.assert_array_equal(store["region"][:], pixel_region)
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert metrics["n_samples"] == summary["n_val"]
     for r in (1, 2):
         sub = json.loads((run / "report" / f"region_{r}" / "metrics.json").read_text())
-        assert sub["n_samples"] == int(((store["split"][:] == 1) & (store["region"][:] == r)).sum())
+        in_val = (store["split"][:] == VAL) & (store["region"][:] == r)
+        assert sub["n_samples"] == int(in_val.sum())
     # each model alone over the whole raster, then compare with the merged map
     models, info = load_run_models(run, "best")
     assert set(models) == {1, 2}
     alone = {}
     with open_source(cfg.data) as series:
         for r, model in models.items():
-            res = classify_raster(series, info, _proba_fn(model), tmp_path / f"alone_{r}",
+            res = classify_raster(series, info, model.predict_proba, tmp_path / f"alone_{r}",
                                   torch.device("cpu"), progress=False)
             with rasterio.open(res.classif) as src:
                 alone[r] = src.read(1)
@@ -70,7 +74,9 @@ def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_pat
         inside = region_of_pixel == r
         np.testing.assert_array_equal(merged[inside], alone[r][inside])
     differ = alone[1] != alone[2]
-    assert differ.any(), "the two region models predict the same map: the test cannot tell them apart"
+    assert differ.any(), (
+        "the two region models predict the same map: the test cannot tell them apart"
+    )
 
 
 def _cut_tiles(tmp_path: Path) -> Path:
@@ -100,8 +106,9 @@ def _tile_overrides(root: Path) -> list[str]:
 
 def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Path,
                                                       tmp_path: Path) -> None:
-    from i2dl.pipeline import run_infer, run_train
     from i2dl.prepare import prepare
+    from i2dl.stages.infer import run as run_infer
+    from i2dl.stages.train import run as run_train
 
     (tmp_path / "tiles_src").mkdir()
     root = _cut_tiles(tmp_path / "tiles_src")
@@ -110,7 +117,8 @@ def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Pa
     tiled_cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *_tile_overrides(root))
     result = run_infer(tiled_cfg)
     run = tmp_path / "run"
-    assert (run / "maps" / "T1" / "classif.tif").is_file() and (run / "maps" / "T2" / "classif.tif").is_file()
+    for tile in ("T1", "T2"):
+        assert (run / "maps" / tile / "classif.tif").is_file(), tile
     assert result.classif == run / "final" / "Classif_Seed_0.tif"
     with rasterio.open(single["classif_map"]) as a, rasterio.open(result.classif) as b:
         assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)
@@ -122,13 +130,15 @@ def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Pa
     store_s = zarr.open_group(single["store"], mode="r")
     assert set(np.unique(store_t["tile"][:])) == {0, 1}
     col_t = store_t["col"][:] + np.where(store_t["tile"][:] == 1, 50, 0)
-    key_t = sorted(zip(store_t["row"][:].tolist(), col_t.tolist(), store_t["y"][:].tolist()))
-    key_s = sorted(zip(store_s["row"][:].tolist(), store_s["col"][:].tolist(), store_s["y"][:].tolist()))
+    key_t = sorted(zip(store_t["row"][:].tolist(), col_t.tolist(), store_t["code"][:].tolist(),
+                       strict=True))
+    key_s = sorted(zip(store_s["row"][:].tolist(), store_s["col"][:].tolist(),
+                       store_s["code"][:].tolist(), strict=True))
     assert key_t == key_s
 
 
 def test_class_statistics_and_colour_products(make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, "sampling.strategy=constant",
                    "sampling.per_class=50")
@@ -159,7 +169,7 @@ def test_majority_vote() -> None:
 
 
 def test_runs_with_fusion(make_cfg, tiny_dataset: dict, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     run_train(make_cfg(*tiny_dataset["overrides"], *FAST, *SMALL_LTAE, "runs=3", "fusion=true"))
     run = tmp_path / "run"

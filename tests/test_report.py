@@ -64,7 +64,7 @@ def test_hand_made_case():
     assert [c["code"] for c in m["classes"]] == CODES
     assert [c["name"] for c in m["classes"]] == NAMES
     assert [c["support"] for c in m["classes"]] == [4, 3, 3]
-    for c, p, r, f in zip(m["classes"], HAND_PRECISION, HAND_RECALL, HAND_F1):
+    for c, p, r, f in zip(m["classes"], HAND_PRECISION, HAND_RECALL, HAND_F1, strict=True):
         assert c["precision"] == approx(p)
         assert c["recall"] == approx(r)
         assert c["f1"] == approx(f)

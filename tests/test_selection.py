@@ -26,13 +26,15 @@ from i2dl.sampling.selection import (
     STAT_COLUMNS,
     SampleSelectionWarning,
     class_statistics,
+    largest_remainder,
     periodic_indices,
     read_byclass_csv,
     select_samples,
     selection_from_config,
     write_class_statistics,
 )
-from i2dl.sampling.split import LEARN, VAL, split_polygons
+from i2dl.sampling.split import split_polygons
+from i2dl.store import LEARN, VAL
 from tests.conftest import DATA_DIR
 
 SLOVENIA = DATA_DIR / "slovenia_s2_ndvi"
@@ -171,6 +173,38 @@ def test_total_largest_remainder_small_example() -> None:
     y = np.array([4, 5, 6])
     mask = select_samples(y, "total", total=2, sampler="periodic")
     assert mask.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("minimum", [0, 1, 3])
+def test_largest_remainder_is_exact_and_proportional(minimum: int) -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        counts = rng.integers(0, 60, size=int(rng.integers(1, 8)))
+        floor = np.minimum(counts, minimum)
+        some = int(rng.integers(0, counts.sum() + 1))
+        for target in {0, int(floor.sum()), some, int(counts.sum())}:
+            got = largest_remainder(counts, target, minimum=minimum)
+            assert got.dtype == np.int64 and (got >= floor).all() and (got <= counts).all()
+            assert got.sum() == max(target, floor.sum())
+            # each class is within one of its exact share of what is left after the floor
+            room, left = counts - floor, max(target - int(floor.sum()), 0)
+            if room.sum():
+                exact = [Fraction(left * int(r), int(room.sum())) for r in room]
+                assert all(abs((g - f) - e) < 1 for g, f, e in zip(got, floor, exact, strict=True))
+
+
+def test_largest_remainder_ties_go_to_the_first_class() -> None:
+    # 2 * (1, 1, 1) / 3: equal remainders -> the first two classes
+    assert largest_remainder(np.array([1, 1, 1]), 2).tolist() == [1, 1, 0]
+    # minimum=1: one per present class, the rest (2) shared over the room (3, 1, 0, 0):
+    # 1.5, 0.5 -> 1, 0 + the last one to the tied first class
+    assert largest_remainder(np.array([4, 2, 1, 0]), 5, minimum=1).tolist() == [3, 1, 1, 0]
+    # fewer items than classes: the floor wins over the target
+    assert largest_remainder(np.array([5, 5, 5]), 2, minimum=1).tolist() == [1, 1, 1]
+    # above the counts (the total strategy): proportional shares, unclipped
+    assert largest_remainder(np.array([3, 7]), 50).tolist() == [15, 35]
+    with pytest.raises(ValueError, match="target"):
+        largest_remainder(np.array([1, 2]), -1)
 
 
 def test_total_above_available_takes_all_with_warning() -> None:

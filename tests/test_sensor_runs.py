@@ -82,7 +82,8 @@ def test_main_job_from_theia_folders(theia_run_tree: dict, tmp_path: Path) -> No
         sys.executable, "-m", "i2dl", "train", "+experiment=ltae", "data=theia_s2",
         f"data.sensors.sentinel2_theia.root={theia_run_tree['root']}", f"data.tile={TILE}",
         f"data.reference={theia_run_tree['reference']}", f"hydra.run.dir={run}",
-        f"paths.store_dir={tmp_path / 'stores'}", *FAST, *SMALL_LTAE, "trainer.max_epochs=30", "datamodule.batch_size=64",
+        f"paths.store_dir={tmp_path / 'stores'}", *FAST, *SMALL_LTAE, "trainer.max_epochs=30",
+        "datamodule.batch_size=64",
     ]
     proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -112,8 +113,8 @@ def landsat_root() -> Path:
 
 
 def test_landsat8_feature_maps_and_mosaic(make_cfg, landsat_root: Path, tmp_path: Path) -> None:
-    from i2dl.features_map import run_features_map
     from i2dl.io.sensors.landsat8 import Landsat8N2A
+    from i2dl.stages.features_map import run as run_features_map
 
     cfg = make_cfg(
         "data=theia_s2", "data.name=l8", "~data.sensors.sentinel2_theia",

@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import block_windows
+from i2dl.io.geotiff import block_windows
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.io.sensors.landsat8 import (
     LANDSAT8_BANDS,

@@ -16,7 +16,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import block_windows
+from i2dl.io.geotiff import block_windows
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.io.sensors.theia import (
     BANDS_10M,

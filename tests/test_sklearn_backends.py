@@ -1,4 +1,4 @@
-"""scikit-learn backends: features, fitting on a store, probabilities, persistence, configs."""
+"""scikit-learn classifiers: features, fitting on a store, probabilities, persistence, configs."""
 
 from __future__ import annotations
 
@@ -8,22 +8,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from datamodules.pixel_series import StoreBlockDataset
+from i2dl.build import DataDims, build_classifier
 from i2dl.prepare import prepare
-from models.sklearn_backends import (
-    SklearnBackend,
-    extra_trees,
-    features,
-    random_forest,
-    subsample_indices,
-    svm,
-)
+from i2dl.store import read_info
+from i2dl.training import fit_estimator, subsample_indices
+from models import CalibratedSVC, SklearnClassifier
+from models.sklearn_backends import features
 
-#: Keys of a model node that are not estimator parameters (the pipeline removes them).
-META_KEYS = ("name", "backend", "max_samples", "model_selection_criterion", "class_weights")
+
+def _rf(n_classes: int = 3, **kw) -> SklearnClassifier:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return SklearnClassifier(RandomForestClassifier(n_estimators=20, random_state=0), n_classes,
+                             name="rf", **kw)
+
+
+def _svm(n_classes: int = 3, **kw) -> SklearnClassifier:
+    return SklearnClassifier(CalibratedSVC(random_state=0), n_classes, standardize=True,
+                             name="svm", **kw)
+
+
+def _et(n_classes: int = 3) -> SklearnClassifier:
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return SklearnClassifier(ExtraTreesClassifier(random_state=0), n_classes, name="et")
 
 
 def _reference_features(x: np.ndarray, days: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -70,48 +80,48 @@ def test_features_match_numpy_interp() -> None:
     np.testing.assert_array_equal(got_np[2], x_in[2].reshape(-1))  # date-major t*C + c
 
 
-@pytest.mark.parametrize("factory", [random_forest, svm])
-def test_fit_store_separable(store: Path, factory, caplog) -> None:
-    backend = factory(random_state=0) if factory is svm else factory(n_estimators=20)
+@pytest.mark.parametrize("make", [_rf, _svm])
+def test_fit_store_separable(store: Path, make, tmp_path: Path, caplog) -> None:
+    clf = make()
     with caplog.at_level(logging.INFO, logger="models.sklearn_backends"):
-        backend.fit_store(store)
+        path = fit_estimator(clf, store, tmp_path, region=None, seed=0)
+    assert path == tmp_path / "checkpoints" / "model.joblib" and path.is_file()
     assert "fitted" in caplog.text and "samples" in caplog.text
-    assert backend.n_classes == 3
     val = _split(store, 1)
-    proba = backend.predict_proba(val["x"], val["days"], val["mask"])
+    proba = clf.predict_proba(val["x"], val["days"], val["mask"])
     assert isinstance(proba, torch.Tensor) and proba.dtype == torch.float32
     assert proba.shape == (len(val["y"]), 3)
     torch.testing.assert_close(proba.sum(dim=1), torch.ones(len(proba)), atol=1e-5, rtol=0)
     acc = (proba.argmax(dim=1) == val["y"]).float().mean().item()
     assert acc > 0.9
-    # __call__ gives log-probabilities: same argmax, softmax gives the probabilities back
-    logp = backend.eval().to("cpu")(val["x"], val["days"], val["mask"])
-    torch.testing.assert_close(torch.softmax(logp, dim=1), proba, atol=1e-5, rtol=0)
-    assert torch.equal(logp.argmax(dim=1), proba.argmax(dim=1))
 
 
 def test_save_load_roundtrip(store: Path, tmp_path: Path) -> None:
-    backend = svm().fit_store(store)
-    path = tmp_path / "ckpt" / "model.joblib"
-    assert backend.save(path) == path
+    clf = _svm()
+    path = fit_estimator(clf, store, tmp_path, region=None, seed=0)
     assert [p.name for p in path.parent.iterdir()] == ["model.joblib"]  # no temp file
-    loaded = SklearnBackend.load(path)
-    assert loaded.n_classes == 3 and loaded.name == "svm" and loaded.standardize
+    loaded = _svm()
+    with pytest.raises(Exception, match="not fitted"):
+        loaded.predict_proba(torch.zeros(1, 6, 1), torch.zeros(1, 6, dtype=torch.long),
+                             torch.ones(1, 6, dtype=torch.bool))
+    loaded.load_weights(path)
+    assert loaded.n_classes == 3 and loaded.standardize
     val = _split(store, 1)
     args = (val["x"], val["days"], val["mask"])
-    assert torch.equal(loaded.predict_proba(*args), backend.predict_proba(*args))
-    assert torch.equal(loaded(*args), backend(*args))
+    assert torch.equal(loaded.predict_proba(*args), clf.predict_proba(*args))
+    with pytest.raises(Exception, match="fitted for 3 classes"):
+        _svm(n_classes=4).load_weights(path)
 
 
 def test_load_other_sklearn_version_warns(store: Path, tmp_path: Path, caplog) -> None:
     import joblib
 
-    path = random_forest(n_estimators=5).fit_store(store).save(tmp_path / "m.joblib")
+    path = fit_estimator(_rf(), store, tmp_path, region=None, seed=0)
     payload = joblib.load(path)
     payload["sklearn_version"] = "0.1.0"
     joblib.dump(payload, path)
     with caplog.at_level(logging.WARNING, logger="models.sklearn_backends"):
-        SklearnBackend.load(path)
+        _rf().load_weights(path)
     assert "0.1.0" in caplog.text
 
 
@@ -123,14 +133,13 @@ def test_missing_class_gets_zero_column() -> None:
     days = np.tile(np.arange(t) * 10, (b, 1))
     mask = np.ones((b, t), dtype=bool)
     args = (torch.from_numpy(x), torch.from_numpy(days), torch.from_numpy(mask))
-    for factory in (random_forest, svm, extra_trees):
-        backend = factory().fit(features(x, days, mask), y, n_classes=3)
-        proba = backend.predict_proba(*args)
+    for make in (_rf, _svm, _et):
+        clf = make().fit(*args, torch.from_numpy(y))
+        proba = clf.predict_proba(*args)
         assert proba.shape == (b, 3)
         assert torch.all(proba[:, 1] == 0)
         torch.testing.assert_close(proba.sum(dim=1), torch.ones(b), atol=1e-5, rtol=0)
         assert torch.equal(proba.argmax(dim=1), torch.from_numpy(y))
-        assert torch.isneginf(backend(*args)[:, 1]).all()
 
 
 def test_subsample_keeps_every_class_and_count() -> None:
@@ -145,26 +154,31 @@ def test_subsample_keeps_every_class_and_count() -> None:
     assert len(subsample_indices(y, 10**6)) == len(y)
 
 
-def test_fit_store_max_samples(store: Path, caplog) -> None:
+def test_fit_store_max_samples(store: Path, tmp_path: Path, caplog) -> None:
     n_learn = _split(store, 0)["y"].shape[0]
-    with caplog.at_level(logging.INFO, logger="models.sklearn_backends"):
-        backend = random_forest(n_estimators=5).fit_store(store, max_samples=12, seed=1)
+    clf = _rf(max_samples=12)
+    with caplog.at_level(logging.INFO, logger="i2dl.training"):
+        fit_estimator(clf, store, tmp_path, region=None, seed=1)
     assert n_learn > 12
-    assert backend.meta["n_samples"] == 12
-    assert backend.meta["classes_present"] == [0, 1, 2]
+    assert clf.meta["n_samples"] == 12
+    assert clf.meta["classes_present"] == [0, 1, 2]
     assert f"12 of {n_learn}" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["rf", "svm", "extra_trees"])
-def test_configs_instantiate(make_cfg, name: str) -> None:
+def test_configs_build_through_the_one_build_path(make_cfg, store: Path, name: str) -> None:
     cfg = make_cfg(f"+experiment={name}", "seed=7")
-    assert cfg.model.backend == "sklearn" and cfg.experiment_name == name
-    params = OmegaConf.to_container(cfg.model, resolve=True)
-    for key in META_KEYS:
-        params.pop(key, None)
-    backend = instantiate(params, _convert_="all")
-    assert isinstance(backend, SklearnBackend) and backend.name == name
-    assert backend._classifier.random_state == 7
+    assert cfg.experiment_name == name
+    clf = build_classifier(cfg.model, DataDims.of(read_info(store)))
+    assert isinstance(clf, SklearnClassifier) and clf.name == name and clf.n_classes == 3
+    assert clf._classifier.random_state == 7
+
+
+def test_estimator_without_predict_proba_is_refused() -> None:
+    from sklearn.svm import LinearSVC
+
+    with pytest.raises(ValueError, match="predict_proba"):
+        SklearnClassifier(LinearSVC(), 3)
 
 
 def test_svm_single_sample_class_falls_back(caplog) -> None:
@@ -172,8 +186,8 @@ def test_svm_single_sample_class_falls_back(caplog) -> None:
     y = np.array([0] * 20 + [1] * 20 + [2])  # class 2: one sample, no calibration fold
     feats = (y[:, None] + rng.normal(0, 0.1, (len(y), 4))).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="models.sklearn_backends"):
-        backend = svm().fit(feats, y, n_classes=3)
+        est = CalibratedSVC(random_state=0).fit(feats, y)
     assert "single learn sample" in caplog.text
-    proba = backend.estimator.predict_proba(feats)
+    proba = est.predict_proba(feats)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     assert (proba.argmax(axis=1)[:40] == y[:40]).all()

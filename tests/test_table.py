@@ -13,6 +13,7 @@ import zarr
 from i2dl.errors import InputDataError
 from i2dl.io.table import read_pixel_table
 from i2dl.prepare import prepare
+from i2dl.store import LEARN, VAL
 from tests.conftest import DATA_DIR, FAST, SMALL_LTAE
 
 FORMOSAT = DATA_DIR / "formosat2_crops"
@@ -66,12 +67,12 @@ def test_table_store_is_polygon_grouped(make_cfg, tmp_path: Path) -> None:
     path = _write_table(tmp_path / "train.csv")
     store = zarr.open_group(str(prepare(make_cfg(*_table_overrides(path)))), mode="r")
     assert store["X"].shape == (40, 5, 2)
-    pid, split, y = store["polygon_id"][:], store["split"][:], store["y"][:]
-    assert not set(pid[split == 0]) & set(pid[split == 1])
+    pid, split, y = store["polygon_id"][:], store["split"][:], store["code"][:]
+    assert not set(pid[split == LEARN]) & set(pid[split == VAL])
     assert set(y) == {1, 2}  # label_offset 1 of the formosat config
     for code in (1, 2):  # 4 polygons per class, ratio 0.75 -> 3 learn, 1 val
-        assert len(set(pid[(y == code) & (split == 0)])) == 3
-        assert len(set(pid[(y == code) & (split == 1)])) == 1
+        assert len(set(pid[(y == code) & (split == LEARN)])) == 3
+        assert len(set(pid[(y == code) & (split == VAL)])) == 1
     raw = pd.read_csv(path, header=None).to_numpy()
     order = np.argsort(raw[:, 1], kind="stable")
     np.testing.assert_allclose(
@@ -80,7 +81,7 @@ def test_table_store_is_polygon_grouped(make_cfg, tmp_path: Path) -> None:
 
 
 def test_train_on_table_with_external_test_set(make_cfg, tmp_path: Path) -> None:
-    from i2dl.pipeline import run_train
+    from i2dl.stages.train import run as run_train
 
     train = _write_table(tmp_path / "train.csv")
     test = _write_table(tmp_path / "test.csv", n_poly=2)
@@ -106,7 +107,7 @@ def test_formosat_store(make_cfg) -> None:
     raw = pd.read_csv(FORMOSAT / "train.csv", header=None).to_numpy()
     np.testing.assert_allclose(store["X"][:].reshape(260, -1), raw[:, 2:], rtol=1e-6)
     pid, split = store["polygon_id"][:], store["split"][:]
-    assert not set(pid[split == 0]) & set(pid[split == 1])
+    assert not set(pid[split == LEARN]) & set(pid[split == VAL])
 
 
 def test_polygon_with_two_labels_is_rejected(make_cfg, tmp_path: Path) -> None:

@@ -1,11 +1,20 @@
-"""Temporal gap-filling onto a regular date grid (iota2 ``sensors_data_interpolation``).
+"""Temporal gap-filling: linear interpolation of the valid observations, in torch.
 
 iota2 does not feed raw acquisitions to its classifiers: every band of every pixel is
 linearly interpolated in time, from its cloud-free observations, onto a regular grid of
 output dates (one every ``temporal_resolution`` days, 10 by default for Sentinel-2 and 16
 for Landsat in iota2's configuration defaults), with OTB's ``ImageTimeSeriesGapFilling``
-(``it=linear``). This module reproduces that step in NumPy (CPU) and torch (CUDA when
-available), fully vectorised.
+(``it=linear``) (iota2 ``sensors_data_interpolation``). This module is the one
+implementation of that step, in torch, vectorised (cumulative max/min of the valid date
+indices, ``searchsorted``, gather; no Python loop), on the CPU or CUDA:
+
+* :func:`interpolate`: tensors onto target days shared by every series (a date grid);
+* :func:`gapfill`: the same on NumPy arrays with any leading dimensions, run on CUDA
+  when available (the feature pipeline, :class:`i2dl.features.stack.FeatureStack`);
+* :func:`linear_gapfill`: invalid observations replaced in place, each series on its own
+  days (the networks that need every date, inside ``forward``, and the scikit-learn
+  backends);
+* :func:`regular_grid`: the output dates.
 
 Behaviour, matching OTB's ``LinearGapFillingFunctor`` (temporal gap-filling module by
 J. Inglada, https://zenodo.org/record/45572):
@@ -23,7 +32,12 @@ One difference, on purpose: OTB divides by zero when two valid acquisitions shar
 (two passes over a tile overlap). Here the two bounding observations are chosen in
 acquisition order, the last valid one on or before the target day and the first valid
 one on or after it; when both fall on the same day the earlier-bound one (the *later*
-acquisition of that day) is used, so no division by zero can occur.
+acquisition of that day) is used, so no division by zero can occur. :func:`linear_gapfill`
+bounds by position instead (the target is the acquisition itself), so a valid observation
+is always kept unchanged.
+
+``tests/test_features.py`` holds a NumPy implementation of the same algorithm, the oracle
+the torch one is compared against.
 """
 
 from __future__ import annotations
@@ -34,13 +48,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.io.raster import parse_date
+from i2dl.io.raster import as_date
 
 log = logging.getLogger(__name__)
-
-_BACKENDS = ("auto", "numpy", "torch")
 
 
 def regular_grid(
@@ -59,7 +73,7 @@ def regular_grid(
 
     Args:
         dates: acquisition dates (``datetime.date`` or text that
-            :func:`i2dl.io.raster.parse_date` reads), any order.
+            :func:`i2dl.io.raster.as_date` reads), any order.
         temporal_resolution: step of the grid in days (iota2 default: 10 for Sentinel-2,
             16 for Landsat 5/8).
         start: first grid date (iota2 ``start_date`` with ``auto_date: False``); None =
@@ -70,19 +84,19 @@ def regular_grid(
         The grid dates, increasing.
 
     Raises:
-        ConfigError: ``temporal_resolution`` < 1, ``start`` after ``end``, or no dates and
-            no ``start``/``end``.
+        ConfigError: ``temporal_resolution`` < 1, ``start`` after ``end``, no dates and
+            no ``start``/``end``, or a text that holds no date.
     """
     if int(temporal_resolution) != temporal_resolution or temporal_resolution < 1:
         raise ConfigError(
             f"temporal_resolution must be a whole number of days >= 1, got "
             f"{temporal_resolution!r} (iota2 uses 10 for Sentinel-2, 16 for Landsat)"
         )
-    parsed = [_as_date(d) for d in dates]
+    parsed = [as_date(d, "regular_grid dates") for d in dates]
     if (start is None or end is None) and not parsed:
         raise ConfigError("regular_grid: no acquisition dates; give start and end dates")
-    first = _as_date(start) if start is not None else min(parsed)
-    last = _as_date(end) if end is not None else max(parsed)
+    first = as_date(start, "start_date") if start is not None else min(parsed)
+    last = as_date(end, "end_date") if end is not None else max(parsed)
     if first > last:
         raise ConfigError(
             f"regular_grid: start date {first} is after end date {last}; swap them or "
@@ -93,12 +107,100 @@ def regular_grid(
     return [first + i * step for i in range(n)]
 
 
-def _as_date(value: dt.date | str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return parse_date(str(value))
+def _fill(
+    x: Tensor, mask: Tensor, days: Tensor, target: Tensor, right: Tensor, left: Tensor
+) -> Tensor:
+    """Interpolate each series at K targets, between its bounding valid observations.
+
+    Args:
+        x: (N, T, C) float, the series; values at invalid observations are ignored.
+        mask: (N, T) bool, True = valid observation.
+        days: (T,) or (N, T) float64, day of each observation.
+        target: (K,) or (N, K) float64, day of each target.
+        right: (K,) int64, per target, the last observation index whose day is on or
+            before it (-1: none); the search for a valid observation goes back from it.
+        left: (K,) int64, the first observation index whose day is on or after it (T:
+            none); the search for a valid observation goes forward from it.
+
+    Returns:
+        (N, K, C) tensor of ``x``'s dtype; zeros for series without a valid observation.
+    """
+    n, t, c = x.shape
+    k = right.shape[0]
+    idx = torch.arange(t, device=x.device).expand(n, t)
+    # last valid index <= i and first valid index >= i, per series and observation index
+    prev_src = torch.where(mask, idx, -1).cummax(dim=1).values
+    next_src = torch.where(mask, idx, t).flip(1).cummin(dim=1).values.flip(1)
+    prev = torch.where(right >= 0, prev_src[:, right.clamp(0, t - 1)], -1)  # (N, K)
+    nxt = torch.where(left < t, next_src[:, left.clamp(0, t - 1)], t)
+    has_prev, has_next = prev >= 0, nxt < t
+    p, q = prev.clamp(0, t - 1), nxt.clamp(0, t - 1)
+    xp = x.gather(1, p.unsqueeze(-1).expand(n, k, c))
+    xn = x.gather(1, q.unsqueeze(-1).expand(n, k, c))
+    d = days.expand(n, t)
+    dp, dn = d.gather(1, p), d.gather(1, q)
+    span = dn - dp
+    w = torch.where(span > 0, (target - dp) / torch.where(span > 0, span, 1.0), 0.0)
+    interp = xp + w.to(x.dtype).unsqueeze(-1) * (xn - xp)
+    y = torch.where(
+        (has_prev & has_next).unsqueeze(-1), interp, torch.where(has_prev.unsqueeze(-1), xp, xn)
+    )
+    return y.masked_fill(~(has_prev | has_next).unsqueeze(-1), 0.0)
+
+
+def interpolate(
+    x: Tensor, mask: Tensor, days: Tensor, target_days: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Linearly interpolate the valid observations of each series onto target days.
+
+    Args:
+        x: (N, T, C) float, the series; values at invalid observations are ignored.
+        mask: (N, T) bool, True = valid observation (not cloudy, not nodata).
+        days: (T,) int or float, day of each acquisition (e.g. days since the first one,
+            :func:`i2dl.io.raster.days_since`), non-decreasing; equal values (two
+            acquisitions the same day) are allowed.
+        target_days: (K,) int or float, the output days on the same origin, any order
+            (usually from :func:`regular_grid`).
+
+    Returns:
+        ``y`` (N, K, C) of ``x``'s dtype, on ``x``'s device (see the module docstring for
+        extrapolation and same-day acquisitions), and ``y_valid`` (N, K) bool, True where
+        the series has at least one valid observation (its rows of ``y`` are zeros
+        otherwise).
+
+    Raises:
+        InputDataError: shapes disagree or ``days`` decrease.
+    """
+    if x.ndim != 3 or mask.shape != x.shape[:2]:
+        raise InputDataError(
+            f"gap-filling expects x (N, T, C) and valid (N, T); got x {tuple(x.shape)}, "
+            f"valid {tuple(mask.shape)}"
+        )
+    n, t, c = x.shape
+    d = torch.as_tensor(days, device=x.device).to(torch.float64)
+    tau = torch.as_tensor(target_days, device=x.device).to(torch.float64)
+    if d.shape != (t,):
+        raise InputDataError(
+            f"gap-filling: days has shape {tuple(d.shape)} but x has T = {t} dates; give one "
+            "day offset per acquisition"
+        )
+    if tau.ndim != 1:
+        raise InputDataError(f"gap-filling: target_days must be 1-D, got shape {tuple(tau.shape)}")
+    if t > 1 and bool((d.diff() < 0).any()):
+        bad = int((d.diff() < 0).nonzero()[0, 0]) + 1
+        raise InputDataError(
+            f"gap-filling: days must be non-decreasing (acquisition order), but day {bad} "
+            f"({d[bad].item():g}) follows {d[bad - 1].item():g}; sort the acquisitions by date"
+        )
+    k = tau.shape[0]
+    if n == 0 or t == 0:
+        y = torch.zeros((n, k, c), dtype=x.dtype, device=x.device)
+        return y, torch.zeros((n, k), dtype=torch.bool, device=x.device)
+    mask = mask.bool()
+    right = torch.searchsorted(d, tau, right=True) - 1  # last index with day <= target
+    left = torch.searchsorted(d, tau, right=False)  # first index with day >= target
+    y = _fill(x, mask, d, tau, right, left)
+    return y, mask.any(dim=1, keepdim=True).expand(n, k).contiguous()
 
 
 def gapfill(
@@ -106,10 +208,9 @@ def gapfill(
     valid: np.ndarray,
     days: np.ndarray | Sequence[int],
     target_days: np.ndarray | Sequence[int],
-    backend: str = "auto",
     device: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Linearly interpolate the valid observations of each pixel onto target days.
+    """Gap-fill NumPy series onto target days (:func:`interpolate` on ``device``).
 
     Args:
         x: (..., T, C) float, the series (any leading dims, e.g. (N, T, C) or
@@ -120,12 +221,9 @@ def gapfill(
             acquisitions the same day) are allowed.
         target_days: (T',) int, the output days on the same origin, any order
             (usually from :func:`regular_grid`).
-        backend: ``"numpy"``, ``"torch"``, or ``"auto"`` = torch (on CUDA when
-            available, else on the CPU, where its threaded kernels measured 4x faster
-            than NumPy: docs/benchmarks.md), NumPy when torch cannot be imported. Both
-            give the same result (float32 rounding).
-        device: torch device for the torch backend; None = ``"cuda"`` when available,
-            else ``"cpu"``.
+        device: torch device the computation runs on; None = ``"cuda"`` when available,
+            else ``"cpu"`` (torch's threaded CPU kernels measured 4x faster than NumPy:
+            docs/benchmarks.md).
 
     Returns:
         ``y`` (..., T', C) float32, the gap-filled series (see the module docstring for
@@ -135,154 +233,60 @@ def gapfill(
 
     Raises:
         InputDataError: shapes disagree or ``days`` decrease.
-        ConfigError: unknown ``backend``.
     """
-    if backend not in _BACKENDS:
-        raise ConfigError(f"gapfill backend must be one of {_BACKENDS}, got {backend!r}")
     x = np.asarray(x)
     valid = np.asarray(valid)
-    days_arr = np.asarray(days)
-    target_arr = np.asarray(target_days)
     if x.ndim < 2 or valid.shape != x.shape[:-1]:
         raise InputDataError(
             f"gapfill expects x (..., T, C) and valid (..., T); got x {x.shape}, "
             f"valid {valid.shape}"
         )
-    t = x.shape[-2]
-    if days_arr.shape != (t,):
-        raise InputDataError(
-            f"gapfill: days has shape {days_arr.shape} but x has T = {t} dates; give one "
-            "day offset per acquisition"
-        )
-    if target_arr.ndim != 1:
-        raise InputDataError(f"gapfill: target_days must be 1-D, got shape {target_arr.shape}")
-    if t and np.any(np.diff(days_arr) < 0):
-        bad = int(np.argmax(np.diff(days_arr) < 0)) + 1
-        raise InputDataError(
-            f"gapfill: days must be non-decreasing (acquisition order), but day {bad} "
-            f"({days_arr[bad]}) follows {days_arr[bad - 1]}; sort the acquisitions by date"
-        )
-    lead = x.shape[:-2]
-    c = x.shape[-1]
-    xf = x.reshape(-1, t, c).astype(np.float32, copy=False)
-    vf = valid.reshape(-1, t).astype(bool, copy=False)
-    if backend == "auto":
-        backend = "torch" if _torch_importable() else "numpy"
-    if xf.shape[0] == 0 or t == 0:
-        y = np.zeros((xf.shape[0], target_arr.shape[0], c), dtype=np.float32)
-        yv = np.zeros((xf.shape[0], target_arr.shape[0]), dtype=bool)
-    elif backend == "numpy":
-        y, yv = gapfill_numpy(xf, vf, days_arr, target_arr)
-    else:
-        y, yv = gapfill_torch(xf, vf, days_arr, target_arr, device=device)
-    return y.reshape(*lead, target_arr.shape[0], c), yv.reshape(*lead, target_arr.shape[0])
-
-
-def _torch_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:  # pragma: no cover - torch is a dependency of i2dl
-        return False
-    return True
-
-
-def gapfill_numpy(
-    x: np.ndarray, valid: np.ndarray, days: np.ndarray, target_days: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy backend of :func:`gapfill` on flat arrays (no checks).
-
-    Args:
-        x: (N, T, C) float32, the series.
-        valid: (N, T) bool, True = valid observation.
-        days: (T,) int, acquisition days, non-decreasing.
-        target_days: (T',) int, output days.
-
-    Returns:
-        ``y`` (N, T', C) float32 and ``y_valid`` (N, T') bool.
-    """
-    n, t, c = x.shape
-    idx = np.arange(t)
-    # last valid index <= i and first valid index >= i, per pixel and source index
-    prev_src = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)
-    next_src = np.minimum.accumulate(np.where(valid, idx, t)[:, ::-1], axis=1)[:, ::-1]
-    d = days.astype(np.float64)
-    tau = target_days.astype(np.float64)
-    right = np.searchsorted(d, tau, side="right") - 1  # last source index with day <= tau
-    left = np.searchsorted(d, tau, side="left")  # first source index with day >= tau
-    prev = np.where(right >= 0, prev_src[:, np.clip(right, 0, t - 1)], -1)  # (N, T')
-    nxt = np.where(left < t, next_src[:, np.clip(left, 0, t - 1)], t)
-    has_prev, has_next = prev >= 0, nxt < t
-    p, q = np.clip(prev, 0, t - 1), np.clip(nxt, 0, t - 1)
-    xp = np.take_along_axis(x, p[..., None], axis=1)  # (N, T', C)
-    xn = np.take_along_axis(x, q[..., None], axis=1)
-    dp, dn = d[p], d[q]
-    span = dn - dp
-    w = np.where(span > 0, (tau - dp) / np.where(span > 0, span, 1.0), 0.0)
-    interp = xp + w.astype(np.float32)[..., None] * (xn - xp)
-    y = np.where((has_prev & has_next)[..., None], interp, np.where(has_prev[..., None], xp, xn))
-    any_valid = valid.any(axis=1)
-    y = np.where(any_valid[:, None, None], y, 0.0).astype(np.float32, copy=False)
-    y_valid = np.broadcast_to(any_valid[:, None], (n, tau.shape[0])).copy()
-    return y, y_valid
-
-
-def gapfill_torch(
-    x: np.ndarray,
-    valid: np.ndarray,
-    days: np.ndarray,
-    target_days: np.ndarray,
-    device: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Torch backend of :func:`gapfill` on flat arrays (no checks).
-
-    Same algorithm as :func:`gapfill_numpy` (cumulative max/min of valid indices,
-    ``searchsorted`` of the target days, gather, interpolate), and the generalisation of
-    ``models.gapfill.linear_gapfill`` to a target grid different from the source dates.
-    The arrays are moved to ``device``, computed there, and returned as NumPy arrays.
-
-    Args:
-        x: (N, T, C) float32, the series.
-        valid: (N, T) bool, True = valid observation.
-        days: (T,) int, acquisition days, non-decreasing.
-        target_days: (T',) int, output days.
-        device: torch device; None = ``"cuda"`` when available, else ``"cpu"``.
-
-    Returns:
-        ``y`` (N, T', C) float32 and ``y_valid`` (N, T') bool, on the host.
-    """
-    import torch
-
+    lead, (t, c) = x.shape[:-2], x.shape[-2:]
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    xf = np.ascontiguousarray(x.reshape(-1, t, c), dtype=np.float32)
+    vf = np.ascontiguousarray(valid.reshape(-1, t), dtype=bool)
     with torch.no_grad():
-        xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32).to(dev)
-        vt = torch.as_tensor(np.ascontiguousarray(valid), dtype=torch.bool).to(dev)
-        n, t, c = xt.shape
-        idx = torch.arange(t, device=dev).expand(n, t)
-        prev_src = torch.where(vt, idx, -1).cummax(dim=1).values
-        next_src = torch.where(vt, idx, t).flip(1).cummin(dim=1).values.flip(1)
-        d = torch.as_tensor(np.asarray(days, dtype=np.float64), device=dev)
-        tau = torch.as_tensor(np.asarray(target_days, dtype=np.float64), device=dev)
-        right = torch.searchsorted(d, tau, right=True) - 1
-        left = torch.searchsorted(d, tau, right=False)
-        prev = torch.where(right >= 0, prev_src[:, right.clamp(0, t - 1)], -1)  # (N, T')
-        nxt = torch.where(left < t, next_src[:, left.clamp(0, t - 1)], t)
-        has_prev, has_next = prev >= 0, nxt < t
-        p, q = prev.clamp(0, t - 1), nxt.clamp(0, t - 1)
-        k = tau.shape[0]
-        xp = xt.gather(1, p.unsqueeze(-1).expand(n, k, c))
-        xn = xt.gather(1, q.unsqueeze(-1).expand(n, k, c))
-        dp, dn = d[p], d[q]
-        span = dn - dp
-        w = torch.where(span > 0, (tau - dp) / torch.where(span > 0, span, 1.0), 0.0)
-        interp = xp + w.to(torch.float32).unsqueeze(-1) * (xn - xp)
-        y = torch.where(
-            (has_prev & has_next).unsqueeze(-1),
-            interp,
-            torch.where(has_prev.unsqueeze(-1), xp, xn),
+        y, y_valid = interpolate(
+            torch.from_numpy(xf).to(dev),
+            torch.from_numpy(vf).to(dev),
+            torch.as_tensor(np.asarray(days)),
+            torch.as_tensor(np.asarray(target_days)),
         )
-        any_valid = vt.any(dim=1)
-        y = torch.where(any_valid[:, None, None], y, 0.0)
-        y_valid = any_valid[:, None].expand(n, k)
-        return y.cpu().numpy(), y_valid.cpu().numpy().copy()
+        k = y.shape[1]
+        return y.cpu().numpy().reshape(*lead, k, c), y_valid.cpu().numpy().reshape(*lead, k)
+
+
+def linear_gapfill(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+    """Fill invalid observations by linear interpolation in time, each on its own day.
+
+    Runs inside a network's ``forward`` (any device, autograd kept): iota2 gap-fills every
+    series before its conventional classifiers and its MLP see it. Each series is
+    interpolated at its own acquisition days, between the nearest valid observations
+    before and after each position (positions, not days, bound the search, so ``days``
+    may be padded and valid observations are kept unchanged).
+
+    Args:
+        x: (B, T, C) float, the series (values at invalid dates are ignored).
+        days: (B, T) int or float, days since the reference date, non-decreasing along T.
+        mask: (B, T) bool, True = valid observation.
+
+    Returns:
+        (B, T, C) tensor of ``x``'s dtype: valid observations unchanged, invalid ones
+        interpolated; all-invalid series are zeros.
+
+    Raises:
+        ValueError: shapes differ (``days``/``mask`` must be ``x.shape[:2]``).
+    """
+    if x.ndim != 3 or days.shape != x.shape[:2] or mask.shape != x.shape[:2]:
+        raise ValueError(
+            f"linear_gapfill expects x (B,T,C), days and mask (B,T); got x {tuple(x.shape)}, "
+            f"days {tuple(days.shape)}, mask {tuple(mask.shape)}"
+        )
+    t = x.shape[1]
+    if x.shape[0] == 0 or t == 0:
+        return x.clone()
+    idx = torch.arange(t, device=x.device)
+    d = days.to(torch.float64)
+    return _fill(x, mask.bool(), d, d, idx, idx)

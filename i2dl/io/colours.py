@@ -28,7 +28,7 @@ import colorsys
 import csv
 import logging
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
@@ -251,21 +251,28 @@ def read_class_map_colours(path: str | Path) -> dict[int, RGB]:
     return colours
 
 
+def _rgb(values: Sequence[float]) -> RGB:
+    """The first three values as an ``(R, G, B)`` tuple of ints."""
+    return int(values[0]), int(values[1]), int(values[2])
+
+
 def _palette(n: int) -> list[RGB]:
     """``n`` distinct qualitative colours: tab10 / tab20 / tab20+tab20b+tab20c, then hues."""
     from matplotlib import colormaps
 
     names = ["tab10"] if n <= 10 else ["tab20"] if n <= 20 else ["tab20", "tab20b", "tab20c"]
     colours = [
-        tuple(round(v * 255) for v in c[:3]) for name in names for c in colormaps[name].colors
+        _rgb([round(v * 255) for v in colormaps[name](i)[:3]])
+        for name in names
+        for i in range(colormaps[name].N)  # the listed colours, in order
     ]
     i = 0
     while len(colours) < n:  # golden-ratio hue steps: distinct, deterministic
         h = (i * 0.618033988749895) % 1.0
         s, v = (0.65, 0.85) if i % 2 == 0 else (0.45, 0.65)
-        colours.append(tuple(round(c * 255) for c in colorsys.hsv_to_rgb(h, s, v)))
+        colours.append(_rgb([round(c * 255) for c in colorsys.hsv_to_rgb(h, s, v)]))
         i += 1
-    return colours[:n]  # type: ignore[return-value]
+    return colours[:n]
 
 
 def default_colours(codes: Iterable[int], exclude: Collection[RGB] = ()) -> dict[int, RGB]:
@@ -285,7 +292,7 @@ def default_colours(codes: Iterable[int], exclude: Collection[RGB] = ()) -> dict
         Mapping code -> ``(R, G, B)``, codes in increasing order.
     """
     unique = sorted({int(c) for c in codes})
-    avoid = {tuple(int(v) for v in c) for c in exclude}
+    avoid = {_rgb(c) for c in exclude}
     n = len(unique)
     palette: list[RGB] = []
     size = n
@@ -311,12 +318,12 @@ def resolve_colours(
     """
     codes = [int(c) for c in class_codes]
     if colour_table is None:
-        defaults = default_colours(codes)
-        return {c: defaults[c] for c in codes}
+        palette = default_colours(codes)
+        return {c: palette[c] for c in codes}
     missing = [c for c in codes if c not in colour_table]
     defaults: dict[int, RGB] = {}
     if missing:
-        used = {tuple(colour_table[c]) for c in codes if c in colour_table}
+        used = {_rgb(colour_table[c]) for c in codes if c in colour_table}
         defaults = default_colours(missing, exclude=used)
         log.warning(
             "class code(s) %s have no colour in the colour table (which has codes %s); "
@@ -329,6 +336,6 @@ def resolve_colours(
     if extra:
         log.debug("colour table codes %s are not classes of the map; ignored", extra)
     return {
-        c: tuple(int(v) for v in colour_table[c]) if c in colour_table else defaults[c]
+        c: _rgb(colour_table[c]) if c in colour_table else defaults[c]
         for c in codes
     }

@@ -17,13 +17,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+from i2dl.io.sensors.base import RasterReader
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,39 @@ def parse_date(text: str) -> dt.date:
     if match is None:
         raise ValueError(f"no date (YYYY-MM-DD or YYYYMMDD) found in {text!r}")
     return dt.date(*(int(g) for g in match.groups()))
+
+
+@overload
+def as_date(value: None, param: str = ...) -> None: ...
+@overload
+def as_date(value: dt.date | str, param: str = ...) -> dt.date: ...
+def as_date(value: dt.date | str | None, param: str = "date") -> dt.date | None:
+    """A date given in a config or an argument (``start_date``, ``end_date``...) as a date.
+
+    The one place where i2dl turns user dates into ``datetime.date``; text is read by
+    :func:`parse_date`.
+
+    Args:
+        value: a date, a datetime (time dropped), text :func:`parse_date` reads
+            (``YYYY-MM-DD``, an ISO timestamp, ``YYYYMMDD``), or None / ``""``.
+        param: the parameter named in the error message (``data.start_date``).
+
+    Returns:
+        The date, or None for None or an empty string.
+
+    Raises:
+        ConfigError: the text holds no valid date.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return parse_date(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{param}={value!r} is not a date: {exc}; use YYYY-MM-DD") from None
 
 
 def read_dates_file(path: str | Path) -> list[dt.date]:
@@ -137,12 +171,13 @@ class MaskSpec:
         return ~np.isin(values, self.valid_values)
 
 
-@dataclass
-class TimeSeriesRaster:
+@dataclass(repr=False)
+class TimeSeriesRaster(RasterReader):
     """A date-major GeoTIFF time series with its dates and validity masks.
 
     Use as a context manager (or call :meth:`close`): the datasets stay open so that
-    reading many windows does not reopen files.
+    reading many windows does not reopen files. ``n_dates``, ``n_channels``,
+    ``profile`` and ``repr`` come from :class:`~i2dl.io.sensors.base.RasterReader`.
 
     Attributes:
         path: the stack.
@@ -165,16 +200,6 @@ class TimeSeriesRaster:
     nodata: float | None = None
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
 
-    @property
-    def n_dates(self) -> int:
-        """T, the number of acquisition dates."""
-        return len(self.dates)
-
-    @property
-    def n_channels(self) -> int:
-        """C, the number of channels per date."""
-        return len(self.band_names)
-
     def _open(self, path: Path) -> Any:
         if path not in self._handles:
             self._handles[path] = rasterio.open(path)
@@ -185,12 +210,6 @@ class TimeSeriesRaster:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
-
-    def __enter__(self) -> TimeSeriesRaster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of the series.
@@ -216,22 +235,6 @@ class TimeSeriesRaster:
             m = mask_src.read(window=window)  # (T or 1, H, W)
             invalid |= spec.invalid(m).transpose(1, 2, 0)
         return x, ~invalid
-
-    def profile(self) -> dict[str, Any]:
-        """A rasterio creation profile of the grid (no band count, dtype or options)."""
-        return grid_profile(self)
-
-
-def grid_profile(grid: Any) -> dict[str, Any]:
-    """A GeoTIFF creation profile of any object with ``crs``, ``transform``, ``width`` and
-    ``height`` (no band count, dtype or creation options)."""
-    return {
-        "driver": "GTiff",
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "width": grid.width,
-        "height": grid.height,
-    }
 
 
 def open_time_series(
@@ -345,25 +348,3 @@ def _dates_from_descriptions(
 def days_since(dates: Sequence[dt.date], reference: dt.date) -> np.ndarray:
     """Day offsets of ``dates`` from ``reference``: (T,) int64, days."""
     return np.array([(d - reference).days for d in dates], dtype=np.int64)
-
-
-def block_windows(width: int, height: int, chunk_size: int) -> list[Window]:
-    """Cut a grid into square block windows of at most ``chunk_size`` pixels a side.
-
-    Args:
-        width, height: grid size in pixels.
-        chunk_size: window side in pixels (> 0).
-
-    Returns:
-        Windows in row-major order covering the grid exactly once.
-
-    Raises:
-        ConfigError: ``chunk_size`` < 1.
-    """
-    if chunk_size < 1:
-        raise ConfigError(f"infer.chunk_size must be >= 1 pixel, got {chunk_size}")
-    return [
-        Window(col, row, min(chunk_size, width - col), min(chunk_size, height - row))
-        for row in range(0, height, chunk_size)
-        for col in range(0, width, chunk_size)
-    ]

@@ -12,6 +12,7 @@ to codes 1..K in sorted order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,24 +152,46 @@ def read_reference(
     return ReferenceData(polygons=out, class_names=class_names, string_labels=string_labels)
 
 
+def burn_polygons(
+    geometries: Iterable[Any], values: Iterable[int], transform: Any, width: int, height: int
+) -> np.ndarray:
+    """Burn polygon values on a raster grid (pixel-centre rule, as OTB's sample extraction).
+
+    The one place where i2dl rasterises polygons (reference polygons, eco-regions).
+
+    Args:
+        geometries: shapely geometries in the grid's CRS.
+        values: one value per geometry, integers in ``0 .. 2**31 - 2``.
+        transform: affine transform of the grid.
+        width: grid width in pixels.
+        height: grid height in pixels.
+
+    Returns:
+        (height, width) int64 array: the value of the polygon covering each pixel centre,
+        -1 where none. Where polygons overlap, the last one wins.
+    """
+    shapes = [(geom, int(v) + 1) for geom, v in zip(geometries, values, strict=True)]
+    if not shapes:
+        return np.full((height, width), -1, dtype=np.int64)
+    burnt = rasterize(
+        shapes, out_shape=(height, width), transform=transform, fill=0, dtype="int32"
+    )
+    return burnt.astype(np.int64) - 1
+
+
 def rasterize_polygons(
     polygons: gpd.GeoDataFrame, transform: Any, width: int, height: int
 ) -> np.ndarray:
-    """Burn polygons on a raster grid (pixel-centre rule, as OTB's sample extraction).
+    """Burn the row index of each polygon on a raster grid (:func:`burn_polygons`).
 
     Args:
         polygons: rows in the grid's CRS; the row index (0..P-1) is burnt.
         transform: affine transform of the grid.
-        width, height: grid size in pixels.
+        width: grid width in pixels.
+        height: grid height in pixels.
 
     Returns:
         (height, width) int64 array: the row index of the polygon covering each pixel
         centre, -1 where none. Where polygons overlap, the last one wins.
     """
-    if len(polygons) == 0:
-        return np.full((height, width), -1, dtype=np.int64)
-    shapes = ((geom, i + 1) for i, geom in enumerate(polygons.geometry))
-    burnt = rasterize(
-        shapes, out_shape=(height, width), transform=transform, fill=0, dtype="int32"
-    )
-    return burnt.astype(np.int64) - 1
+    return burn_polygons(polygons.geometry, range(len(polygons)), transform, width, height)

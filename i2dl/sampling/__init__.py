@@ -1,0 +1,1 @@
+"""Sample selection: learn/val polygon split, OTB-like selection strategies, eco-regions."""

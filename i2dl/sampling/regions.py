@@ -17,9 +17,9 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-from rasterio.features import rasterize
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.io.vector import burn_polygons
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,18 @@ def read_regions(path: str | Path, region_field: str, crs: Any) -> gpd.GeoDataFr
     return out
 
 
-def rasterize_regions(regions: gpd.GeoDataFrame, transform: Any, width: int, height: int) -> np.ndarray:
-    """Region id of each pixel centre: (height, width) int64, -1 outside every region."""
-    if len(regions) == 0:
-        return np.full((height, width), -1, dtype=np.int64)
-    shapes = ((g, int(r) + 1) for g, r in zip(regions.geometry, regions["region"], strict=True))
-    burnt = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0,
-                      dtype="int32")
-    return burnt.astype(np.int64) - 1
+def rasterize_regions(
+    regions: gpd.GeoDataFrame, transform: Any, width: int, height: int
+) -> np.ndarray:
+    """Region id of each pixel centre (:func:`i2dl.io.vector.burn_polygons`).
+
+    Args:
+        regions: from :func:`read_regions`, in the grid's CRS.
+        transform: affine transform of the grid.
+        width: grid width in pixels.
+        height: grid height in pixels.
+
+    Returns:
+        (height, width) int64, the region id, -1 outside every region.
+    """
+    return burn_polygons(regions.geometry, regions["region"], transform, width, height)

@@ -50,9 +50,7 @@ polygons per class, region, run and split, with the selected pixels.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +60,8 @@ import numpy as np
 import pandas as pd
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.sampling.split import LEARN, VAL
+from i2dl.io.files import write_text_atomic
+from i2dl.store import LEARN, VAL
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,56 @@ class SampleSelectionWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- selection
+
+
+def largest_remainder(counts: np.ndarray, target: int, minimum: int = 0) -> np.ndarray:
+    """Share ``target`` items between classes in proportion to their sizes (largest remainder).
+
+    Every class first gets ``min(counts_k, minimum)`` (so with ``minimum=1`` no class
+    present is dropped); the ``r`` items still to share go in proportion to what each class
+    has left, ``room_k = counts_k - floor_k``: class k gets ``floor(r * room_k / R)``
+    (``R = sum(room)``), and the items still missing go one each to the classes with the
+    largest fractional parts, ties to the first class (the smaller code when ``counts`` is
+    in ascending code order). Integer arithmetic throughout, so the result is exact.
+
+    Used by the ``total`` sampling strategy (``minimum=0``, OTB ``strategy.total.v``) and
+    by the scikit-learn subsampling (``minimum=1``, ``model.max_samples``).
+
+    Args:
+        counts: (K,) int, items available per class, >= 0.
+        target: total wanted, >= 0.
+        minimum: items every class gets first (fewer if it holds fewer), >= 0.
+
+    Returns:
+        (K,) int64 shares. They sum to ``target`` when ``sum(min(counts, minimum)) <=
+        target <= sum(counts)``; to ``sum(min(counts, minimum))`` when that exceeds
+        ``target``. With ``target > sum(counts)`` the proportional shares exceed
+        ``counts`` and are returned unclipped (the ``total`` strategy clips them and warns).
+
+    Raises:
+        ValueError: ``counts`` not 1-D or negative, or ``target`` or ``minimum`` negative.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1 or (counts < 0).any() or target < 0 or minimum < 0:
+        raise ValueError(
+            f"largest_remainder needs 1-D counts >= 0 and target, minimum >= 0; got counts "
+            f"of shape {counts.shape} (min {counts.min(initial=0)}), target={target}, "
+            f"minimum={minimum}"
+        )
+    floor = np.minimum(counts, int(minimum))
+    remaining = int(target) - int(floor.sum())
+    room = counts - floor
+    grand = int(room.sum())
+    if remaining <= 0 or grand == 0:
+        return floor
+    scaled = remaining * room
+    share, rest = scaled // grand, scaled % grand
+    missing = min(remaining, grand) - int(np.minimum(share, room).sum())
+    if missing > 0:
+        # largest fractional part first; stable sort: ties go to the first class
+        order = np.argsort(-rest, kind="stable")
+        share[order[:missing]] += 1
+    return floor + share
 
 
 def periodic_indices(m: int, n: int) -> np.ndarray:
@@ -167,18 +216,8 @@ def target_counts(
         return np.floor(0.5 + float(p) * available).astype(np.int64)  # type: ignore[arg-type]
     if strategy == "byclass":
         return np.array([int(byclass.get(int(c), 0)) for c in codes], dtype=np.int64)  # type: ignore[union-attr]
-    # total: largest remainder, exact integer arithmetic
-    grand = int(available.sum())
-    if grand == 0:
-        return np.zeros(len(available), dtype=np.int64)
-    scaled = int(total) * available  # type: ignore[arg-type]
-    base, rest = scaled // grand, scaled % grand
-    missing = min(int(total), grand) - int(np.minimum(base, available).sum())  # type: ignore[arg-type]
-    if missing > 0:
-        # largest fractional part first, ties by the smaller code (stable on ascending codes)
-        order = np.argsort(-rest, kind="stable")
-        base[order[:missing]] += 1
-    return base
+    # total: largest remainder, ties to the smaller code (codes ascending)
+    return largest_remainder(available, int(total))  # type: ignore[arg-type]
 
 
 def select_samples(
@@ -629,8 +668,8 @@ def class_statistics(
 def write_class_statistics(path: str | Path, df: pd.DataFrame) -> Path:
     """Write a :func:`class_statistics` table as CSV, atomically.
 
-    The table goes to a temporary file in the same folder, then replaces ``path`` with
-    ``os.replace``, so a reader never sees a half-written file.
+    The table goes to a temporary file in the same folder, then replaces ``path``
+    (:func:`i2dl.io.files.write_text_atomic`), so a reader never sees a half-written file.
 
     Args:
         path: destination CSV; its folder is created if needed.
@@ -642,16 +681,4 @@ def write_class_statistics(path: str | Path, df: pd.DataFrame) -> Path:
     Raises:
         OSError: the folder cannot be created or written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            df.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, df.to_csv(index=False, lineterminator="\n"))

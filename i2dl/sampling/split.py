@@ -14,11 +14,11 @@ import warnings
 import numpy as np
 
 from i2dl.errors import ConfigError
+from i2dl.store import LEARN, VAL
 
 log = logging.getLogger(__name__)
 
-LEARN = 0
-VAL = 1
+__all__ = ["LEARN", "VAL", "SinglePolygonClassWarning", "split_polygons"]
 
 
 class SinglePolygonClassWarning(UserWarning):
@@ -28,7 +28,7 @@ class SinglePolygonClassWarning(UserWarning):
 def split_polygons(
     polygon_ids: np.ndarray, codes: np.ndarray, ratio: float = 0.75, seed: int = 0
 ) -> dict[int, int]:
-    """Assign each polygon to learn (0) or val (1), class by class.
+    """Assign each polygon to learn (``LEARN``) or val (``VAL``), class by class.
 
     Args:
         polygon_ids: (P,) int, unique polygon ids.
@@ -38,7 +38,7 @@ def split_polygons(
         seed: random seed (iota2 ``random_seed``; one per run).
 
     Returns:
-        polygon id -> split (``LEARN`` = 0 or ``VAL`` = 1).
+        polygon id -> split (``LEARN`` = 0 or ``VAL`` = 1, defined in :mod:`i2dl.store`).
 
     Raises:
         ConfigError: ``ratio`` not in (0, 1); polygon ids not unique.

@@ -5,8 +5,8 @@ Writes a synthetic THEIA Sentinel-2 tile (10 bands, 10 m and 20 m, CLM masks) of
 on whole-tile chunks of ``--chunk`` pixels:
 
 - ``read``: Sentinel2Theia.read (10 m bands, 20 m -> 10 m bilinear, masks);
-- ``gapfill``: linear gap-filling onto a 10-day grid, NumPy and torch (CPU, and CUDA when
-  available);
+- ``gapfill``: linear gap-filling onto a 10-day grid, torch on the CPU, and on CUDA when
+  available;
 - ``indices``: NDVI, NDWI, Brightness;
 - ``stack``: the whole FeatureStack (read + indices + gap-filling).
 
@@ -31,9 +31,10 @@ from rasterio.transform import from_origin
 
 from i2dl.features.gapfill import gapfill, regular_grid
 from i2dl.features.indices import compute_indices
-from i2dl.io.raster import block_windows, days_since
+from i2dl.features.source import open_feature_stack
+from i2dl.io.geotiff import block_windows
+from i2dl.io.raster import days_since
 from i2dl.io.sensors.theia import Sentinel2Theia
-from i2dl.io.sources import open_feature_stack
 
 B10 = ("B2", "B3", "B4", "B8")
 B20 = ("B5", "B6", "B7", "B8A", "B11", "B12")
@@ -100,12 +101,12 @@ def main() -> None:
         days = days_since(dates, dates[0])
         target = days_since(regular_grid(dates, 10), dates[0])
         report("indices", timed(lambda: [compute_indices(x, names) for x, _ in chunks]))
-        backends = ["numpy", "torch"]
-        for backend in backends:
-            run = lambda b=backend: [gapfill(x, v, days, target, backend=b) for x, v in chunks]  # noqa: E731
-            report("gapfill", timed(run, repeat=2), backend=backend,
-                   device="cuda" if backend == "torch" and torch.cuda.is_available() else "cpu")
-        data = {"name": "bench", "tile": "T31TCJ", "sensors": {"sentinel2_theia": {"root": str(root)}},
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        for device in devices:
+            run = lambda d=device: [gapfill(x, v, days, target, device=d) for x, v in chunks]  # noqa: E731
+            report("gapfill", timed(run, repeat=2), backend="torch", device=device)
+        data = {"name": "bench", "tile": "T31TCJ",
+                "sensors": {"sentinel2_theia": {"root": str(root)}},
                 "gapfilling": {"enabled": True, "temporal_resolution": 10},
                 "indices": ["NDVI", "NDWI", "Brightness"]}
         with open_feature_stack(data) as stack:

@@ -1,0 +1,1 @@
+"""Readers of sensor products, one module per sensor, on one base (:mod:`.base`)."""

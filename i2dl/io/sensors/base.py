@@ -1,20 +1,30 @@
-"""The interface every time-series source implements (stacks, sensor products, features).
+"""The interface every time-series source implements, and the base class of the readers.
 
 ``prepare`` (sample extraction) and ``infer`` (chunked maps) only need a grid, a list of
 acquisition dates, channel names and a ``read(window)`` method. :class:`TimeSeriesSource`
 states that contract; :class:`i2dl.io.raster.TimeSeriesRaster` (a GeoTIFF stack), the
 sensor readers of this package (THEIA Sentinel-2, Sen2Cor, Landsat-8 N2A, user features)
-and the feature pipeline (:mod:`i2dl.io.sensors.stack`) all satisfy it, so the same code
-feeds the sample store and the inference from any of them.
+and the feature pipeline (:class:`i2dl.features.stack.FeatureStack`) all satisfy it, so
+the same code feeds the sample store and the inference from any of them.
+
+They share :class:`RasterReader`, which gives, once, what every reader would otherwise
+re-write (as torchgeo's ``RasterDataset`` subclasses share ``GeoDataset``): ``n_dates``,
+``n_channels``, ``profile``, the context manager and ``repr``. A subclass sets the
+attributes in its ``__init__`` and implements ``read`` (and ``close`` when it holds
+files).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from rasterio.windows import Window
+
+from i2dl.io.geotiff import grid_profile
+
+_R = TypeVar("_R", bound="RasterReader")
 
 
 @runtime_checkable
@@ -52,7 +62,7 @@ class TimeSeriesSource(Protocol):
         ...
 
     def profile(self) -> dict[str, Any]:
-        """rasterio creation profile of the grid: driver, crs, transform, width, height."""
+        """Creation profile (rasterio) of the grid: driver, crs, transform, width, height."""
         ...
 
     def close(self) -> None:
@@ -62,3 +72,60 @@ class TimeSeriesSource(Protocol):
     def __enter__(self) -> TimeSeriesSource: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class RasterReader:
+    """Base class of the readers: the members that do not depend on the product format.
+
+    Subclasses set every attribute below in ``__init__``, implement ``read`` (``x``
+    (H, W, T, C) float32, ``valid`` (H, W, T) bool) and override :meth:`close` when they
+    keep files open. Use a reader as a context manager, or call :meth:`close`.
+
+    Attributes:
+        path: the file or folder read, named in messages.
+        dates: T acquisition dates (empty for date-independent rasters, e.g. user
+            features).
+        band_names: C channel names.
+        crs: rasterio CRS of the grid, or None.
+        transform: affine transform of the grid.
+        width: grid width in pixels.
+        height: grid height in pixels.
+    """
+
+    path: Any
+    dates: list[dt.date]
+    band_names: list[str]
+    crs: Any
+    transform: Any
+    width: int
+    height: int
+
+    @property
+    def n_dates(self) -> int:
+        """T, the number of acquisition dates."""
+        return len(self.dates)
+
+    @property
+    def n_channels(self) -> int:
+        """C, the number of channels per date."""
+        return len(self.band_names)
+
+    def profile(self) -> dict[str, Any]:
+        """Creation profile (rasterio) of the grid: driver, crs, transform, width, height."""
+        return grid_profile(self)
+
+    def close(self) -> None:
+        """Release open files (nothing to release in the base class)."""
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        crs = self.crs.to_string() if self.crs is not None else "no CRS"
+        return (
+            f"{type(self).__name__}(path={str(self.path)!r}, dates={self.n_dates}, "
+            f"bands={self.band_names}, grid={self.width}x{self.height} px {crs})"
+        )

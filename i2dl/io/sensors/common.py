@@ -1,4 +1,4 @@
-"""Helpers shared by the sensor readers: grids, windows, dates and a pool of open rasters.
+"""Helpers shared by the sensor readers: grids, windows, tiles and a pool of open rasters.
 
 Sensor products are folders of many small GeoTIFFs (one per band, one per mask, one folder
 per acquisition date). The readers keep the datasets they have opened in a
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import resource
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import grid_profile, parse_date
+from i2dl.io.geotiff import grid_profile
 
 log = logging.getLogger(__name__)
 
@@ -115,36 +116,32 @@ def resolve_window(window: Window | None, width: int, height: int, where: Any) -
     if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > width or row + h > height:
         raise ValueError(
             f"{where}: window {window} is empty or reaches outside the grid of "
-            f"{width}x{height} px; cut windows with i2dl.io.raster.block_windows"
+            f"{width}x{height} px; cut windows with i2dl.io.geotiff.block_windows"
         )
     return Window(col, row, w, h)
-
-
-def as_date(value: dt.date | str | None, param: str) -> dt.date | None:
-    """A ``start_date``/``end_date`` argument as a date.
-
-    Args:
-        value: a date, a datetime (time dropped), ``YYYY-MM-DD`` / ``YYYYMMDD`` text, or None.
-        param: the argument name, for messages.
-
-    Raises:
-        ConfigError: the text holds no valid date.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return parse_date(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{param}={value!r} is not a date: {exc}; use YYYY-MM-DD") from None
 
 
 def in_range(date: dt.date, start: dt.date | None, end: dt.date | None) -> bool:
     """True when ``start <= date <= end`` (None bounds are open)."""
     return (start is None or date >= start) and (end is None or date <= end)
+
+
+def normalize_tile(tile: str) -> str:
+    """A Sentinel-2 (MGRS) tile id as product names spell it: ``38KPD``, ``t38kpd`` -> ``T38KPD``.
+
+    Args:
+        tile: the tile id, with or without its ``T``, any case, spaces around ignored.
+
+    Returns:
+        ``T`` + two digits + three capital letters.
+
+    Raises:
+        ConfigError: ``tile`` is not an MGRS tile id.
+    """
+    text = str(tile).strip().upper()
+    if not re.fullmatch(r"T?\d{2}[A-Z]{3}", text):
+        raise ConfigError(f"tile {tile!r} is not an MGRS tile id; give it as 'T31TCJ' or '31TCJ'")
+    return text if text.startswith("T") else f"T{text}"
 
 
 def tile_folder(root: str | Path, tile: str, sensor: str) -> Path:
@@ -176,27 +173,6 @@ def short_list(items: Iterable[Any], limit: int = 8) -> str:
     if len(items) <= limit:
         return ", ".join(items)
     return ", ".join(items[:limit]) + f", ... ({len(items)} in all)"
-
-
-def find_one(folder: Path, suffix: str) -> Path | None:
-    """The file of ``folder`` whose name ends with ``suffix`` (case-insensitive).
-
-    Returns:
-        The path, or None when no file matches.
-
-    Raises:
-        InputDataError: several files match.
-    """
-    if not folder.is_dir():
-        return None
-    low = suffix.lower()
-    hits = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(low))
-    if len(hits) > 1:
-        raise InputDataError(
-            f"{folder} holds several files ending with {suffix}: "
-            f"{short_list(p.name for p in hits)}; keep one per product"
-        )
-    return hits[0] if hits else None
 
 
 def default_max_open() -> int:
@@ -298,14 +274,3 @@ def equals_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is not None and not np.isnan(nodata):
         bad |= values == nodata
     return bad
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Names made unique by suffixing repeats with ``_2``, ``_3``..."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        n = seen.get(name, 0) + 1
-        seen[name] = n
-        out.append(name if n == 1 else f"{name}_{n}")
-    return out

@@ -46,10 +46,11 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError
+from i2dl.io.raster import as_date, parse_date
+from i2dl.io.sensors.base import RasterReader
 from i2dl.io.sensors.common import (
     Grid,
     RasterPool,
-    as_date,
     check_grid,
     equals_nodata,
     in_range,
@@ -161,7 +162,7 @@ def _parse_name(name: str, tile: str | None) -> tuple[dt.date, str, str] | None:
     if match is None:
         return None
     try:
-        date = dt.datetime.strptime(match["date"], "%Y%m%d").date()
+        date = parse_date(match["date"])
     except ValueError:
         return None
     rest = match["rest"]
@@ -223,7 +224,7 @@ def find_landsat8_products(
     return products
 
 
-class Landsat8N2A:
+class Landsat8N2A(RasterReader):
     """A THEIA Landsat-8 N2A time series of one tile (a TimeSeriesSource), 30 m.
 
     Args:
@@ -313,16 +314,6 @@ class Landsat8N2A:
                 f"{len(LANDSAT8_BANDS)} bands {list(LANDSAT8_BANDS)}"
             )
 
-    @property
-    def n_dates(self) -> int:
-        """T, the number of acquisitions."""
-        return len(self.dates)
-
-    @property
-    def n_channels(self) -> int:
-        """C, the number of channels per date."""
-        return len(self.band_names)
-
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of every acquisition.
 
@@ -356,25 +347,9 @@ class Landsat8N2A:
             valid[:, :, t] = ~invalid
         return x, valid
 
-    def profile(self) -> dict[str, Any]:
-        """Creation profile (rasterio) of the grid: driver, crs, transform, width, height."""
-        return self.grid.profile()
-
     def close(self) -> None:
         """Close the open files."""
         self._pool.close()
-
-    def __enter__(self) -> Landsat8N2A:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"Landsat8N2A(tile={self.tile}, dates={self.n_dates}, bands={self.band_names}, "
-            f"grid={self.grid.describe()})"
-        )
 
 
 def mask_invalid(name: str, values: np.ndarray) -> np.ndarray:

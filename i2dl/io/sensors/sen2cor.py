@@ -74,8 +74,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.io.raster import grid_profile, parse_date
-from i2dl.io.sensors.common import as_date
+from i2dl.io.raster import as_date, parse_date
+from i2dl.io.sensors.base import RasterReader
+from i2dl.io.sensors.common import normalize_tile
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +248,6 @@ def find_mtd_file(product_dir: str | Path) -> Path:
         )
     exact = [p for p in found if p.name == "MTD_MSIL2A.xml"]
     return exact[0] if exact else found[0]
-
-
-def _normalize_tile(tile: str) -> str:
-    text = str(tile).strip().upper()
-    if not re.fullmatch(r"T?\d{2}[A-Z]{3}", text):
-        raise ConfigError(f"tile {tile!r} is not an MGRS tile id; give it as 'T31TCJ' or '31TCJ'")
-    return text if text.startswith("T") else f"T{text}"
 
 
 def _normalize_band(band: str) -> str:
@@ -444,7 +438,7 @@ def _image_files(
         )
     tiles = sorted({t for t, _ in found if t is not None})
     if tile is not None:
-        wanted = _normalize_tile(tile)
+        wanted = normalize_tile(tile)
         found = [(t, e) for t, e in found if t == wanted]
         if not found:
             raise _TileAbsentError(
@@ -504,7 +498,7 @@ def _discover(
 ) -> tuple[Path, list[Sen2CorMetadata]]:
     """The searched folder and the metadata of its products of ``tile``, sorted by time."""
     root = Path(root)
-    tile_id = _normalize_tile(tile)
+    tile_id = normalize_tile(tile)
     start, end = as_date(start_date, "start_date"), as_date(end_date, "end_date")
     if start is not None and end is not None and start > end:
         raise ConfigError(f"start_date {start} is after end_date {end}; swap them")
@@ -563,7 +557,7 @@ def find_sen2cor_products(
     return [m.product_dir for m in products]
 
 
-class Sentinel2Sen2Cor:
+class Sentinel2Sen2Cor(RasterReader):
     """A Sen2Cor L2A time series of one tile on the 10 m grid of B02.
 
     Satisfies :class:`i2dl.io.sensors.base.TimeSeriesSource`. Bands are read from the
@@ -620,7 +614,7 @@ class Sentinel2Sen2Cor:
             InputDataError: malformed metadata, or a product without B02 at 10 m.
         """
         self.root = Path(root)
-        self.tile = _normalize_tile(tile)
+        self.tile = normalize_tile(tile)
         self.band_names = [_normalize_band(b) for b in bands]
         if not self.band_names:
             raise ConfigError("bands is empty; give at least one band, e.g. ['B02']")
@@ -694,16 +688,6 @@ class Sentinel2Sen2Cor:
             )
         return path
 
-    @property
-    def n_dates(self) -> int:
-        """T, the number of acquisition dates."""
-        return len(self.dates)
-
-    @property
-    def n_channels(self) -> int:
-        """C, the number of bands."""
-        return len(self.band_names)
-
     def _reader(self, path: Path, resolution: int, resampling: Resampling) -> Any:
         """An open dataset on the 10 m grid: the image itself (10 m) or a warped VRT."""
         key = (path, "direct" if resolution == 10 else resampling.name)
@@ -764,12 +748,6 @@ class Sentinel2Sen2Cor:
             _close(handle)
         self._handles.clear()
 
-    def __enter__(self) -> Sentinel2Sen2Cor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of the series.
 
@@ -812,16 +790,6 @@ class Sentinel2Sen2Cor:
             scl = self._reader(path, res, Resampling.nearest).read(1, window=window)
             invalid[:, :, t] |= np.isin(scl, self.invalid_scl)
         return x, ~invalid
-
-    def profile(self) -> dict[str, Any]:
-        """A rasterio creation profile of the 10 m grid (no band count, dtype or options)."""
-        return grid_profile(self)
-
-    def __repr__(self) -> str:
-        return (
-            f"Sentinel2Sen2Cor(path={str(self.path)!r}, tile={self.tile!r}, "
-            f"dates={len(self.dates)}, bands={self.band_names})"
-        )
 
 
 class _Warped:

@@ -54,14 +54,16 @@ from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
 from i2dl.errors import ConfigError, InputDataError
+from i2dl.io.raster import as_date, parse_date
+from i2dl.io.sensors.base import RasterReader
 from i2dl.io.sensors.common import (
     Grid,
     RasterPool,
-    as_date,
     check_grid,
     equals_nodata,
     in_range,
     nodata_or,
+    normalize_tile,
     open_meta,
     resolve_window,
     short_list,
@@ -89,14 +91,6 @@ _BAND_RE = re.compile(r"_(?P<level>FRE|SRE)_(?P<band>B\d{1,2}A?)\.tiff?$", re.IG
 _MASK_RE = re.compile(r"_(?P<mask>CLM|SAT|EDG)_R1\.tiff?$", re.IGNORECASE)
 #: Source pixels read beyond the window on each side before resampling (>= kernel radius).
 _MARGIN = 4
-
-
-def normalize_tile(tile: str) -> str:
-    """Sentinel-2 tile name as in THEIA folders: ``38KPD`` or ``t38kpd`` -> ``T38KPD``."""
-    tile = str(tile).strip().upper()
-    if re.fullmatch(r"\d{2}[A-Z]{3}", tile):
-        tile = "T" + tile
-    return tile
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,7 @@ class TheiaProduct:
                 "(SENTINEL2A_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_<C|D>_V<x>-<y>)"
             )
         g = match.groupdict()
-        date = dt.datetime.strptime(g["date"], "%Y%m%d").date()
+        date = parse_date(g["date"])
         t = (
             dt.datetime.strptime(g["time"], "%H%M%S")
             .time()
@@ -227,7 +221,7 @@ def find_theia_products(
         InputFileNotFoundError: ``root`` does not exist.
         InputDataError: no product of the tile in the folder (or in the date range); the
             message lists the folder's entries.
-        ConfigError: bad ``level`` or date.
+        ConfigError: bad ``level``, tile or date.
     """
     tile = normalize_tile(tile)
     level = _check_level(level)
@@ -272,7 +266,7 @@ class _Plan:
     masks: dict[str, Path] = field(default_factory=dict)
 
 
-class Sentinel2Theia:
+class Sentinel2Theia(RasterReader):
     """A THEIA Sentinel-2 L2A time series of one tile on its 10 m grid (a TimeSeriesSource).
 
     Each product is read from its band files when all requested bands are there, else
@@ -314,7 +308,7 @@ class Sentinel2Theia:
         InputFileNotFoundError: ``root`` or a file cannot be opened.
         InputDataError: no product; a product has neither all requested band files nor a
             stack; products disagree on the channels or the grid.
-        ConfigError: bad ``level``, ``bands``, ``resampling``, ``cloud_bits`` or date.
+        ConfigError: bad ``level``, ``bands``, ``resampling``, ``cloud_bits``, tile or date.
     """
 
     def __init__(
@@ -446,16 +440,6 @@ class Sentinel2Theia:
             )
 
     # -- TimeSeriesSource ---------------------------------------------------------------
-    @property
-    def n_dates(self) -> int:
-        """T, the number of acquisitions."""
-        return len(self.dates)
-
-    @property
-    def n_channels(self) -> int:
-        """C, the number of channels per date."""
-        return len(self.band_names)
-
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window of every acquisition.
 
@@ -491,7 +475,7 @@ class Sentinel2Theia:
             assert plan.product.stack is not None
             src = self._pool.get(plan.product.stack, f"stack of {name}")
             values = src.read(plan.stack_indexes, window=win, out_dtype="float32")
-            invalid = equals_nodata(values, nodata_or(src, THEIA_NODATA)).any(axis=0)
+            invalid = np.logical_or.reduce(equals_nodata(values, nodata_or(src, THEIA_NODATA)))
         else:
             values = np.empty((len(plan.paths), h, w), dtype=np.float32)
             invalid = np.zeros((h, w), dtype=bool)
@@ -539,25 +523,9 @@ class Sentinel2Theia:
         )
         return dst
 
-    def profile(self) -> dict[str, Any]:
-        """Creation profile (rasterio) of the 10 m grid: driver, crs, transform, width, height."""
-        return self.grid.profile()
-
     def close(self) -> None:
         """Close the open files."""
         self._pool.close()
-
-    def __enter__(self) -> Sentinel2Theia:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"Sentinel2Theia(tile={self.tile}, level={self.level}, dates={self.n_dates}, "
-            f"bands={self.band_names}, grid={self.grid.describe()})"
-        )
 
 
 def _reference(plan: _Plan) -> Path:

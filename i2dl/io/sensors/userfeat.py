@@ -17,12 +17,12 @@ import glob as globlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+from i2dl.io.sensors.base import RasterReader
 from i2dl.io.sensors.common import (
     Grid,
     RasterPool,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-class UserFeatures:
+class UserFeatures(RasterReader):
     """Date-independent feature rasters of one tile.
 
     Args:
@@ -55,6 +55,7 @@ class UserFeatures:
     Attributes:
         path: the tile folder. files: the rasters read, in channel order.
         names: F channel names. band_names: the same (for symmetry with sources).
+        dates: empty, the features do not depend on the date (``n_dates`` is 0).
         crs, transform, width, height: the grid (of the first file; all must share it).
 
     Raises:
@@ -136,6 +137,7 @@ class UserFeatures:
             raise ConfigError(f"user feature names {names} repeat; give distinct band_names")
         self.names = names
         self.band_names = names
+        self.dates = []
         self.grid = grid
         self.crs, self.transform = grid.crs, grid.transform
         self.width, self.height = grid.width, grid.height
@@ -173,19 +175,9 @@ class UserFeatures:
             c += count
         return x, ~invalid
 
-    def profile(self) -> dict[str, Any]:
-        """Creation profile (rasterio) of the grid: driver, crs, transform, width, height."""
-        return self.grid.profile()
-
     def close(self) -> None:
         """Close the open files."""
         self._pool.close()
-
-    def __enter__(self) -> UserFeatures:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _match(folder: Path, pattern: str) -> list[Path]:

@@ -20,7 +20,8 @@ For every window read, in order (iota2 ``sensors_data_interpolation``, spectral 
    seams.
 
 The result satisfies :class:`i2dl.io.sensors.base.TimeSeriesSource`, so ``prepare`` and
-``infer`` read it exactly like a GeoTIFF stack.
+``infer`` read it exactly like a GeoTIFF stack. :func:`i2dl.features.source.open_source`
+builds it from the ``data`` config.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from i2dl.errors import ConfigError
-from i2dl.io.raster import days_since, grid_profile
+from i2dl.features.external import apply_external
+from i2dl.features.gapfill import gapfill, regular_grid
+from i2dl.features.indices import compute_indices
+from i2dl.io.raster import days_since
+from i2dl.io.sensors.base import RasterReader
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ def read_on_grid(src: Any, ref: Any, window: Window) -> tuple[np.ndarray, np.nda
     return np.nan_to_num(x_out, nan=0.0), v
 
 
-class FeatureStack:
+class FeatureStack(RasterReader):
     """Sensors + indices + gap-filling + user and external features of one tile.
 
     Args:
@@ -165,8 +170,6 @@ class FeatureStack:
 
         all_dates = sorted({d for s in self.sensors.values() for d in s.dates})
         if self.gapfill:
-            from i2dl.features.gapfill import regular_grid
-
             res = gap.get("temporal_resolution")
             self.dates = (
                 regular_grid(all_dates, int(res), start_date, end_date) if res else all_dates
@@ -177,8 +180,6 @@ class FeatureStack:
         self.band_names = self._channel_names()
 
     def _sensor_channels(self, name: str) -> list[str]:
-        from i2dl.features.indices import compute_indices
-
         src = self.sensors[name]
         names = list(src.band_names)
         if self.indices:
@@ -206,36 +207,14 @@ class FeatureStack:
             self._ext_names = self._external(win)[1]
         return self._ext_names
 
-    @property
-    def n_dates(self) -> int:
-        """T, dates of the output grid."""
-        return len(self.dates)
-
-    @property
-    def n_channels(self) -> int:
-        """C, channels per date (bands, indices, user and external features)."""
-        return len(self.band_names)
-
-    def profile(self) -> dict[str, Any]:
-        """rasterio profile of the reference grid."""
-        return grid_profile(self)
-
     def close(self) -> None:
-        """Close every sensor."""
+        """Close every sensor and the user features."""
         for src in self.sensors.values():
             src.close()
         if self.user_features is not None and hasattr(self.user_features, "close"):
             self.user_features.close()
 
-    def __enter__(self) -> FeatureStack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _sensor_block(self, name: str, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        from i2dl.features.indices import compute_indices
-
         src = self.sensors[name]
         ref = self.sensors[self.reference]
         x, valid = read_on_grid(src, ref, window)
@@ -243,16 +222,17 @@ class FeatureStack:
             x, _ = compute_indices(x, list(src.band_names), self.indices, self.keep_bands,
                                    sensor=INDEX_SENSOR.get(name, "sentinel2"))
         if self.gapfill:
-            from i2dl.features.gapfill import gapfill
-
             x, valid = gapfill(
                 x, valid, days_since(src.dates, self._origin), days_since(self.dates, self._origin)
             )
         return x.astype(np.float32, copy=False), valid
 
     def _padded(self, window: Window) -> tuple[Window, int, int]:
-        """``window`` enlarged by ``chunk_padding`` (clipped to the grid), and the offset
-        of ``window`` inside it."""
+        """``window`` enlarged by ``chunk_padding`` (clipped to the grid), and its offset.
+
+        Returns:
+            The padded window, and the row and column offsets of ``window`` inside it.
+        """
         pad = self.padding if self.functions else 0
         r0 = max(int(window.row_off) - pad, 0)
         c0 = max(int(window.col_off) - pad, 0)
@@ -262,8 +242,6 @@ class FeatureStack:
 
     def _external(self, window: Window) -> tuple[np.ndarray, list[str]]:
         """External features of a window (computed on the padded window, then cropped)."""
-        from i2dl.features.external import apply_external
-
         big, ri, ci = self._padded(window)
         x, _ = self._dynamic(big)
         feats, names = apply_external(x, self._dynamic_names(), self.dates, self.functions)
@@ -293,8 +271,6 @@ class FeatureStack:
         Returns:
             ``x`` (H, W, T, C) float32 (C = :attr:`band_names`), ``valid`` (H, W, T) bool.
         """
-        from i2dl.features.external import apply_external
-
         if window is None:
             window = Window(0, 0, self.width, self.height)
         h, w = int(window.height), int(window.width)

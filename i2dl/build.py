@@ -1,0 +1,165 @@
+"""Model construction: one way to build any classifier, and to rebuild a trained one.
+
+Every model config (``configs/model/*.yaml``) is instantiated by
+``hydra.utils.instantiate``: deep networks (``_target_: models.SITSClassifier`` with an
+``encoder:`` and a ``head:`` node) and scikit-learn estimators (``_target_:
+models.SklearnClassifier`` with an ``estimator:`` node) alike. What only the data knows
+(channels C, dates T, classes K, balanced class weights) is passed in here. ``fit`` saves
+the resolved model config with these dimensions as ``<model dir>/model.yaml``; evaluation
+and inference rebuild the model from it and load its checkpoint, so no second build path
+exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from i2dl.errors import ConfigError, StoreError
+from i2dl.io.files import write_text_atomic
+from i2dl.layout import MODEL_SPEC, checkpoint_path
+from i2dl.store import StoreInfo, read_info
+from models.base import Classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataDims:
+    """Dimensions of the samples a model is built for.
+
+    Attributes:
+        n_channels: C, channels per date.
+        n_dates: T, dates per series.
+        n_classes: K, classes of the nomenclature (outputs of the model).
+    """
+
+    n_channels: int
+    n_dates: int
+    n_classes: int
+
+    @classmethod
+    def of(cls, info: StoreInfo) -> DataDims:
+        """The dimensions of a sample store."""
+        return cls(int(info.n_channels), int(info.n_dates), int(info.n_classes))
+
+
+def build_classifier(
+    model_cfg: DictConfig | dict[str, Any],
+    dims: DataDims,
+    class_weights: Sequence[float] | None = None,
+) -> Classifier:
+    """Instantiate the classifier of a model config for data of the given dimensions.
+
+    Args:
+        model_cfg: the ``model`` config node (``_target_`` and its arguments).
+        dims: C, T and K. ``n_classes`` is passed to the classifier; ``in_channels`` to
+            its ``encoder`` node, and ``n_dates`` too when the encoder takes it (MLP,
+            ANN, TempCNN need T; attention encoders do not).
+        class_weights: (K,) cross-entropy weights for a config with
+            ``class_weights: balanced``; None otherwise.
+
+    Returns:
+        The classifier (:class:`models.SITSClassifier` or
+        :class:`models.SklearnClassifier`), unfitted.
+
+    Raises:
+        ConfigError: the config has no ``_target_``, a target or argument is unknown, or
+            the built object does not implement :class:`models.base.Classifier`.
+    """
+    cfg = OmegaConf.create(model_cfg) if isinstance(model_cfg, dict) else model_cfg
+    if "_target_" not in cfg:
+        raise ConfigError(
+            "model config has no _target_; use models.SITSClassifier (deep networks) or "
+            "models.SklearnClassifier (scikit-learn estimators), see configs/model/"
+        )
+    kwargs: dict[str, Any] = {"n_classes": dims.n_classes}
+    encoder = cfg.get("encoder")
+    if encoder is not None:
+        enc: dict[str, Any] = {"in_channels": dims.n_channels}
+        try:
+            target = get_class(str(encoder["_target_"]))
+        except Exception as exc:  # hydra raises several types for a bad path
+            raise ConfigError(f"model.encoder._target_: {exc}") from None
+        if "n_dates" in inspect.signature(target).parameters:
+            enc["n_dates"] = dims.n_dates
+        kwargs["encoder"] = enc
+    if "class_weights" in cfg:
+        kwargs["class_weights"] = None if class_weights is None else list(class_weights)
+    try:
+        classifier = instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        raise ConfigError(
+            f"cannot build the model of config {cfg.get('name', '?')!r}: {exc}"
+        ) from None
+    if not isinstance(classifier, Classifier):
+        raise ConfigError(
+            f"model._target_ {cfg['_target_']} built a {type(classifier).__name__}, which has "
+            "no predict_proba(x, days, mask) / load_weights(path); use models.SITSClassifier "
+            "or models.SklearnClassifier"
+        )
+    return classifier
+
+
+def save_model_spec(
+    model_dir: Path,
+    model_cfg: DictConfig,
+    dims: DataDims,
+    store: Path,
+    region: int | None,
+    n_parameters: int | None = None,
+) -> Path:
+    """Write ``<model_dir>/model.yaml``: the resolved model config and the data dimensions.
+
+    Returns:
+        The written path.
+    """
+    spec = {
+        "name": model_cfg.get("name"),
+        "model": OmegaConf.to_container(model_cfg, resolve=True),
+        "in_channels": dims.n_channels,
+        "n_dates": dims.n_dates,
+        "n_classes": dims.n_classes,
+        "n_parameters": n_parameters,
+        "store": str(store),
+        "region": region,
+    }
+    return write_text_atomic(model_dir / MODEL_SPEC, OmegaConf.to_yaml(OmegaConf.create(spec)))
+
+
+def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, StoreInfo]:
+    """Rebuild a trained classifier from ``<model_dir>/model.yaml`` and load its checkpoint.
+
+    Args:
+        model_dir: a model folder written by ``fit`` (the run, or ``regions/region_<r>``).
+        which: ``best``, ``last`` or a checkpoint path (:func:`i2dl.layout.checkpoint_path`).
+
+    Returns:
+        The classifier on the CPU, ready to predict, and the attributes of its store.
+
+    Raises:
+        StoreError: no ``model.yaml`` or checkpoint (``fit`` has not run in ``model_dir``),
+            or a checkpoint that does not fit the config.
+    """
+    spec_path = model_dir / MODEL_SPEC
+    if not spec_path.is_file():
+        raise StoreError(f"{spec_path} not found (written by fit): cannot rebuild the model")
+    spec = OmegaConf.load(spec_path)
+    if "model" not in spec:
+        raise StoreError(
+            f"{spec_path} was written by an older i2dl (no `model` node); fit the model again"
+        )
+    ckpt = checkpoint_path(model_dir, which)
+    info = read_info(spec.store)
+    dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes))
+    classifier = build_classifier(spec.model, dims)
+    classifier.load_weights(ckpt)
+    return classifier, info

@@ -1,0 +1,121 @@
+"""Open the time-series source described by the ``data`` config group.
+
+Two kinds of ``data`` configs feed the same ``prepare`` and ``infer`` code:
+
+- a **stack**: ``data.raster`` (a date-major GeoTIFF), ``data.dates_file``,
+  ``data.band_names``, ``data.masks`` (:func:`i2dl.io.sources.open_stack`);
+- **sensors**: ``data.sensors`` maps a sensor name (``sentinel2_theia``,
+  ``sentinel2_sen2cor``, ``landsat8_n2a``, ``stack``) to its options, with ``data.tile``
+  (or the first of ``data.list_tile``), ``start_date``/``end_date``, ``gapfilling``,
+  ``indices``, ``keep_bands``, ``user_features`` and ``external_features``
+  (:class:`i2dl.features.stack.FeatureStack`), as iota2 reads sensor folders per tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from i2dl.errors import ConfigError
+from i2dl.features.external import load_functions
+from i2dl.features.stack import FeatureStack
+from i2dl.io.raster import as_date
+from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.sensors.userfeat import UserFeatures
+from i2dl.io.sources import open_sensor, open_stack
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def data_tiles(data: Mapping[str, Any]) -> list[str]:
+    """The tiles of a sensors config: ``list_tile`` (list or space-separated) or ``tile``."""
+    tiles = data.get("list_tile") or data.get("tile")
+    if tiles is None:
+        return []
+    if isinstance(tiles, str):
+        return tiles.split()
+    return [str(t) for t in tiles]
+
+
+def uses_sensors(data: Mapping[str, Any]) -> bool:
+    """True when the ``data`` config reads sensor products rather than a stack/table."""
+    return bool(data.get("sensors"))
+
+
+def open_source(data: Mapping[str, Any], tile: str | None = None) -> TimeSeriesSource:
+    """Open the time-series source of a ``data`` config.
+
+    Args:
+        data: the ``data`` config node.
+        tile: with sensors, the tile to open (default: ``data.tile`` or the first tile);
+            with a stack, the name put in place of ``{tile}`` in its paths.
+
+    Returns:
+        A :class:`i2dl.io.sensors.base.TimeSeriesSource` (close it, or use ``with``): a
+        :class:`~i2dl.io.raster.TimeSeriesRaster` or a
+        :class:`~i2dl.features.stack.FeatureStack`.
+
+    Raises:
+        ConfigError: unknown sensor name, no tile, bad options.
+        InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
+    """
+    if not uses_sensors(data):
+        return open_stack(_plain(data), tile)
+    return open_feature_stack(data, tile)
+
+
+def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> FeatureStack:
+    """Build the :class:`~i2dl.features.stack.FeatureStack` of one tile (see module doc).
+
+    Args:
+        data: the ``data`` config node, with ``sensors``.
+        tile: the tile to open; None: ``data.tile`` or the first of ``data.list_tile``.
+
+    Returns:
+        The feature stack (close it, or use ``with``); the readers opened for it are
+        closed when building it fails.
+
+    Raises:
+        ConfigError: no tile, unknown sensor name, bad dates or options.
+        InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
+    """
+    tiles = data_tiles(data)
+    tile = tile or (tiles[0] if tiles else None)
+    if tile is None:
+        raise ConfigError("data.sensors needs data.tile (or data.list_tile): the tile to read")
+    start = as_date(data.get("start_date"), "data.start_date")
+    end = as_date(data.get("end_date"), "data.end_date")
+    sensors: dict[str, Any] = {}
+    try:
+        for name, opts in _plain(data["sensors"]).items():
+            sensors[name] = open_sensor(name, opts, tile, start, end)
+        user = None
+        if data.get("user_features"):
+            user = UserFeatures(tile=tile, **_plain(data["user_features"]))
+        external = None
+        ext = _plain(data.get("external_features"))
+        if ext:
+            external = (
+                load_functions(ext["module"], ext.get("functions") or []),
+                int(ext.get("chunk_padding", 0)),
+            )
+        return FeatureStack(
+            sensors,
+            reference=data.get("reference_sensor"),
+            gapfilling=_plain(data.get("gapfilling")),
+            indices=_plain(data.get("indices")) or (),
+            keep_bands=bool(data.get("keep_bands", True)),
+            user_features=user,
+            external=external,
+            start_date=start,
+            end_date=end,
+            path=f"{data.get('name', 'sensors')}:{tile}",
+        )
+    except BaseException:
+        for src in sensors.values():
+            src.close()
+        raise

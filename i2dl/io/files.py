@@ -1,0 +1,139 @@
+"""Atomic writes: a file or folder appears complete under its final name, or not at all.
+
+Every output of i2dl (sample stores, maps, reports, tables, pictures, models) is written
+under a temporary name in the destination folder, ``.<name>.tmp-<8 hex>``, then renamed
+with :func:`os.replace`, which is atomic on POSIX when both names are on one file system
+(hence the same folder). A reader therefore sees either the previous version or the new
+complete one, never a partial file; an interrupted write leaves at most a hidden
+``.tmp-`` entry, which the next write does not reuse (random suffix).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Marker in the name of every temporary file or folder (``.<name>.tmp-<8 hex>``).
+TMP_MARKER = ".tmp-"
+
+
+def temporary_name(final: str | Path) -> Path:
+    """A fresh hidden temporary path beside ``final``: ``<folder>/.<name>.tmp-<8 hex>``.
+
+    Args:
+        final: the destination path.
+
+    Returns:
+        A path in the same folder that does not collide with concurrent writers.
+    """
+    final = Path(final)
+    return final.with_name(f".{final.name}{TMP_MARKER}{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder if it exists (errors ignored: best-effort clean-up)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; a folder replaces an existing folder with no partial state.
+
+    ``os.replace`` cannot replace a non-empty folder, so an existing folder is first moved
+    aside to ``.<name>.old-<8 hex>`` (one rename), the new one renamed in (a second), and
+    the old one deleted. Between the two renames ``final`` is briefly absent, never partial.
+    """
+    if tmp.is_dir() and final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)  # put the previous version back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Write to a temporary path, renamed to ``final`` when the block succeeds.
+
+    The caller creates the file (or folder, e.g. a Zarr store) at the yielded path and
+    closes it inside the block. On success it replaces ``final`` (a folder replaces a
+    folder, see :func:`_replace`); on any exception (``KeyboardInterrupt`` included) the
+    temporary is removed and ``final`` is left untouched. The destination folder is
+    created with its parents.
+
+    Example::
+
+        with atomic_path(out / "classif.tif") as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+
+    Args:
+        final: the destination file or folder.
+
+    Yields:
+        The temporary path, ``<folder>/.<name>.tmp-<8 hex>`` (nothing exists there yet).
+
+    Raises:
+        OSError: the folder cannot be created, or the rename fails (e.g. ``final`` is a
+            non-empty folder and the temporary a file).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(final)
+    try:
+        yield tmp
+        _replace(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file, ``fsync``, ``os.replace``).
+
+    Args:
+        path: destination file; its folder is created if needed.
+        data: the whole content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`).
+
+    Args:
+        path: destination file; its folder is created if needed.
+        text: the whole content (newlines written as given).
+        encoding: text encoding.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    return write_bytes_atomic(path, text.encode(encoding))

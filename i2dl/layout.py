@@ -1,0 +1,184 @@
+"""The run folder: its layout, its file names, stage logging and ``summary.json``.
+
+One run (a Hydra run dir, ``paths.output_dir``) holds, as in README's output tree::
+
+    <run>/
+    ├── model.yaml, checkpoints/, tb/     one model (or regions/region_<r>/ per eco-region)
+    ├── report/                           confusion matrix, metrics.json, learning curves
+    ├── maps/ (maps/<tile>/), final/      maps, mosaics, fusion
+    ├── logs/<stage>.log                  one log per stage
+    ├── class_statistics.csv              iota2's per class/region/run/split sample counts
+    └── summary.json                      metrics, paths, timings, versions
+
+Every stage names these paths through this module, never by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from i2dl.errors import StoreError
+from i2dl.io.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+#: What is needed to rebuild a trained model (its config and the data dimensions).
+MODEL_SPEC = "model.yaml"
+#: Checkpoints of a model folder: ``best.ckpt``/``last.ckpt`` or ``model.joblib``.
+CHECKPOINT_DIR = "checkpoints"
+#: A fitted scikit-learn model, with its preprocessing, in ``checkpoints/``.
+SKLEARN_MODEL = "model.joblib"
+#: TensorBoard events of a model folder.
+TB_DIR = "tb"
+#: Accuracy report of a run (``report/region_<r>/``, ``report/test/`` below it).
+REPORT_DIR = "report"
+#: The report's metrics file.
+METRICS_JSON = "metrics.json"
+#: Maps of one tile (``maps/<tile>/`` with several tiles).
+MAPS_DIR = "maps"
+#: Mosaics and fused maps (iota2's ``final/``).
+FINAL_DIR = "final"
+#: One log file per stage.
+LOGS_DIR = "logs"
+#: One model per eco-region: ``regions/region_<r>/``.
+REGIONS_DIR = "regions"
+#: Summary of a run written by ``train``.
+SUMMARY_JSON = "summary.json"
+#: iota2's class statistics of the sample selection.
+CLASS_STATISTICS = "class_statistics.csv"
+#: Learning curves picture of a model folder.
+LEARNING_CURVES = Path(REPORT_DIR) / "learning_curves.png"
+
+#: Packages whose versions are recorded in ``summary.json``.
+VERSIONED = (
+    "i2dl", "torch", "lightning", "torchmetrics", "zarr", "rasterio", "geopandas", "numpy",
+    "hydra-core",
+)  # fmt: skip
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The run folder ``cfg.paths.output_dir``, created if needed."""
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def stage_logging(run: str | Path, stage: str) -> Iterator[Path]:
+    """Copy every log record of a stage (INFO and above) to ``<run>/logs/<stage>.log``.
+
+    Args:
+        run: the run folder.
+        stage: stage name, the file's stem.
+
+    Yields:
+        The log file path.
+    """
+    log_dir = Path(run) / LOGS_DIR
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{stage}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    )
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def region_dir(run: Path, region: int) -> Path:
+    """Model folder of one eco-region: ``<run>/regions/region_<r>``."""
+    return run / REGIONS_DIR / f"region_{int(region)}"
+
+
+def model_dirs(run: Path, regions: list[int] | None) -> dict[int | None, Path]:
+    """Folder of each model of a run: ``{None: run}``, or ``{r: regions/region_<r>}``.
+
+    Args:
+        run: the run folder.
+        regions: the store's eco-region codes, or None/empty for one model.
+    """
+    if not regions:
+        return {None: run}
+    return {int(r): region_dir(run, int(r)) for r in regions}
+
+
+def trained_model_dirs(run: Path) -> dict[int | None, Path]:
+    """The model folders that ``fit`` wrote in a run (per-region folders if any)."""
+    root = run / REGIONS_DIR
+    found = sorted(root.glob("region_*")) if root.is_dir() else []
+    if not found:
+        return {None: run}
+    return {int(d.name.split("_")[-1]): d for d in found}
+
+
+def checkpoint_path(model_dir: Path, which: str) -> Path:
+    """The checkpoint ``which`` of a model folder.
+
+    Args:
+        model_dir: a model folder (the run, or a region's folder).
+        which: ``best`` or ``last`` (``checkpoints/<which>.ckpt``, or the one
+            ``checkpoints/model.joblib`` of a scikit-learn model), or a path.
+
+    Returns:
+        An existing file.
+
+    Raises:
+        StoreError: the checkpoint does not exist.
+    """
+    if which in ("best", "last"):
+        sk = model_dir / CHECKPOINT_DIR / SKLEARN_MODEL
+        path = sk if sk.is_file() else model_dir / CHECKPOINT_DIR / f"{which}.ckpt"
+    else:
+        path = Path(which)
+    if not path.is_file():
+        raise StoreError(
+            f"checkpoint {path} not found; run `python -m i2dl fit` first, or point "
+            "hydra.run.dir at the run folder that holds checkpoints/"
+        )
+    return path
+
+
+def versions() -> dict[str, str]:
+    """Python and package versions, for ``summary.json``."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
+    return write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    """``<run>/summary.json`` as a dict.
+
+    Raises:
+        StoreError: the run has no summary (``train`` did not finish there).
+    """
+    path = run / SUMMARY_JSON
+    if not path.is_file():
+        raise StoreError(f"{path} not found: `python -m i2dl train` has not finished in {run}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

@@ -1,0 +1,201 @@
+"""Stage ``evaluate``: the chosen checkpoint on the val split -> ``<run>/report/``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.image import imread
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from datamodules.pixel_series import StoreBlockDataset
+from i2dl.build import load_classifier
+from i2dl.errors import ConfigError, StoreError
+from i2dl.io.table import read_pixel_table
+from i2dl.layout import (
+    CHECKPOINT_DIR,
+    REPORT_DIR,
+    TB_DIR,
+    run_dir,
+    stage_logging,
+    trained_model_dirs,
+)
+from i2dl.report import CONFUSION_PNG, write_report
+from i2dl.store import VAL, StoreInfo
+from models import Classifier
+
+log = logging.getLogger(__name__)
+
+#: Samples per forward pass when a split or a table is predicted.
+PREDICT_BATCH_SIZE = 4096
+
+
+def load_models(out: Path, which: str) -> tuple[dict[int | None, Classifier], StoreInfo]:
+    """Every trained model of a run: ``{None: model}``, or ``{region: model}``.
+
+    Raises:
+        StoreError: fit has not run in ``out``.
+    """
+    models: dict[int | None, Classifier] = {}
+    info: StoreInfo | None = None
+    for region, model_dir in trained_model_dirs(out).items():
+        models[region], info = load_classifier(model_dir, which)
+    if info is None:  # trained_model_dirs yields at least the run folder
+        raise StoreError(f"no trained model in {out}; run `python -m i2dl fit` first")
+    return models, info
+
+
+def predict_split(
+    model: Classifier, store: Path, split: int, batch_size: int = PREDICT_BATCH_SIZE,
+    region: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict every sample of one split (and region) of a store.
+
+    Returns:
+        ``y_true`` (N,) int64 class codes and ``y_pred`` (N,) int64 predicted codes.
+    """
+    dataset = StoreBlockDataset(store, split, batch_size=batch_size, shuffle=False, region=region)
+    codes = np.asarray(dataset.info.class_codes, dtype=np.int64)
+    y_true, y_pred = [], []
+    for batch in dataset:
+        proba = model.predict_proba(batch["x"], batch["days"], batch["mask"])
+        y_pred.append(codes[proba.argmax(dim=1).cpu().numpy()])
+        y_true.append(batch["code"].numpy())
+    if not y_true:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(y_true), np.concatenate(y_pred)
+
+
+def predict_table(
+    model: Classifier, info: StoreInfo, path: str, label_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict an external pixel table with the store's dates, channels and statistics.
+
+    Returns:
+        ``y_true`` (N,) int64 class codes of the table and ``y_pred`` (N,) int64 codes.
+    """
+    table = read_pixel_table(path, info.n_dates, info.n_channels, label_offset)
+    unknown = sorted(set(np.unique(table.codes).tolist()) - set(info.class_codes))
+    if unknown:
+        log.warning("test table %s: classes %s unseen in training are scored as errors", path,
+                    unknown)
+    codes = np.asarray(info.class_codes, dtype=np.int64)
+    days = torch.from_numpy(info.days)
+    preds = []
+    for b0 in range(0, len(table.codes), PREDICT_BATCH_SIZE):
+        sl = slice(b0, b0 + PREDICT_BATCH_SIZE)
+        x = torch.from_numpy(info.normalise(table.x[sl], table.valid[sl]))
+        mask = torch.from_numpy(table.valid[sl])
+        proba = model.predict_proba(x, days.expand(len(x), -1), mask)
+        preds.append(codes[proba.argmax(dim=1).cpu().numpy()])
+    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    return table.codes, y_pred
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Score the chosen checkpoint (``evaluate.ckpt``) on the val split -> ``<run>/report/``.
+
+    With eco-regions, each region's val pixels are predicted by that region's model:
+    ``report/`` holds the overall metrics and ``report/region_<r>/`` those of each region
+    (also under ``"regions"`` in the returned dict). With ``test_table=PATH`` (a pixel table
+    like ``data.table``), the model is also scored on that external test set ->
+    ``<run>/report/test/``. The val confusion matrix image and the hyper-parameters with
+    the final metrics go to TensorBoard (Images and HParams tabs).
+
+    Returns:
+        The val metrics (see :func:`i2dl.report.compute_metrics`), with ``"test"`` and
+        ``"regions"`` entries when relevant.
+
+    Raises:
+        StoreError: no trained model or no val pixel.
+        ConfigError: a test table with eco-regions (table rows have no location).
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, "evaluate"):
+        models, info = load_models(out, cfg.evaluate.ckpt)
+        name = cfg.get("experiment_name", "")
+        report = out / REPORT_DIR
+        per_region, y_true, y_pred = {}, [], []
+        for region, model in models.items():
+            t, p = predict_split(model, info.path, VAL, region=region)
+            y_true.append(t)
+            y_pred.append(p)
+            if region is not None and len(t):
+                per_region[f"region_{region}"] = write_report(
+                    report / f"region_{region}", t, p, info.class_codes, info.class_names,
+                    title=f"{name} val, region {region}",
+                )
+        all_true, all_pred = np.concatenate(y_true), np.concatenate(y_pred)
+        if len(all_true) == 0:
+            raise StoreError(f"store {info.path} has no val pixel to evaluate")
+        metrics = write_report(
+            report, all_true, all_pred, info.class_codes, info.class_names, title=f"{name} val"
+        )
+        if per_region:
+            metrics["regions"] = {
+                r: {k: m[k] for k in ("oa", "kappa", "f1_macro", "n_samples")}
+                for r, m in per_region.items()
+            }
+            for r, m in metrics["regions"].items():
+                log.info("%s: OA %.4f on %d val pixels", r, m["oa"], m["n_samples"])
+        if cfg.get("test_table"):
+            if None not in models:
+                raise ConfigError("test_table cannot be scored with eco-regions: its rows have "
+                                  "no location to choose a region's model")
+            t_true, t_pred = predict_table(
+                models[None], info, cfg.test_table, int(cfg.data.get("label_offset", 0))
+            )
+            metrics["test"] = write_report(
+                report / "test", t_true, t_pred, info.class_codes, info.class_names,
+                title=f"{name} test ({Path(cfg.test_table).name})",
+            )
+            log.info("test table %s: OA %.4f", cfg.test_table, metrics["test"]["oa"])
+        if None in models:
+            log_to_tensorboard(cfg, out, metrics)
+        return metrics
+
+
+def log_to_tensorboard(cfg: DictConfig, out: Path, metrics: dict[str, Any]) -> None:
+    """Confusion matrix image at the best epoch, and hyper-parameters with final metrics."""
+    tb = out / TB_DIR
+    if not tb.is_dir():
+        return
+    step = 0
+    ckpt = out / CHECKPOINT_DIR / "best.ckpt"
+    if ckpt.is_file():
+        step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
+    image = imread(out / REPORT_DIR / CONFUSION_PNG)[..., :3]
+    flat = flatten_params(
+        {
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "datamodule": {"batch_size": cfg.datamodule.get("batch_size")},
+            "trainer": {"max_epochs": cfg.trainer.get("max_epochs")},
+            "seed": cfg.seed,
+            "data": cfg.data.get("name"),
+        }
+    )
+    with SummaryWriter(log_dir=str(tb)) as writer:
+        writer.add_image("val/confusion_matrix", image, global_step=step, dataformats="HWC")
+        writer.add_hparams(
+            flat,
+            {f"hparam/{k}": float(metrics[k] or 0.0) for k in ("oa", "kappa", "f1_macro")},
+            run_name=".",
+        )
+
+
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{"a.b.c": scalar}`` for TensorBoard's HParams (None -> "null")."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = "null" if value is None else value
+        else:
+            flat[name] = str(value)
+    return flat

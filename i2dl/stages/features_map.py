@@ -1,0 +1,56 @@
+"""Stage ``features-map`` (iota2's features map builder, ``i2_features_map``).
+
+Writes the feature time series of the ``data`` config — exactly what ``prepare`` and
+``infer`` read — chunk by chunk, per tile, then mosaics the tiles (iota2's output tree),
+see :mod:`i2dl.features_map`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from i2dl.errors import InputDataError
+from i2dl.features.source import data_tiles, open_source
+from i2dl.features_map import band_descriptions, write_tile_features
+from i2dl.io.geotiff import mosaic
+from i2dl.layout import FINAL_DIR, run_dir, stage_logging
+
+log = logging.getLogger(__name__)
+
+#: The mosaic of every tile's features.
+FEATURES_MAP = "features_map.tif"
+
+
+def run(cfg: DictConfig) -> Path:
+    """Features of every tile (``features_map.chunk_size`` windows), then their mosaic.
+
+    Returns:
+        ``<run>/final/features_map.tif``.
+
+    Raises:
+        InputDataError: tiles with different features (bands or dates) cannot be mosaicked.
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, "features-map"):
+        tiles = data_tiles(cfg.data) or [str(cfg.data.get("name", "tile"))]
+        chunk = int(cfg.get("features_map", {}).get("chunk_size", 512))
+        by_tile: list[Path] = []
+        names: list[str] = []
+        for i, tile in enumerate(tiles):
+            with open_source(cfg.data, tile if data_tiles(cfg.data) else None) as source:
+                tile_names = band_descriptions(source)
+                if i and tile_names != names:
+                    raise InputDataError(
+                        f"tile {tile} has features {tile_names[:4]}… but tile {tiles[0]} has "
+                        f"{names[:4]}…: tiles of one mosaic need the same dates and bands "
+                        "(enable data.gapfilling with a temporal_resolution)"
+                    )
+                names = tile_names
+                by_tile.append(write_tile_features(source, tile, out, chunk))
+                log.info("tile %s: %s", tile, by_tile[-1])
+        final = mosaic(by_tile, out / FINAL_DIR / FEATURES_MAP, descriptions=names)
+        log.info("features map: %s (%d bands)", final, len(names))
+        return final

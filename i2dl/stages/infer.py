@@ -1,0 +1,106 @@
+"""Stage ``infer``: classify the data's raster(s) chunk by chunk -> ``<run>/maps/``."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from i2dl.errors import StoreError
+from i2dl.features.source import data_tiles, open_source, uses_sensors
+from i2dl.inference import InferenceResult, PredictFn, classify_raster, resolve_device
+from i2dl.io.geotiff import mosaic
+from i2dl.layout import FINAL_DIR, MAPS_DIR, run_dir, stage_logging
+from i2dl.preview import write_map_preview
+from i2dl.products import write_map_products
+from i2dl.sampling.regions import rasterize_regions, read_regions
+from i2dl.stages.evaluate import load_models
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> InferenceResult | None:
+    """Classify the data's raster(s) by block windows with the trained model(s).
+
+    One tile: ``maps/classif.tif``, ``confidence.tif`` (+ ``proba.tif``). Several tiles
+    (``data.list_tile``): ``maps/<tile>/…`` per tile and the mosaics
+    ``final/Classif_Seed_<seed>.tif`` and ``final/Confidence_Seed_<seed>.tif`` (iota2's
+    names). With eco-regions, each region's pixels are classified by its own model and
+    pixels in no region are nodata. Next to each map: a preview picture, a colour-indexed
+    copy, the label table and a QGIS style.
+
+    Returns:
+        The written maps (the mosaic with several tiles), or None when the data has no
+        raster to map (a pixel table).
+
+    Raises:
+        StoreError: no trained model in the run folder.
+        i2dl.errors.I2dlError: unreadable rasters (see :func:`i2dl.inference.classify_raster`).
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, "infer"):
+        if not cfg.data.get("raster") and not uses_sensors(cfg.data):
+            log.info("data %s has no raster (data.raster): no map to write", cfg.data.get("name"))
+            return None
+        icfg = cfg.infer
+        models, info = load_models(out, icfg.ckpt)
+        device = resolve_device(str(icfg.device))
+        predicts = {r: m.to(device).predict_proba for r, m in models.items()}
+        predict: PredictFn | dict[int, PredictFn] = (
+            predicts[None] if None in predicts
+            else {int(r): p for r, p in predicts.items() if r is not None}
+        )
+        tiles: list[str | None] = list(data_tiles(cfg.data)) or [None]
+        multi = len(tiles) > 1
+        results = {}
+        for tile in tiles:
+            maps = out / MAPS_DIR / tile if multi and tile else out / MAPS_DIR
+            with open_source(cfg.data, tile) as series:
+                region_index = None
+                if None not in predicts:
+                    regions = read_regions(
+                        cfg.sampling.region_file, cfg.sampling.region_field, series.crs
+                    )
+                    region_index = rasterize_regions(
+                        regions, series.transform, series.width, series.height
+                    )
+                results[tile] = classify_raster(
+                    series,
+                    info,
+                    predict,
+                    maps,
+                    device,
+                    chunk_size=int(icfg.chunk_size),
+                    batch_size=int(icfg.batch_size),
+                    amp=bool(icfg.amp),
+                    write_proba=bool(icfg.write_proba),
+                    region_index=region_index,
+                )
+            preview = write_map_preview(
+                results[tile].classif, maps / "classif_preview.png", info.class_codes,
+                info.class_names,
+            )
+            log.info("map preview: %s", preview)
+            products = write_map_products(
+                results[tile].classif, info.class_codes, info.class_names,
+                colour_table=cfg.data.get("colour_table") or None,
+            )
+            log.info("map products: %s", ", ".join(str(p) for p in products.values()))
+        if not results:
+            raise StoreError(f"data {cfg.data.get('name')}: no tile to classify")
+        if not multi:
+            return next(iter(results.values()))
+        seed = cfg.seed if cfg.seed is not None else 0
+        final = out / FINAL_DIR
+        classif = mosaic([r.classif for r in results.values()], final / f"Classif_Seed_{seed}.tif")
+        conf = mosaic([r.confidence for r in results.values()],
+                      final / f"Confidence_Seed_{seed}.tif")
+        log.info("mosaic of %d tiles: %s", len(tiles), classif)
+        return InferenceResult(
+            classif=classif,
+            confidence=conf,
+            proba=None,
+            n_pixels=sum(r.n_pixels for r in results.values()),
+            n_nodata=sum(r.n_nodata for r in results.values()),
+            device=str(device),
+        )

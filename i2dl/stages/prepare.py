@@ -1,0 +1,34 @@
+"""Stage ``prepare``: build or reuse the sample store of the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from i2dl.io.files import write_bytes_atomic
+from i2dl.layout import CLASS_STATISTICS, run_dir, stage_logging
+from i2dl.prepare import class_statistics_path, prepare
+
+
+def run(cfg: DictConfig) -> Path:
+    """Build (or reuse when up to date) the Zarr sample store; copy its class statistics.
+
+    Args:
+        cfg: composed config (``data``, ``sampling``, ``store``, ``paths``).
+
+    Returns:
+        The store path. ``<run>/class_statistics.csv`` is iota2's per class, region, run
+        and split report of polygons, available and selected pixels.
+
+    Raises:
+        i2dl.errors.I2dlError: bad reference data, rasters or configuration (see
+            :func:`i2dl.prepare.prepare`).
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, "prepare"):
+        store = prepare(cfg)
+        stats = class_statistics_path(store)
+        if stats.is_file():
+            write_bytes_atomic(out / CLASS_STATISTICS, stats.read_bytes())
+        return store

@@ -1,0 +1,138 @@
+"""Stage ``train``, the main job: prepare -> fit -> evaluate -> infer, then ``summary.json``."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from i2dl.aggregate import aggregate, write_results
+from i2dl.errors import ConfigError
+from i2dl.fusion import fuse_maps
+from i2dl.layout import (
+    FINAL_DIR,
+    METRICS_JSON,
+    REPORT_DIR,
+    SUMMARY_JSON,
+    read_summary,
+    run_dir,
+    stage_logging,
+    versions,
+    write_json,
+)
+from i2dl.stages import evaluate, fit, infer, prepare
+from i2dl.store import read_info
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the main job once, or ``runs`` times with consecutive seeds.
+
+    With ``runs=N`` (iota2's ``arg_train.runs``), the job runs N times with seeds
+    ``seed, seed+1, ...`` — each run re-splits the polygons with its own seed — into
+    ``<run>/seed_<i>/`` (one map per run), and the runs are aggregated into
+    ``<run>/RESULTS.txt`` (mean ± std and 95 % interval of OA, kappa, F1; summed confusion
+    matrix), see :mod:`i2dl.aggregate`. With ``fusion=true`` the run maps are also fused
+    by majority vote into ``<run>/final/Classif_Fusion.tif`` with its agreement ratio
+    (:mod:`i2dl.fusion`).
+
+    Returns:
+        The summary (also written to ``summary.json``); for N runs, the aggregate.
+
+    Raises:
+        ConfigError: ``runs`` < 1.
+    """
+    runs = int(cfg.get("runs", 1) or 1)
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1, got {runs}")
+    if runs == 1:
+        return train_one(cfg)
+    out = run_dir(cfg)
+    base = int(cfg.seed) if cfg.seed is not None else 0
+    run_dirs = []
+    for i in range(runs):
+        cfg_i = copy.deepcopy(cfg)
+        with open_dict(cfg_i):
+            cfg_i.runs = 1
+            cfg_i.seed = base + i
+            cfg_i.paths.output_dir = str(out / f"seed_{i}")
+        log.info("run %d/%d (seed %d) in %s", i + 1, runs, base + i, cfg_i.paths.output_dir)
+        train_one(cfg_i)
+        run_dirs.append(Path(cfg_i.paths.output_dir))
+    with stage_logging(out, "train"):
+        agg = aggregate(run_dirs)
+        files = write_results(out, agg)
+        log.info("%d runs aggregated: %s", runs, files.get("RESULTS.txt", out))
+        summaries = [read_summary(d) for d in run_dirs]
+        maps = [str(s.get("classif_map") or "") for s in summaries]
+        if cfg.get("fusion", False) and all(maps):
+            codes = [c["code"] for c in summaries[0]["classes"]]
+            fused, agreement = fuse_maps([Path(m) for m in maps], codes, out / FINAL_DIR)
+            agg["fusion"] = {"classif": str(fused), "agreement": str(agreement)}
+    return agg
+
+
+def train_one(cfg: DictConfig) -> dict[str, Any]:
+    """One run of the main job in ``cfg.paths.output_dir``; writes ``summary.json``.
+
+    Returns:
+        The summary: OA, kappa, macro F1, sample counts, classes, paths, timings (s),
+        package versions.
+    """
+    out = run_dir(cfg)
+    timings: dict[str, float] = {}
+    with stage_logging(out, "train"):
+        t0 = time.perf_counter()
+        store = prepare.run(cfg)
+        timings["prepare"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        best = fit.run(cfg, store=store)
+        timings["fit"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = evaluate.run(cfg)
+        timings["evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        maps = infer.run(cfg)
+        timings["infer"] = time.perf_counter() - t0
+        info = read_info(store)
+        counts = info.attrs["counts"]
+        classes = zip(info.class_codes, info.class_names, strict=True)
+        summary: dict[str, Any] = {
+            "experiment": cfg.get("experiment_name"),
+            "seed": cfg.seed,
+            "oa": metrics["oa"],
+            "kappa": metrics["kappa"],
+            "f1_macro": metrics["f1_macro"],
+            "n_learn": counts["n_learn"],
+            "n_val": counts["n_val"],
+            "n_classes": info.n_classes,
+            "classes": [{"code": c, "name": n} for c, n in classes],
+            "store": str(store),
+            "best_checkpoint": best if isinstance(best, dict) else str(best),
+            "report": str(out / REPORT_DIR / METRICS_JSON),
+            "classif_map": str(maps.classif) if maps else None,
+            "confidence_map": str(maps.confidence) if maps else None,
+            "proba_map": str(maps.proba) if maps and maps.proba else None,
+            "infer_device": maps.device if maps else None,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "versions": versions(),
+        }
+        if "test" in metrics:
+            summary["test"] = {
+                k: metrics["test"][k] for k in ("oa", "kappa", "f1_macro", "n_samples")
+            }
+        write_json(out / SUMMARY_JSON, summary)
+        log.info(
+            "done: OA %.4f, kappa %.4f, macro F1 %.4f on %d val pixels; summary %s",
+            summary["oa"],
+            summary["kappa"] or 0.0,
+            summary["f1_macro"],
+            summary["n_val"],
+            out / SUMMARY_JSON,
+        )
+        return summary

@@ -1,0 +1,215 @@
+"""Fitting a classifier on the learn split of a sample store.
+
+Two loops for the two kinds of classifier that :func:`i2dl.build.build_classifier` makes:
+
+* :func:`fit_network`: a :class:`models.SITSClassifier` with a Lightning ``Trainer``
+  (callbacks and loggers of the config; checkpoint selection and early stopping on
+  ``model.model_selection_criterion``);
+* :func:`fit_estimator`: a :class:`models.SklearnClassifier` on the learn series held in
+  memory (optionally ``model.max_samples`` of them, drawn per class), as iota2 does for
+  its conventional classifiers.
+
+Models know tensors, not files: the store is read here and in :mod:`datamodules`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from datamodules.pixel_series import StoreBlockDataset
+from i2dl.errors import ConfigError, StoreError
+from i2dl.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
+from i2dl.preview import write_learning_curves
+from i2dl.sampling.selection import largest_remainder
+from i2dl.store import LEARN, open_store, read_array, read_info
+from models import SITSClassifier, SklearnClassifier, criterion_monitor
+
+log = logging.getLogger(__name__)
+
+#: Samples per block when the learn split is read for a scikit-learn fit.
+FIT_BATCH_SIZE = 65536
+
+
+def precision(cfg: DictConfig) -> str:
+    """``trainer.precision``, or when null: bf16 mixed precision on CUDA, else 32-bit."""
+    value = cfg.trainer.get("precision")
+    if value is not None:
+        return str(value)
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    on_cuda = torch.cuda.is_available() and accel in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_cuda else "32-true"
+
+
+def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
+    """The callbacks of ``cfg.callbacks``; monitor/mode from the selection criterion.
+
+    ``early_stopping`` is used only with ``enable_early_stop=true``. ``model_dir`` (one
+    model per eco-region) redirects the checkpoints to ``<model_dir>/checkpoints``.
+    """
+    monitor, mode = criterion_monitor(cfg.model.model_selection_criterion)
+    out = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None or "_target_" not in cb_cfg:
+            continue
+        if name == "early_stopping" and not cfg.get("enable_early_stop", False):
+            continue
+        extra: dict[str, Any] = {}
+        if name in ("model_checkpoint", "early_stopping"):
+            extra = {"monitor": monitor, "mode": mode}
+        if name == "model_checkpoint" and model_dir is not None:
+            extra["dirpath"] = str(model_dir / CHECKPOINT_DIR)
+        out.append(instantiate(cb_cfg, **extra))
+    return out
+
+
+def fit_network(
+    cfg: DictConfig, module: SITSClassifier, datamodule: Any, model_dir: Path,
+    region: int | None,
+) -> Path:
+    """Train a deep classifier with Lightning; the best epoch is kept by the checkpoint callback.
+
+    Args:
+        cfg: composed config (``trainer``, ``callbacks``, ``logger``).
+        module: the classifier to train.
+        datamodule: the store's :class:`datamodules.PixelSeriesDataModule`.
+        model_dir: the model folder (the run, or an eco-region's folder, whose ``tb/`` and
+            ``checkpoints/`` are then used).
+        region: eco-region code, or None.
+
+    Returns:
+        Path of the best checkpoint.
+
+    Raises:
+        ConfigError: no checkpoint was written (no ``callbacks.model_checkpoint``).
+    """
+    own_dir = model_dir if region is not None else None
+    loggers = [
+        instantiate(lg, **({"save_dir": str(model_dir / TB_DIR)} if own_dir else {}))
+        for lg in (cfg.get("logger") or {}).values()
+        if lg
+    ]
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks(cfg, own_dir),
+        logger=loggers or False,
+        precision=precision(cfg),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt else ""
+    if not best:
+        raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
+    curves = write_learning_curves(model_dir / TB_DIR, model_dir / LEARNING_CURVES)
+    if curves is not None:
+        log.info("learning curves: %s", curves)
+    log.info("best checkpoint %s (%s = %.4f)", best, ckpt.monitor, float(ckpt.best_model_score))
+    return Path(best)
+
+
+def subsample_indices(y: np.ndarray, max_samples: int | None, seed: int = 0) -> np.ndarray:
+    """Rows to keep for fitting: all, or ``max_samples`` drawn per class.
+
+    Per-class counts are proportional to the class sizes (largest remainders,
+    :func:`i2dl.sampling.selection.largest_remainder`), with at least one sample of every
+    class present (a class is never dropped; if ``max_samples`` is smaller than the number
+    of classes present, one per class is kept and a warning logged). Rows are drawn
+    without replacement by ``numpy.random.default_rng(seed)``.
+
+    Args:
+        y: (N,) int class indices.
+        max_samples: cap on the number of rows; None keeps all.
+        seed: RNG seed.
+
+    Returns:
+        Sorted (n,) int64 row positions into ``y``.
+
+    Raises:
+        ConfigError: ``max_samples`` < 1.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if max_samples is None or max_samples >= n:
+        return np.arange(n, dtype=np.int64)
+    if int(max_samples) < 1:
+        raise ConfigError(
+            f"model.max_samples must be null (all samples) or >= 1, got {max_samples}"
+        )
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if max_samples < len(classes):
+        log.warning(
+            "model.max_samples=%d is below the %d classes present: keeping 1 sample per class",
+            max_samples,
+            len(classes),
+        )
+    alloc = largest_remainder(counts, int(max_samples), minimum=1)
+    rng = np.random.default_rng(seed)
+    keep = [
+        rng.choice(np.flatnonzero(inverse == k), size=int(a), replace=False)
+        for k, a in enumerate(alloc)
+    ]
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def fit_estimator(
+    classifier: SklearnClassifier, store: Path, model_dir: Path, region: int | None, seed: int
+) -> Path:
+    """Fit a scikit-learn classifier on the learn split of a store and save it.
+
+    The learn rows are chosen first from the store's labels (all of them, or
+    ``classifier.max_samples`` by :func:`subsample_indices`), then streamed with
+    :class:`datamodules.pixel_series.StoreBlockDataset`; only the chosen rows are held
+    in memory.
+
+    Args:
+        classifier: the unfitted classifier.
+        store: the sample store.
+        model_dir: where ``checkpoints/model.joblib`` goes.
+        region: fit on this eco-region's learn samples only; None = all.
+        seed: RNG seed of the subsampling.
+
+    Returns:
+        Path of the saved model.
+
+    Raises:
+        StoreError: no learn sample (in the region), or the store changed while read.
+    """
+    info = read_info(store)
+    group = open_store(store)
+    split = read_array(group, "split")
+    codes = read_array(group, "code")
+    learn = split == LEARN
+    if region is not None:
+        learn &= read_array(group, "region") == region
+    learn_rows = np.flatnonzero(learn)
+    if len(learn_rows) == 0:
+        raise StoreError(f"store {store} has no learn sample to fit {classifier.name or 'model'}")
+    y_learn = np.searchsorted(np.asarray(info.class_codes), codes[learn_rows]).astype(np.int64)
+    chosen = learn_rows[subsample_indices(y_learn, classifier.max_samples, seed)]
+    if len(chosen) < len(learn_rows):
+        log.info(
+            "model.max_samples=%s: fitting on %d of %d learn samples (seed %d)",
+            classifier.max_samples, len(chosen), len(learn_rows), seed,
+        )
+    keep = np.zeros(len(split), dtype=bool)
+    keep[chosen] = True
+    parts: dict[str, list[torch.Tensor]] = {"x": [], "days": [], "mask": [], "y": []}
+    dataset = StoreBlockDataset(store, LEARN, batch_size=FIT_BATCH_SIZE, shuffle=False)
+    for batch in dataset:
+        sel = torch.from_numpy(keep[batch["index"].numpy()])
+        if sel.any():
+            for key in parts:
+                parts[key].append(batch[key][sel])
+    n = sum(len(p) for p in parts["y"])
+    if n != len(chosen):  # the store changed under us
+        raise StoreError(f"store {store}: read {n} learn samples, expected {len(chosen)}")
+    x, days, mask, y = (torch.cat(parts[k]) for k in ("x", "days", "mask", "y"))
+    classifier.meta.update(store=str(store), class_codes=list(info.class_codes))
+    classifier.fit(x, days, mask, y)
+    return classifier.save(model_dir / CHECKPOINT_DIR / SKLEARN_MODEL)
