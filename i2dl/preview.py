@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from rasterio.enums import Resampling
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from i2dl.io.files import write_bytes_atomic
 
@@ -46,12 +52,6 @@ def write_map_preview(
     Returns:
         ``png_path``.
     """
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     with rasterio.open(classif_path) as src:
         scale = max(1.0, max(src.width, src.height) / max_side)
         shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
@@ -88,10 +88,6 @@ def write_learning_curves(tb_dir: str | Path, png_path: str | Path) -> Path | No
     Returns:
         ``png_path``, or None when the folder holds no epoch scalars (nothing written).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags().get("scalars", []))

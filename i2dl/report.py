@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -346,8 +347,6 @@ def confusion_png(metrics: Mapping[str, Any], title: str = "") -> bytes:
     Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend
     change). Rows without reference samples are drawn light grey.
     """
-    import matplotlib
-
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     k = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True)
@@ -359,7 +358,7 @@ def confusion_png(metrics: Mapping[str, Any], title: str = "") -> bytes:
     fig = Figure(figsize=(side + 1.5, side), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#e6e6e6")
+    cmap = colormaps["Blues"].with_extremes(bad="#e6e6e6")
     im = ax.imshow(norm, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cbar.set_label("fraction of the reference row (recall on the diagonal)")

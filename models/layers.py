@@ -53,6 +53,31 @@ def check_positive_int(owner: str, name: str, value: object) -> int:
     return value
 
 
+def check_period(owner: str, value: object) -> float:
+    """Return the positional-encoding ``period`` (days) as a float if it is a number > 0.
+
+    Args:
+        owner: class name used in the message.
+        value: the period of the sinusoidal encoding of the day offset, in days.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        i2dl.errors.ConfigError: (a ``ValueError``) if ``value`` is not a number > 0.
+    """
+    try:
+        period = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        period = float("nan")
+    if isinstance(value, bool) or not period > 0:
+        raise ConfigError(
+            f"{owner}: `period` (positional encoding period, days) must be a number > 0, "
+            f"got {value!r}; the L-TAE paper uses 1000"
+        )
+    return period
+
+
 def check_dropout(owner: str, value: object, name: str = "dropout") -> float:
     """Return ``value`` as a float if it is a probability in ``[0, 1)``.
 

@@ -28,6 +28,7 @@ from i2dl.errors import ConfigError
 from models.layers import (
     check_dropout,
     check_forward_inputs,
+    check_period,
     check_positive_int,
     check_widths,
     dense_block,
@@ -193,15 +194,7 @@ class LTAE(nn.Module):
                 "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
                 "of x (LayerNorm over one channel is constant); use input_layernorm=False"
             )
-        try:
-            period_f = float(period)
-        except (TypeError, ValueError):
-            period_f = float("nan")
-        if isinstance(period, bool) or not period_f > 0:
-            raise ConfigError(
-                f"LTAE: `period` (positional encoding period, days) must be a number > 0, "
-                f"got {period!r}; the paper uses 1000"
-            )
+        period_f = check_period("LTAE", period)
 
         self.in_channels = in_channels
         self.d_model = d_model

@@ -27,7 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
-from models.layers import check_dropout, check_forward_inputs, check_positive_int, zero_invalid
+from models.layers import (
+    check_dropout,
+    check_forward_inputs,
+    check_period,
+    check_positive_int,
+    zero_invalid,
+)
 from models.ltae import positional_encoding
 
 log = logging.getLogger(__name__)
@@ -108,14 +114,7 @@ class SimpleSelfAttention(nn.Module):
                 f"d_model as a multiple of n_head (e.g. {n_head * max(1, d_model // n_head)})"
             )
         p_att = check_dropout(owner, attention_dropout, "attention_dropout")
-        try:
-            period_f = float(period)
-        except (TypeError, ValueError):
-            period_f = float("nan")
-        if isinstance(period, bool) or not period_f > 0:
-            raise ConfigError(
-                f"{owner}: `period` (positional encoding period, days) must be > 0, got {period!r}"
-            )
+        period_f = check_period(owner, period)
 
         self.in_channels = in_channels
         self.n_dates = n_dates

@@ -103,3 +103,23 @@ def test_only_the_cli_and_stages_import_stages() -> None:
         if dep.startswith("i2dl.stages")
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_a_shadowing_models_folder_is_a_clear_error(tmp_path: Path) -> None:
+    """A user's own ``models/`` in the working directory is not silently imported."""
+    import subprocess
+    import sys
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import i2dl"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "PackageShadowedError" in proc.stderr
+    assert str(tmp_path / "models" / "__init__.py") in proc.stderr
+    assert str(ROOT_DIR / "models" / "__init__.py") in proc.stderr
+    ok = subprocess.run([sys.executable, "-c", "import i2dl"], cwd=ROOT_DIR, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr

@@ -135,7 +135,7 @@ def test_ltae_shape_errors():
         (dict(d_k=2.5), "d_k"),
         (dict(dropout=1.0), "dropout"),
         (dict(period=0), r"`period` \(positional encoding period, days\) must be a number > 0"),
-        (dict(period=-365.0), r"got -365.0; the paper uses 1000"),
+        (dict(period=-365.0), r"got -365.0; the L-TAE paper uses 1000"),
     ],
 )
 def test_ltae_bad_constructor_args(kwargs, match):

@@ -493,7 +493,7 @@ def test_bad_shapes_raise_value_error(name):
         ("ann", {"batch_norm": "yes"}, "ANN: `batch_norm` must be true or false"),
         ("ann", {"dropout": -0.1}, "dropout"),
         ("ssa", {"d_model": 30, "n_head": 4}, r"d_model=30 must be divisible by n_head=4.*28"),
-        ("ssa", {"period": 0}, r"`period` .* must be > 0, got 0"),
+        ("ssa", {"period": 0}, r"`period` .* must be a number > 0, got 0"),
         ("ssa", {"attention_dropout": 2}, "attention_dropout"),
         ("tempcnn", {"filters": []}, "`filters` must list at least one width"),
         ("tempcnn", {"kernel_size": 0}, "kernel_size"),

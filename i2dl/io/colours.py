@@ -31,6 +31,8 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
+from matplotlib import colormaps
+
 from i2dl.errors import InputDataError, InputFileNotFoundError
 
 log = logging.getLogger(__name__)
@@ -258,8 +260,6 @@ def _rgb(values: Sequence[float]) -> RGB:
 
 def _palette(n: int) -> list[RGB]:
     """``n`` distinct qualitative colours: tab10 / tab20 / tab20+tab20b+tab20c, then hues."""
-    from matplotlib import colormaps
-
     names = ["tab10"] if n <= 10 else ["tab20"] if n <= 20 else ["tab20", "tab20b", "tab20c"]
     colours = [
         _rgb([round(v * 255) for v in colormaps[name](i)[:3]])
