@@ -5,6 +5,12 @@ whole: chunk order is shuffled each epoch, rows are shuffled inside a block, and
 are cut from the block with the remainder carried over, so memory stays bounded by
 ``block_chunks * store.samples_per_chunk`` samples whatever the store size.
 
+A split small enough (``cache_mb``, on by default in :class:`PixelSeriesDataModule`) is
+kept in memory after the first epoch, chunk by chunk, already normalised: later epochs
+neither open the store nor decode nor normalise again, and yield exactly the batches the
+streaming reader would (same chunk order, same row permutation, same batches for the same
+seed), since only the source of each chunk changes.
+
 The store's ``code`` array (class codes) becomes two batch keys: ``code``, the class code,
 and ``y``, the class index in [0, K) (position of the code in ``StoreInfo.class_codes``).
 """
@@ -22,7 +28,7 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from i2dl.errors import ConfigError
-from i2dl.store import LEARN, VAL, StoreInfo, open_store, read_array, read_info, store_array
+from i2dl.store import LEARN, SELECTION, StoreInfo, open_store, read_array, read_info, store_array
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +47,19 @@ class StoreBlockDataset(IterableDataset):
 
     Args:
         store_path: the sample store.
-        split: ``LEARN`` (0) or ``VAL`` (1), see :mod:`i2dl.store`.
+        split: ``LEARN`` (0), ``VAL`` (1) or ``SELECTION`` (2), see :mod:`i2dl.store`.
         batch_size: samples per batch (the last batch of an epoch may be smaller).
         shuffle: shuffle chunk order and rows (each epoch differently, from torch's RNG,
             so ``seed_everything`` makes it reproducible).
         block_chunks: Zarr chunks read at once.
         region: only the samples of this region (eco-region models); None = all.
+        cache_mb: keep the split in memory after its first epoch when its series take at
+            most this many MiB (``n_samples * T * C * 4`` bytes); 0 = always stream
+            (one-pass readers: evaluation, scikit-learn fits). Each DataLoader worker
+            holds its own copy.
 
     Raises:
-        ConfigError: batch_size or block_chunks < 1.
+        ConfigError: batch_size or block_chunks < 1, cache_mb < 0.
     """
 
     def __init__(
@@ -60,12 +70,17 @@ class StoreBlockDataset(IterableDataset):
         shuffle: bool = False,
         block_chunks: int = 8,
         region: int | None = None,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or block_chunks < 1:
             raise ConfigError(
                 f"datamodule.batch_size ({batch_size}) and block_chunks ({block_chunks}) "
                 "must be >= 1"
+            )
+        if not cache_mb >= 0:
+            raise ConfigError(
+                f"datamodule.cache_mb must be >= 0 (0 = no in-memory cache), got {cache_mb}"
             )
         self.store_path = Path(store_path)
         self.split = split
@@ -82,6 +97,11 @@ class StoreBlockDataset(IterableDataset):
             self._selected(read_array(group, "split"), read_array(group, "region")).sum()
         )
         self._codes = np.asarray(self.info.class_codes, dtype=np.int64)  # sorted
+        series_mb = self.n_samples * int(np.prod(x.shape[1:])) * 4 / 2**20
+        # chunk id -> its selected rows, normalised (None: no selected row); None = no cache
+        self._cache: dict[int, dict[str, np.ndarray] | None] | None = (
+            {} if 0 < series_mb <= cache_mb else None
+        )
 
     def __len__(self) -> int:
         """Number of batches in one epoch (one worker)."""
@@ -104,14 +124,21 @@ class StoreBlockDataset(IterableDataset):
         """
         return self.info.normalise(x, valid)
 
+    @property
+    def cached(self) -> bool:
+        """Whether this split is kept in memory after its first epoch (``cache_mb``)."""
+        return self._cache is not None
+
     def __iter__(self) -> Iterator[Batch]:
-        group: zarr.Group = open_store(self.store_path)
         n_chunks = -(-self.n_total // self.chunk_len)
         rng = np.random.default_rng(self._seed())
         order = rng.permutation(n_chunks) if self.shuffle else np.arange(n_chunks)
         worker = get_worker_info()
         if worker is not None:
             order = order[worker.id :: worker.num_workers]
+        # the store is opened only when some chunk of this epoch is not in memory yet
+        in_memory = self._cache is not None and all(int(c) in self._cache for c in order)
+        group = None if in_memory else open_store(self.store_path)
         days = torch.from_numpy(self.info.days)
         carry: list[dict[str, np.ndarray]] = []
         for start in range(0, len(order), self.block_chunks):
@@ -135,26 +162,38 @@ class StoreBlockDataset(IterableDataset):
         if carry and not (self.shuffle and len(carry[0]["y"]) == 1):
             yield self._to_batch(carry[0], days)
 
-    def _read_block(self, group: zarr.Group, chunk_ids: np.ndarray) -> dict[str, np.ndarray] | None:
-        parts = []
-        for cid in np.sort(chunk_ids):
-            start = int(cid) * self.chunk_len
-            sl = slice(start, min(start + self.chunk_len, self.n_total))
-            sel = self._selected(read_array(group, "split", sl), read_array(group, "region", sl))
-            if not sel.any():
-                continue
-            x = read_array(group, "X", sl)[sel]
-            valid = read_array(group, "mask", sl)[sel]
-            codes = read_array(group, "code", sl)[sel]
-            index = np.flatnonzero(sel) + sl.start
-            parts.append(
-                {"x": self.transform(x, valid), "mask": valid, "code": codes, "index": index}
-            )
+    def _read_block(
+        self, group: zarr.Group | None, chunk_ids: np.ndarray
+    ) -> dict[str, np.ndarray] | None:
+        """The selected rows of some chunks, in store order (always a fresh copy)."""
+        parts = [p for cid in np.sort(chunk_ids) if (p := self._chunk(group, int(cid)))]
         if not parts:
             return None
-        block = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        block["y"] = np.searchsorted(self._codes, block["code"]).astype(np.int64)
-        return block
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _chunk(self, group: zarr.Group | None, cid: int) -> dict[str, np.ndarray] | None:
+        """The selected rows of chunk ``cid``, normalised; from memory when cached."""
+        if self._cache is not None and cid in self._cache:
+            return self._cache[cid]
+        if group is None:  # not reached: __iter__ opens the store when a chunk is missing
+            group = open_store(self.store_path)
+        start = cid * self.chunk_len
+        sl = slice(start, min(start + self.chunk_len, self.n_total))
+        sel = self._selected(read_array(group, "split", sl), read_array(group, "region", sl))
+        part = None
+        if sel.any():
+            valid = read_array(group, "mask", sl)[sel]
+            codes = read_array(group, "code", sl)[sel]
+            part = {
+                "x": self.transform(read_array(group, "X", sl)[sel], valid),
+                "mask": valid,
+                "code": codes,
+                "index": np.flatnonzero(sel) + sl.start,
+                "y": np.searchsorted(self._codes, codes).astype(np.int64),
+            }
+        if self._cache is not None:
+            self._cache[cid] = part
+        return part
 
     @staticmethod
     def _to_batch(arrays: dict[str, np.ndarray], days: torch.Tensor) -> Batch:
@@ -179,6 +218,10 @@ class PixelSeriesDataModule(L.LightningDataModule):
         block_chunks: Zarr chunks read at once per worker.
         pin_memory: pin host memory (useful on CUDA).
         region: train and validate on this region only (one model per eco-region).
+        cache_mb: keep a split in memory after its first epoch when its series take at
+            most this many MiB (per DataLoader worker); 0 = stream every epoch. Small
+            stores (pixel tables, a few thousand pixels) then cost no store read per
+            epoch; the batches are the same either way.
 
     Raises:
         StoreError: ``store_path`` is not a sample store (at ``setup``).
@@ -192,9 +235,11 @@ class PixelSeriesDataModule(L.LightningDataModule):
         block_chunks: int = 8,
         pin_memory: bool = False,
         region: int | None = None,
+        cache_mb: float = 512.0,
     ) -> None:
         super().__init__()
         self.store_path = store_path
+        self.cache_mb = cache_mb
         self.region = region
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -220,7 +265,7 @@ class PixelSeriesDataModule(L.LightningDataModule):
         return self._info
 
     def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
-        """The block dataset of one split (``LEARN`` or ``VAL``, see :mod:`i2dl.store`).
+        """The block dataset of one split (``LEARN``, ``SELECTION`` or ``VAL``, :mod:`i2dl.store`).
 
         Raises:
             ConfigError: ``store_path`` is not set.
@@ -232,6 +277,7 @@ class PixelSeriesDataModule(L.LightningDataModule):
             shuffle=shuffle,
             block_chunks=self.block_chunks,
             region=self.region,
+            cache_mb=self.cache_mb,
         )
 
     def _loader(self, split: int, shuffle: bool) -> DataLoader:
@@ -248,8 +294,11 @@ class PixelSeriesDataModule(L.LightningDataModule):
         return self._loader(LEARN, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Val split, in store order."""
-        return self._loader(VAL, shuffle=False)
+        """Selection split, in store order (Lightning's validation loop).
+
+        The checkpoint is chosen and training stopped on it; val is left to the report.
+        """
+        return self._loader(SELECTION, shuffle=False)
 
     def class_weights(self) -> np.ndarray:
         """Balanced class weights ``n / (K * n_k)`` over the learn split: (K,) float32.

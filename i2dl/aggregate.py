@@ -342,8 +342,11 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
     distinct = list(dict.fromkeys(str(e) for e in experiments))
     if len(distinct) > 1:
         warn.append(f"runs of different experiments are aggregated together: {distinct}")
-    pairs = list(zip(experiments, seeds, strict=True))
-    dups = sorted({f"{e} seed {s}" for e, s in pairs if s is not None and pairs.count((e, s)) > 1})
+    folds = [r["summary"].get("fold") for r in loaded]  # k-fold runs share their seed
+    pairs = list(zip(experiments, seeds, folds, strict=True))
+    dups = sorted(
+        {f"{e} seed {s}" for e, s, f in pairs if s is not None and pairs.count((e, s, f)) > 1}
+    )
     if dups:
         warn.append(
             f"several runs share experiment and seed ({', '.join(dups)}); they are "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from i2dl.config import CONFIG_DIR, CONFIG_NAME, check_packages, register_resolvers
@@ -112,6 +113,8 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
     def _entry(cfg: DictConfig) -> Any:
+        if cfg.get("cpu_threads"):
+            torch.set_num_threads(int(cfg.cpu_threads))
         try:
             result["value"] = fn(cfg)
         except I2dlError as exc:

@@ -36,7 +36,7 @@ from i2dl.sampling.selection import (
     write_class_statistics,
 )
 from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, STORE_VERSION, VAL, read_info, write_store
+from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, read_info, write_store
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def prepare(cfg: DictConfig) -> Path:
             "polygon its own id"
         )
     arrays.setdefault("region", np.zeros(len(arrays["code"]), dtype=np.int32))
-    arrays["split"] = _split(arrays, float(sampling.ratio), int(sampling.random_seed))
+    arrays["split"] = _split(arrays, sampling)
     arrays.setdefault("tile", np.zeros(len(arrays["code"]), dtype=np.int32))
     arrays, stats = _select(arrays, sampling, label_names)
 
@@ -213,8 +213,11 @@ def _select(
     return arrays, stats
 
 
-def _split(arrays: dict[str, np.ndarray], ratio: float, seed: int) -> np.ndarray:
-    """Learn/val split of the polygons, class by class, separately in each region.
+def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
+    """Learn/selection/val split of the polygons, class by class, separately in each region.
+
+    ``sampling.ratio`` (iota2), ``selection_ratio``, ``folds``/``fold`` and ``random_seed``:
+    see :func:`i2dl.sampling.split.split_polygons`.
 
     One split unit per (region, polygon id): exploded MultiPolygon parts share their
     feature's id and so their side; a polygon cut by a region boundary is split per region.
@@ -226,7 +229,12 @@ def _split(arrays: dict[str, np.ndarray], ratio: float, seed: int) -> np.ndarray
         ids, first = np.unique(pid, return_index=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            split_of = split_polygons(ids, arrays["code"][sel][first], ratio=ratio, seed=seed)
+            split_of = split_polygons(
+                ids, arrays["code"][sel][first], ratio=sampling.ratio,
+                seed=int(sampling.random_seed),
+                selection_ratio=sampling.get("selection_ratio", 0.0) or 0.0,
+                folds=sampling.get("folds"), fold=int(sampling.get("fold", 0) or 0),
+            )
         for w in caught:
             log.warning("region %d: %s", int(region), w.message)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -435,33 +443,30 @@ def _learn_statistics(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _counts(codes: np.ndarray, split: np.ndarray, polygon_id: np.ndarray) -> dict[str, Any]:
+    """Pixels and polygons per class and split: ``n_<split>`` and ``per_class``."""
     per_class = {}
     for code in np.unique(codes):
         sel = codes == code
-        per_class[str(int(code))] = {
-            "learn_pixels": int((sel & (split == LEARN)).sum()),
-            "val_pixels": int((sel & (split == VAL)).sum()),
-            "learn_polygons": int(len(np.unique(polygon_id[sel & (split == LEARN)]))),
-            "val_polygons": int(len(np.unique(polygon_id[sel & (split == VAL)]))),
-        }
-    return {
-        "n_learn": int((split == LEARN).sum()),
-        "n_val": int((split == VAL).sum()),
-        "per_class": per_class,
-    }
+        entry = {}
+        for value, name in SPLIT_NAMES.items():
+            part = sel & (split == value)
+            entry[f"{name}_pixels"] = int(part.sum())
+            entry[f"{name}_polygons"] = int(len(np.unique(polygon_id[part])))
+        per_class[str(int(code))] = entry
+    out: dict[str, Any] = {f"n_{name}": int((split == v).sum()) for v, name in SPLIT_NAMES.items()}
+    out["per_class"] = per_class
+    return out
 
 
 def _log_counts(counts: dict[str, Any], names: list[str], codes: list[int]) -> None:
-    log.info("samples: %d learn, %d val pixels", counts["n_learn"], counts["n_val"])
+    log.info("samples: %d learn, %d selection, %d val pixels", counts["n_learn"],
+             counts["n_selection"], counts["n_val"])
     for code, name in zip(codes, names, strict=True):
         c = counts["per_class"][str(code)]
         log.info(
-            "  class %d %-20s learn %5d px / %3d polygons, val %5d px / %3d polygons",
-            code,
-            name,
-            c["learn_pixels"],
-            c["learn_polygons"],
-            c["val_pixels"],
-            c["val_polygons"],
+            "  class %d %-20s learn %5d px / %3d polygons, selection %5d px / %3d polygons, "
+            "val %5d px / %3d polygons",
+            code, name, c["learn_pixels"], c["learn_polygons"], c["selection_pixels"],
+            c["selection_polygons"], c["val_pixels"], c["val_polygons"],
         )
 

@@ -101,7 +101,7 @@ def write_learning_curves(tb_dir: str | Path, png_path: str | Path) -> Path | No
     axes = fig.subplots(2, 2).ravel()
     drawn = False
     for ax, metric in zip(axes, metrics, strict=True):
-        for split, style in (("train", "-"), ("val", "-o")):
+        for split, style in (("learn", "-"), ("selection", "-o")):
             tag = f"{split}/{metric}"
             if tag not in tags:
                 continue

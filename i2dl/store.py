@@ -35,9 +35,15 @@ STORE_FORMAT = "i2dl-sample-store"
 #: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``).
 STORE_VERSION = 2
 
-#: Values of the ``split`` array: learn (training) and val (validation) samples.
+#: Values of the ``split`` array. ``LEARN``: fits the weights; ``SELECTION``: carved from
+#: the learn polygons of each class, chooses the checkpoint, drives early stopping and LR
+#: schedules; ``VAL``: iota2's validation polygons (``1 - sampling.ratio``), scored by the
+#: report and never seen by training or model selection.
 LEARN = 0
 VAL = 1
+SELECTION = 2
+#: Name of each split value, as in ``class_statistics.csv``, logs and docs.
+SPLIT_NAMES = {LEARN: "learn", SELECTION: "selection", VAL: "val"}
 
 #: Arrays of a store and their dtypes; ``X`` and ``mask`` have extra axes.
 ARRAY_DTYPES: dict[str, str] = {

@@ -28,7 +28,7 @@ from i2dl.errors import ConfigError, StoreError
 from i2dl.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
 from i2dl.preview import write_learning_curves
 from i2dl.sampling.selection import largest_remainder
-from i2dl.store import LEARN, open_store, read_array, read_info
+from i2dl.store import LEARN, SELECTION, open_store, read_array, read_info
 from models import SITSClassifier, SklearnClassifier, criterion_monitor
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,11 @@ def subsample_indices(y: np.ndarray, max_samples: int | None, seed: int = 0) -> 
 def fit_estimator(
     classifier: SklearnClassifier, store: Path, model_dir: Path, region: int | None, seed: int
 ) -> Path:
-    """Fit a scikit-learn classifier on the learn split of a store and save it.
+    """Fit a scikit-learn classifier on the learn + selection splits of a store and save it.
 
-    The learn rows are chosen first from the store's labels (all of them, or
+    A scikit-learn model selects no checkpoint, so the selection polygons are training
+    data for it, as iota2's learn polygons (``sampling.ratio``); the val polygons are never
+    read. The rows are chosen first from the store's labels (all of them, or
     ``classifier.max_samples`` by :func:`subsample_indices`), then streamed with
     :class:`datamodules.pixel_series.StoreBlockDataset`; only the chosen rows are held
     in memory.
@@ -184,7 +186,8 @@ def fit_estimator(
     group = open_store(store)
     split = read_array(group, "split")
     codes = read_array(group, "code")
-    learn = split == LEARN
+    # no model selection here: the selection polygons are training data too
+    learn = (split == LEARN) | (split == SELECTION)
     if region is not None:
         learn &= read_array(group, "region") == region
     learn_rows = np.flatnonzero(learn)
@@ -200,12 +203,13 @@ def fit_estimator(
     keep = np.zeros(len(split), dtype=bool)
     keep[chosen] = True
     parts: dict[str, list[torch.Tensor]] = {"x": [], "days": [], "mask": [], "y": []}
-    dataset = StoreBlockDataset(store, LEARN, batch_size=FIT_BATCH_SIZE, shuffle=False)
-    for batch in dataset:
-        sel = torch.from_numpy(keep[batch["index"].numpy()])
-        if sel.any():
-            for key in parts:
-                parts[key].append(batch[key][sel])
+    for part in (LEARN, SELECTION):
+        dataset = StoreBlockDataset(store, part, batch_size=FIT_BATCH_SIZE, shuffle=False)
+        for batch in dataset:
+            sel = torch.from_numpy(keep[batch["index"].numpy()])
+            if sel.any():
+                for key in parts:
+                    parts[key].append(batch[key][sel])
     n = sum(len(p) for p in parts["y"])
     if n != len(chosen):  # the store changed under us
         raise StoreError(f"store {store}: read {n} learn samples, expected {len(chosen)}")

@@ -11,7 +11,10 @@ Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` channels, ``K`` classe
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +30,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from i2dl.errors import ConfigError, StoreError
 from i2dl.metrics import scores
+from models.augment import SeriesAugmentation
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,10 @@ __all__ = ["CRITERIA", "Classifier", "SITSClassifier", "criterion_monitor"]
 
 #: Model-selection criteria: name -> (logged metric key, optimisation mode).
 CRITERIA: dict[str, tuple[str, str]] = {
-    "fscore": ("val/fscore", "max"),
-    "oa": ("val/oa", "max"),
-    "kappa": ("val/kappa", "max"),
-    "loss": ("val/loss", "min"),
+    "fscore": ("selection/fscore", "max"),
+    "oa": ("selection/oa", "max"),
+    "kappa": ("selection/kappa", "max"),
+    "loss": ("selection/loss", "min"),
 }
 
 _REQUIRED_KEYS = ("x", "days", "mask")
@@ -88,7 +92,7 @@ def criterion_monitor(criterion: str) -> tuple[str, str]:
         criterion: one of ``"fscore"``, ``"oa"``, ``"kappa"``, ``"loss"``.
 
     Returns:
-        ``(key, mode)``, e.g. ``("val/fscore", "max")`` or ``("val/loss", "min")``.
+        ``(key, mode)``, e.g. ``("selection/fscore", "max")`` or ``("selection/loss", "min")``.
 
     Raises:
         i2dl.errors.ConfigError: (a ``ValueError``) if ``criterion`` is not one of the
@@ -103,7 +107,31 @@ def criterion_monitor(criterion: str) -> tuple[str, str]:
         ) from None
 
 
-def _default_optimizer(params: Iterable[Parameter]) -> Optimizer:
+def _check_label_smoothing(value: object) -> float:
+    """``value`` as a float in ``[0, 1)``, or ConfigError naming ``label_smoothing``."""
+    try:
+        eps = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        eps = float("nan")
+    if isinstance(value, bool) or not 0.0 <= eps < 1.0:
+        raise ConfigError(
+            f"SITSClassifier: label_smoothing must be a number in [0, 1), got {value!r}; "
+            "0 disables it, 0.1 is the usual value"
+        )
+    return eps
+
+
+def _takes_total_steps(factory: Callable[..., Any]) -> bool:
+    """Whether a scheduler factory has a ``total_steps`` parameter left to fill."""
+    if isinstance(factory, functools.partial) and "total_steps" in factory.keywords:
+        return False
+    try:
+        return "total_steps" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins or callables without a signature
+        return False
+
+
+def _default_optimizer(params: Iterable[Parameter] | Iterable[dict[str, Any]]) -> Optimizer:
     """Adam with learning rate 1e-3 (Kingma & Ba 2015), the default optimiser."""
     return torch.optim.Adam(params, lr=1e-3)
 
@@ -123,12 +151,20 @@ class SITSClassifier(pl.LightningModule):
          "y": (B,) int64 class index in [0, K)}
 
     (``"y"`` may be absent from predict batches). The loss is cross-entropy with optional
-    class weights. The metrics, logged once per epoch as ``train/<name>`` and
-    ``val/<name>`` with ``train/loss`` and ``val/loss``, are overall accuracy (``oa``),
+    class weights. The metrics, logged once per epoch as ``learn/<name>`` (training
+    batches) and ``selection/<name>`` (the selection subset that the validation loop
+    reads: checkpoint selection, early stopping, LR schedules) with ``learn/loss`` and
+    ``selection/loss``, are overall accuracy (``oa``),
     Cohen's kappa (``kappa``) and macro F1 (``fscore``), computed by
     :func:`i2dl.metrics.scores` from the epoch's confusion matrix (accumulated by
     torchmetrics, hence synchronised across devices): the very definitions of the
     validation report, so the score a checkpoint is selected on is the score reported.
+
+    Training recipe (each part a constructor argument, hence a ``model.*`` config key):
+    the optimiser and scheduler factories (per-step schedules such as
+    :func:`models.schedule.warmup_cosine` get the trainer's number of steps), label
+    smoothing of the training loss only, augmentation of training batches only
+    (:mod:`models.augment`), and optionally no weight decay on biases and norm layers.
 
     Checkpoints hold only plain hyper-parameters (``n_classes``,
     ``model_selection_criterion``, ``class_weights``) besides the weights; reload by
@@ -140,11 +176,14 @@ class SITSClassifier(pl.LightningModule):
         encoder: nn.Module,
         head: nn.Module | Callable[..., nn.Module],
         n_classes: int,
-        optimizer: Callable[[Iterable[Parameter]], Optimizer] | None = None,
-        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        optimizer: Callable[[Any], Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler | ReduceLROnPlateau] | None = None,
         model_selection_criterion: str = "fscore",
         class_weights: Sequence[float] | Tensor | None = None,
         name: str = "",
+        label_smoothing: float = 0.0,
+        augmentation: SeriesAugmentation | Mapping[str, Any] | None = None,
+        decay_bias_and_norm: bool = True,
     ) -> None:
         """Wrap an encoder and a classification head.
 
@@ -155,21 +194,37 @@ class SITSClassifier(pl.LightningModule):
                 (Hydra ``_partial_: true`` on :class:`~models.ClassifierHead`) called here,
                 after the encoder is built.
             n_classes: number of classes ``K``.
-            optimizer: partial optimiser constructor taking the parameters (e.g. Hydra
-                ``_partial_: true`` on ``torch.optim.Adam``); default Adam, lr 1e-3.
-            scheduler: optional partial scheduler constructor taking the optimiser; it is
-                stepped once per epoch. A ``ReduceLROnPlateau`` monitors the metric of
-                ``model_selection_criterion`` (set its ``mode`` to match, see
-                :func:`criterion_monitor`).
+            optimizer: partial optimiser constructor taking the parameters or parameter
+                groups (e.g. Hydra ``_partial_: true`` on ``torch.optim.AdamW``); default
+                Adam, lr 1e-3.
+            scheduler: optional partial scheduler constructor taking the optimiser. One
+                with a ``total_steps`` parameter (:func:`models.schedule.warmup_cosine`,
+                ``torch.optim.lr_scheduler.OneCycleLR``) also gets
+                ``total_steps=trainer.estimated_stepping_batches`` and is stepped after
+                every optimiser step; any other is stepped once per epoch. A
+                ``ReduceLROnPlateau`` monitors the metric of ``model_selection_criterion``
+                (set its ``mode`` to match, see :func:`criterion_monitor`).
             model_selection_criterion: ``"fscore"``, ``"oa"``, ``"kappa"`` or ``"loss"``.
             class_weights: optional ``(K,)`` non-negative weights of the cross-entropy,
                 in class-index order.
             name: model name (``ltae``, ``tempcnn``, ...), for logs.
+            label_smoothing: label smoothing of the cross-entropy of the training
+                (``learn``) batches, in ``[0, 1)`` (Szegedy et al. 2016, "Rethinking the
+                Inception architecture", CVPR); ``selection/loss`` stays the plain
+                (weighted) cross-entropy, comparable across settings. 0 = off.
+            augmentation: :class:`models.augment.SeriesAugmentation`, or a mapping of
+                its arguments (``date_dropout``, ``jitter``, ``time_shift``), applied to
+                training batches only (:meth:`training_step`); None = off.
+            decay_bias_and_norm: if False, parameters with fewer than 2 dimensions
+                (biases, LayerNorm / BatchNorm scales and shifts) are put in a parameter
+                group with ``weight_decay=0`` (the "no bias decay" of Goyal et al. 2017,
+                and of BERT, Devlin et al. 2019); True passes all parameters alike.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) if ``n_classes`` is not a positive
-                int, the encoder has no ``out_dim``, the criterion is unknown, or
-                ``class_weights`` has the wrong length, negative or non-finite values.
+                int, the encoder has no ``out_dim``, the criterion is unknown,
+                ``class_weights`` has the wrong length, negative or non-finite values,
+                ``label_smoothing`` is outside ``[0, 1)`` or ``augmentation`` is invalid.
         """
         super().__init__()
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -221,9 +276,20 @@ class SITSClassifier(pl.LightningModule):
         self.model_selection_criterion = model_selection_criterion
         self.optimizer_factory = optimizer if optimizer is not None else _default_optimizer
         self.scheduler_factory = scheduler
+        self.decay_bias_and_norm = bool(decay_bias_and_norm)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        if isinstance(augmentation, Mapping):
+            augmentation = SeriesAugmentation(**augmentation)
+        if augmentation is not None and not isinstance(augmentation, SeriesAugmentation):
+            raise ConfigError(
+                f"SITSClassifier: augmentation must be a models.augment.SeriesAugmentation, "
+                f"a mapping of its arguments or null, got {type(augmentation).__name__}"
+            )
+        # no parameters or buffers: checkpoints are the same with or without it
+        self.augmentation = augmentation
         # torchmetrics needs >= 2 classes: a 1-class model counts in a padded matrix.
-        self.train_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
-        self.val_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
+        self.learn_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
+        self.selection_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         """Logits of the head on the encoder's features.
@@ -267,17 +333,18 @@ class SITSClassifier(pl.LightningModule):
         logits = self(x, days, mask)
         y = y.long()
         weight = self.class_weights if isinstance(self.class_weights, Tensor) else None
-        loss = F.cross_entropy(logits.float(), y, weight=weight)
+        smoothing = self.label_smoothing if split == "learn" else 0.0
+        loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=smoothing)
         self._confusion(split).update(logits.detach().argmax(dim=1), y)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0],
-                 prog_bar=split == "val")
+                 prog_bar=split == "selection")
         return loss
 
     def epoch_scores(self, split: str) -> dict[str, float]:
         """OA, kappa and macro F1 of the batches of ``split`` seen since the last reset.
 
         Args:
-            split: ``"train"`` or ``"val"``.
+            split: ``"learn"`` or ``"selection"``.
 
         Returns:
             ``{"oa", "kappa", "fscore"}`` floats (:func:`i2dl.metrics.scores`; an
@@ -293,7 +360,7 @@ class SITSClassifier(pl.LightningModule):
         }
 
     def _confusion(self, split: str) -> MulticlassConfusionMatrix:
-        return self.train_confusion if split == "train" else self.val_confusion
+        return self.learn_confusion if split == "learn" else self.selection_confusion
 
     def _log_epoch(self, split: str) -> None:
         confusion = self._confusion(split)
@@ -304,11 +371,11 @@ class SITSClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Log ``train/oa``, ``train/kappa``, ``train/fscore`` of the epoch."""
-        self._log_epoch("train")
+        self._log_epoch("learn")
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/oa``, ``val/kappa``, ``val/fscore`` of the epoch (checkpoint selection)."""
-        self._log_epoch("val")
+        self._log_epoch("selection")
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of a training batch; logs ``train/loss``.
@@ -324,7 +391,15 @@ class SITSClassifier(pl.LightningModule):
         Raises:
             ValueError: if a key is missing or ``y`` is not ``(B,)``.
         """
-        return self._shared_step(batch, "train")
+        return self._shared_step(self._augmented(batch), "learn")
+
+    def _augmented(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """The batch with ``x``, ``days``, ``mask`` augmented (training batches only)."""
+        if self.augmentation is None or not self.augmentation.active:
+            return batch
+        x, days, mask = self._unpack(batch, need_y=False)
+        x, days, mask = self.augmentation(x, days, mask)
+        return {**batch, "x": x, "days": days, "mask": mask}
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy of a validation batch; logs ``val/loss``.
@@ -339,7 +414,7 @@ class SITSClassifier(pl.LightningModule):
         Raises:
             ValueError: if a key is missing or ``y`` is not ``(B,)``.
         """
-        return self._shared_step(batch, "val")
+        return self._shared_step(batch, "selection")
 
     def load_weights(self, path: str | Path) -> None:
         """Load the weights of a Lightning checkpoint written by fit into this module.
@@ -411,22 +486,61 @@ class SITSClassifier(pl.LightningModule):
         finally:
             self.train(was_training)
 
+    def parameter_groups(self) -> Iterable[Parameter] | list[dict[str, Any]]:
+        """What the optimiser factory receives.
+
+        Returns:
+            ``self.parameters()`` when ``decay_bias_and_norm`` is True; otherwise the
+            groups ``[{"params": >= 2-D parameters}, {"params": 0-D and 1-D parameters,
+            "weight_decay": 0.0}]`` (empty groups left out).
+        """
+        if self.decay_bias_and_norm:
+            return self.parameters()
+        params = [q for q in self.parameters() if q.requires_grad]
+        decay = [q for q in params if q.ndim >= 2]
+        no_decay = [q for q in params if q.ndim < 2]
+        groups: list[dict[str, Any]] = []
+        if decay:
+            groups.append({"params": decay})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
     def configure_optimizers(self) -> Any:
-        """Build the optimiser and, if given, the per-epoch scheduler.
+        """Build the optimiser and, if given, the scheduler.
+
+        A scheduler factory with a ``total_steps`` parameter (not already bound) is
+        called with ``total_steps=trainer.estimated_stepping_batches`` and stepped per
+        optimiser step (``interval="step"``); any other is stepped per epoch.
 
         Returns:
             The optimiser alone, or Lightning's dict ``{"optimizer": ..., "lr_scheduler":
-            {"scheduler": ..., "interval": "epoch"[, "monitor": key]}}``; ``monitor`` is
-            set for ``ReduceLROnPlateau`` to the key of ``model_selection_criterion``.
+            {"scheduler": ..., "interval": "epoch" | "step"[, "monitor": key]}}``;
+            ``monitor`` is set for ``ReduceLROnPlateau`` to the key of
+            ``model_selection_criterion``.
 
         Raises:
             TypeError: propagated if the factories do not accept the documented argument.
+            i2dl.errors.ConfigError: (a ``ValueError``) if a per-step schedule is asked
+                for but the trainer has no finite number of steps (``max_epochs=-1`` and
+                ``max_steps=-1``).
         """
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        interval = "epoch"
+        if _takes_total_steps(self.scheduler_factory):
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total) or total < 1:
+                raise ConfigError(
+                    f"model.scheduler needs the number of training steps, but the trainer "
+                    f"plans {total}; set trainer.max_epochs or trainer.max_steps"
+                )
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
+            interval = "step"
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": interval, "frequency": 1}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = self.monitor_key
             if scheduler.mode != self.monitor_mode:

@@ -99,9 +99,11 @@ class LTAE(nn.Module):
     2. plus the sinusoidal encoding of the day offset (:func:`positional_encoding`);
     3. ``H`` heads, each with one learned master query ``q_h`` of size ``d_k``; keys are
        ``Linear(D, H * d_k)`` of the encoded dates; the attention of head ``h`` over dates
-       is ``softmax_t(q_h . k_{h,t} / sqrt(d_k))`` with invalid dates excluded; the values
-       of head ``h`` are its own group of ``D / H`` channels of the encoded dates (no value
-       projection); the heads' weighted sums are concatenated to a ``(B, D)`` vector;
+       is ``softmax_t(q_h . k_{h,t} / sqrt(d_k))`` with invalid dates excluded, followed
+       in training mode by dropout of rate ``attention_dropout`` on these weights; the
+       values of head ``h`` are its own group of ``D / H`` channels of the encoded dates
+       (no value projection); the heads' weighted sums are concatenated to a ``(B, D)``
+       vector;
     4. MLP ``mlp`` (Linear + BatchNorm1d + ReLU per layer), dropout, ``LayerNorm``:
        the output, ``(B, out_dim)`` with ``out_dim = mlp[-1]``.
 
@@ -125,11 +127,18 @@ class LTAE(nn.Module):
     by the data pipeline, so this layer is off by default; ``input_layernorm=True``
     restores the paper's layer.
 
+    Attention dropout: the reference implementation (``ScaledDotProductAttention`` of
+    github.com/VSainteuf/lightweight-temporal-attention-pytorch, ``attn_dropout=0.1``)
+    applies ``nn.Dropout`` to the attention weights after the softmax; a dropped weight
+    is zeroed and the others are scaled by ``1 / (1 - p)`` (so a row no longer sums to 1
+    in training mode). The constructor default is 0 (the network i2dl had before this
+    option); ``configs/model/ltae.yaml`` sets the reference's 0.1. Eval mode is exact.
+
     Attributes:
         out_dim: width ``D`` of the output features, ``mlp[-1]``.
         attention_weights: ``(B, H, T)`` float32 detached tensor, the attention of the
-            last forward call (rows sum to 1, or 0 for an all-invalid pixel); ``None``
-            before the first call.
+            last forward call before attention dropout (rows sum to 1, or 0 for an
+            all-invalid pixel); ``None`` before the first call.
 
     Note:
         BatchNorm1d layers need more than one sample per batch in training mode
@@ -146,6 +155,7 @@ class LTAE(nn.Module):
         dropout: float = 0.2,
         period: float = 1000.0,
         input_layernorm: bool = False,
+        attention_dropout: float = 0.0,
     ) -> None:
         """Build the encoder.
 
@@ -162,11 +172,14 @@ class LTAE(nn.Module):
             input_layernorm: apply the paper's per-date ``LayerNorm(C)`` to ``x`` before
                 the projection. Off by default: it discards each date's mean and scale
                 across channels, and all of the input when ``C == 1``.
+            attention_dropout: dropout probability on the attention weights, in
+                ``[0, 1)``; 0.1 in the reference implementation, 0 by default here.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
                 ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
-                ``dropout`` outside ``[0, 1)`` or ``period`` not a number > 0.
+                ``dropout`` or ``attention_dropout`` outside ``[0, 1)`` or ``period`` not a
+                number > 0.
         """
         super().__init__()
         for name, value in (
@@ -189,6 +202,7 @@ class LTAE(nn.Module):
                 f"attention output); set mlp=[{d_model}, ...]"
             )
         p = check_dropout("LTAE", dropout)
+        p_att = check_dropout("LTAE", attention_dropout, "attention_dropout")
         if in_channels == 1 and input_layernorm:
             log.warning(
                 "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
@@ -219,6 +233,8 @@ class LTAE(nn.Module):
         self.mlp = nn.Sequential(*mlp_layers)  # Linear, BatchNorm1d, ReLU per layer
         self.dropout = nn.Dropout(p)
         self.out_norm = nn.LayerNorm(mlp[-1])
+
+        self.attention_dropout = nn.Dropout(p_att)  # on the (B, H, T) attention weights
 
         self.attention_weights: Tensor | None = None
         log.debug(
@@ -263,6 +279,7 @@ class LTAE(nn.Module):
         scores = scores.masked_fill(~any_valid, 0.0)
         attn = torch.softmax(scores, dim=-1) * any_valid  # (B, H, T)
         self.attention_weights = attn.detach()
+        attn = self.attention_dropout(attn)  # identity in eval mode or with p = 0
 
         v = z.view(B, T, self.n_head, self.d_model // self.n_head)  # (B, T, H, D/H)
         out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)  # (B, D)

@@ -92,7 +92,10 @@ class SimpleSelfAttention(nn.Module):
                 recorded, since the network accepts any ``T``.
             d_model: model width ``D``, the output width; a multiple of ``n_head``.
             n_head: number of attention heads ``H``.
-            attention_dropout: dropout probability on the attention weights, in ``[0, 1)``.
+            attention_dropout: dropout probability on the attention weights, in ``[0, 1)``
+                (``nn.MultiheadAttention``'s ``dropout``, training mode only; 0.1 in
+                ``configs/model/ssa.yaml``, as the Transformer of Vaswani et al. 2017 and
+                the L-TAE reference implementation).
             period: period of the sinusoidal positional encoding, in days (1000, as in
                 the L-TAE paper; also ``period`` in :class:`models.LTAE`).
 

@@ -6,8 +6,10 @@ Network for the Classification of Satellite Image Time Series", Remote Sensing 1
 convolution layers of 64 filters of size 5 along time, each followed by batch
 normalisation, ReLU and dropout (rate 0.2); the feature maps are flattened and fed to
 one fully connected layer of 256 units (batch norm, ReLU, dropout), then a softmax
-layer. The paper trains it with Adam and an L2 weight decay of 1e-6
-(``configs/model/tempcnn.yaml``). :class:`TempCNN` is the encoder up to and including
+layer. The paper trains it with Adam and an L2 regularisation rate of 1e-6;
+``configs/model/tempcnn.yaml`` keeps that rate as AdamW's (decoupled) weight decay, in
+the training recipe of every deep network (:class:`models.SITSClassifier`).
+:class:`TempCNN` is the encoder up to and including
 the fully connected layer, so that one dropout rate covers every layer as in the paper;
 the final ``Linear(256, K)`` is a :class:`models.head.ClassifierHead` with
 ``hidden=[]``.

@@ -7,8 +7,9 @@ import pytest
 import torch
 import zarr
 
+import datamodules.pixel_series as pixel_series
 from datamodules import PixelSeriesDataModule, StoreBlockDataset
-from i2dl.errors import StoreError
+from i2dl.errors import ConfigError, StoreError
 from i2dl.prepare import prepare
 from i2dl.store import (
     LEARN,
@@ -73,6 +74,58 @@ def test_datamodule_loaders_and_class_weights(make_cfg, tiny_dataset) -> None:
     split, code = group["split"][:], group["code"][:]
     n_k = np.array([((split == LEARN) & (code == c)).sum() for c in (1, 2, 3)])
     np.testing.assert_allclose(dm.class_weights(), n_k.sum() / (3 * n_k), rtol=1e-6)
+
+
+
+def _epochs(ds: StoreBlockDataset, n: int, seed: int = 0) -> list[list[dict]]:
+    """``n`` epochs of batches as numpy copies, then scribble on the yielded tensors."""
+    torch.manual_seed(seed)
+    out = []
+    for _ in range(n):
+        epoch = []
+        for batch in ds:
+            epoch.append({k: v.numpy().copy() for k, v in batch.items()})
+            batch["x"].fill_(1e6)  # a model writing into its input must not reach the cache
+        out.append(epoch)
+    return out
+
+
+@pytest.mark.parametrize("split,shuffle", [(LEARN, True), (VAL, False)])
+def test_in_memory_cache_yields_the_streamed_batches(
+    make_cfg, tiny_dataset, monkeypatch, split, shuffle
+) -> None:
+    path = _store(make_cfg, tiny_dataset)  # 16 samples a chunk: several chunks and blocks
+    kwargs = {"split": split, "batch_size": 10, "shuffle": shuffle, "block_chunks": 2}
+    streamed = StoreBlockDataset(path, **kwargs)
+    cached = StoreBlockDataset(path, **kwargs, cache_mb=64)
+    assert cached.cached and not streamed.cached
+    opened = []
+    real_open = pixel_series.open_store
+    monkeypatch.setattr(pixel_series, "open_store", lambda p: opened.append(p) or real_open(p))
+    expected = _epochs(streamed, 3)
+    n_streamed = len(opened)
+    got = _epochs(cached, 3)
+    # same seed -> the same batches in the same order, every epoch
+    assert [len(e) for e in got] == [len(e) for e in expected]
+    for epoch_got, epoch_expected in zip(got, expected, strict=True):
+        for b_got, b_exp in zip(epoch_got, epoch_expected, strict=True):
+            assert b_got.keys() == b_exp.keys()
+            for key in b_exp:
+                np.testing.assert_array_equal(b_got[key], b_exp[key], err_msg=key)
+    if shuffle:
+        assert [b["index"].tolist() for b in got[0]] != [b["index"].tolist() for b in got[1]]
+    # streaming opens the store every epoch, the cache only in the first one
+    assert n_streamed == 3 and len(opened) - n_streamed == 1
+
+
+def test_cache_size_limit_and_datamodule_default(make_cfg, tiny_dataset) -> None:
+    path = _store(make_cfg, tiny_dataset)
+    assert not StoreBlockDataset(path, LEARN, cache_mb=1e-6).cached  # larger than the limit
+    assert not StoreBlockDataset(path, LEARN).cached  # one-pass readers stream
+    with pytest.raises(ConfigError, match="cache_mb must be >= 0"):
+        StoreBlockDataset(path, LEARN, cache_mb=-1)
+    assert PixelSeriesDataModule(store_path=path).dataset(LEARN, shuffle=True).cached
+    assert not PixelSeriesDataModule(store_path=path, cache_mb=0).dataset(LEARN).cached
 
 
 def test_store_arrays_and_layout_version(tmp_path) -> None:

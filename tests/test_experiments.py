@@ -58,20 +58,23 @@ def test_same_seed_same_metrics_on_cpu(make_cfg, slovenia_dir: Path, tmp_path: P
         np.testing.assert_array_equal(a.read(), b.read())
 
 
-def test_early_stopping_is_opt_in_and_follows_the_criterion(make_cfg) -> None:
+def test_early_stopping_is_on_by_default_and_follows_the_criterion(make_cfg) -> None:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from i2dl.training import callbacks as _callbacks
     from i2dl.training import precision as _precision
 
     default = _callbacks(make_cfg())
-    assert not any(isinstance(c, EarlyStopping) for c in default)
+    stop = next(c for c in default if isinstance(c, EarlyStopping))
+    assert (stop.monitor, stop.mode) == ("selection/fscore", "max")
     ckpt = next(c for c in default if isinstance(c, ModelCheckpoint))
-    assert (ckpt.monitor, ckpt.mode) == ("val/fscore", "max")
-    cbs = _callbacks(make_cfg("enable_early_stop=true", "callbacks.early_stopping.patience=3",
+    assert (ckpt.monitor, ckpt.mode) == ("selection/fscore", "max")
+    no_stop = _callbacks(make_cfg("enable_early_stop=false"))
+    assert not any(isinstance(c, EarlyStopping) for c in no_stop)
+    cbs = _callbacks(make_cfg("callbacks.early_stopping.patience=3",
                               "model.model_selection_criterion=loss"))
     stop = next(c for c in cbs if isinstance(c, EarlyStopping))
-    assert (stop.monitor, stop.patience, stop.mode) == ("val/loss", 3, "min")
+    assert (stop.monitor, stop.patience, stop.mode) == ("selection/loss", 3, "min")
     assert _precision(make_cfg("trainer.accelerator=cpu")) == "32-true"
     assert _precision(make_cfg("trainer.precision=16-mixed")) == "16-mixed"
 

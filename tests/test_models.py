@@ -238,12 +238,12 @@ def trained():
 def test_classifier_trains_and_logs(trained):
     trainer, model, _ = trained
     m = trainer.callback_metrics
-    for key in ("val/fscore", "val/oa", "val/kappa", "val/loss", "train/loss", "train/oa",
-                "train/kappa", "train/fscore"):
+    for key in ("selection/fscore", "selection/oa", "selection/kappa", "selection/loss",
+                "learn/loss", "learn/oa", "learn/kappa", "learn/fscore"):
         assert key in m, f"{key} missing from {sorted(m)}"
-    assert m["val/oa"] > 0.9
-    assert m["val/fscore"] > 0.9
-    assert m["val/loss"] < 0.5
+    assert m["selection/oa"] > 0.9
+    assert m["selection/fscore"] > 0.9
+    assert m["selection/loss"] < 0.5
     # the StepLR scheduler was stepped per epoch: 5 epochs, step 2 -> lr 5e-3 / 4
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(5e-3 / 4)
@@ -340,10 +340,10 @@ def test_class_weights_change_the_loss():
 
 
 def test_criterion_monitor():
-    assert criterion_monitor("fscore") == ("val/fscore", "max")
-    assert criterion_monitor("oa") == ("val/oa", "max")
-    assert criterion_monitor("kappa") == ("val/kappa", "max")
-    assert criterion_monitor("loss") == ("val/loss", "min")
+    assert criterion_monitor("fscore") == ("selection/fscore", "max")
+    assert criterion_monitor("oa") == ("selection/oa", "max")
+    assert criterion_monitor("kappa") == ("selection/kappa", "max")
+    assert criterion_monitor("loss") == ("selection/loss", "min")
     with pytest.raises(ValueError, match=r"'f1'.*\['fscore', 'kappa', 'loss', 'oa'\]"):
         criterion_monitor("f1")
 
@@ -375,7 +375,7 @@ def test_reduce_on_plateau_monitors_criterion():
     conf = model.configure_optimizers()
     assert isinstance(conf["optimizer"], torch.optim.Adam)
     assert conf["optimizer"].param_groups[0]["lr"] == 1e-3
-    assert conf["lr_scheduler"]["monitor"] == "val/loss"
+    assert conf["lr_scheduler"]["monitor"] == "selection/loss"
     assert conf["lr_scheduler"]["interval"] == "epoch"
 
 

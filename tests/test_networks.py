@@ -344,7 +344,7 @@ def test_instantiate_from_experiment_config(make_cfg, name):
     opt = hydra.utils.instantiate(cfg.model.optimizer)(
         [*enc.parameters(), *head.parameters()]
     )
-    assert isinstance(opt, torch.optim.Adam)
+    assert type(opt) is torch.optim.AdamW
 
 
 @pytest.mark.parametrize("name", list(NETS))
@@ -366,6 +366,7 @@ def test_config_defaults_match_constructor_defaults(make_cfg, name):
 
 def test_tempcnn_config_keeps_the_paper_weight_decay(make_cfg):
     cfg = make_cfg("+experiment=tempcnn")
+    assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
     assert cfg.model.optimizer.weight_decay == pytest.approx(1e-6)
 
 
@@ -505,6 +506,8 @@ def test_bad_shapes_raise_value_error(name):
         ("ltae", {"mlp": [256, -3]}, r"`mlp\[1\]` must be a positive int, got -3"),
         ("ltae", {"d_k": 2.5}, "`d_k` must be a positive int, got 2.5"),
         ("ltae", {"dropout": 1.0}, r"LTAE: `dropout` must be in \[0, 1\)"),
+        ("ltae", {"attention_dropout": 1.0}, r"LTAE: `attention_dropout` must be in \[0, 1\)"),
+        ("ltae", {"attention_dropout": "x"}, r"LTAE: `attention_dropout` must be a number"),
     ],
 )
 def test_bad_options_raise_config_error(name, options, match):

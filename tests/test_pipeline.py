@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from i2dl.config import CONFIG_DIR, CONFIG_NAME, ROOT_DIR, register_resolvers
-from i2dl.store import LEARN, VAL
+from i2dl.store import LEARN, SELECTION, VAL
 from tests.conftest import FAST, SLOVENIA, SMALL_LTAE
 
 
@@ -56,8 +56,10 @@ def test_store_shapes_and_disjoint_split(slovenia_run: dict) -> None:
     for name in ("code", "polygon_id", "split", "row", "col", "region", "tile"):
         assert store[name].shape == (n,), name
     split, pid = store["split"][:], store["polygon_id"][:]
-    assert set(np.unique(split)) == {LEARN, VAL}
-    assert not set(pid[split == LEARN]) & set(pid[split == VAL]), "a polygon is in learn and val"
+    assert set(np.unique(split)) == {LEARN, SELECTION, VAL}
+    parts = {s: set(pid[split == s]) for s in (LEARN, SELECTION, VAL)}
+    assert not parts[LEARN] & parts[VAL], "a polygon is in learn and val"
+    assert not parts[SELECTION] & (parts[LEARN] | parts[VAL]), "a selection polygon elsewhere"
     # label 0 polygons (fid 16, 40, 41, 46 per the data README: four no-data polygons) absent
     assert 0 not in set(store["code"][:])
     assert set(store["code"][:]) <= {1, 2, 3, 4, 8}
@@ -97,8 +99,10 @@ def test_summary_and_checkpoint(slovenia_run: dict) -> None:
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     tags = acc.Tags()
-    for key in ("train/loss", "val/loss", "val/oa", "val/kappa", "val/fscore", "lr-Adam"):
+    for key in ("learn/loss", "selection/loss", "selection/oa", "selection/kappa",
+                "selection/fscore"):
         assert key in tags["scalars"], (key, tags["scalars"])
+    assert any(t.startswith("lr-") for t in tags["scalars"]), tags["scalars"]
     assert "val/confusion_matrix" in tags["images"]
     # HParams tab: the final metrics are logged with the hyper-parameters
     summary = slovenia_run["summary"]

@@ -155,7 +155,8 @@ def test_subsample_keeps_every_class_and_count() -> None:
 
 
 def test_fit_store_max_samples(store: Path, tmp_path: Path, caplog) -> None:
-    n_learn = _split(store, 0)["y"].shape[0]
+    # scikit-learn models select nothing: they fit on learn + selection
+    n_learn = _split(store, 0)["y"].shape[0] + _split(store, 2)["y"].shape[0]
     clf = _rf(max_samples=12)
     with caplog.at_level(logging.INFO, logger="i2dl.training"):
         fit_estimator(clf, store, tmp_path, region=None, seed=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from i2dl.errors import ConfigError
-from i2dl.sampling.split import LEARN, VAL, SinglePolygonClassWarning, split_polygons
+from i2dl.sampling.split import LEARN, SELECTION, VAL, SinglePolygonClassWarning, split_polygons
 
 
 def test_split_is_per_class_with_ratio() -> None:
@@ -53,3 +53,57 @@ def test_bad_ratio(ratio: float) -> None:
 def test_duplicate_ids_rejected() -> None:
     with pytest.raises(ConfigError, match="unique"):
         split_polygons(np.array([1, 1]), np.array([1, 2]))
+
+
+def test_selection_is_carved_from_learn_and_leaves_val_unchanged() -> None:
+    ids = np.arange(60)
+    codes = np.repeat([1, 2, 3], 20)
+    two_way = split_polygons(ids, codes, ratio=0.75, seed=5)
+    three_way = split_polygons(ids, codes, ratio=0.75, seed=5, selection_ratio=0.2)
+    # iota2's ratio keeps its meaning: the same val polygons with or without selection
+    assert {i for i, s in two_way.items() if s == VAL} == {
+        i for i, s in three_way.items() if s == VAL
+    }
+    for code in (1, 2, 3):
+        mine = [three_way[int(i)] for i in ids[codes == code]]
+        assert mine.count(VAL) == 5
+        assert mine.count(SELECTION) == 3  # round(0.2 * 15)
+        assert mine.count(LEARN) == 12
+    assert split_polygons(ids, codes, 0.75, 5, 0.2) == three_way  # seeded
+
+
+def test_selection_fallback_for_small_classes() -> None:
+    ids = np.arange(7)
+    codes = np.array([1, 1, 2, 2, 2, 3, 3])
+    with pytest.warns(SinglePolygonClassWarning, match="single learn polygon"):
+        split = split_polygons(ids, codes, ratio=0.5, seed=0, selection_ratio=0.2)
+    # class 1: 2 polygons -> 1 learn, 1 val: no selection; class 2: 3 polygons ->
+    # 2 learn (round(1.5)) -> one of them goes to selection (at least one)
+    by_class = {c: [split[int(i)] for i in ids[codes == c]] for c in (1, 2, 3)}
+    assert sorted(by_class[1]) == [LEARN, VAL]
+    assert sorted(by_class[2]) == [LEARN, VAL, SELECTION]
+    with pytest.raises(ValueError, match="selection_ratio"):
+        split_polygons(ids, codes, selection_ratio=1.0)
+
+
+def test_kfold_partitions_polygons_by_class() -> None:
+    ids = np.arange(100, 153)
+    codes = np.array([1] * 20 + [2] * 23 + [3] * 10)
+    k = 5
+    val_of: dict[int, int] = {}
+    for fold in range(k):
+        split = split_polygons(ids, codes, seed=2, selection_ratio=0.25, folds=k, fold=fold)
+        for pid, part in split.items():
+            if part == VAL:
+                assert pid not in val_of, "a polygon is val in two folds"
+                val_of[pid] = fold
+        for code in (1, 2, 3):
+            mine = [split[int(i)] for i in ids[codes == code]]
+            n = len(mine)
+            assert mine.count(VAL) in (n // k, -(-n // k))  # stratified: sizes differ by <= 1
+            assert mine.count(SELECTION) >= 1 and mine.count(LEARN) >= 1
+    assert sorted(val_of) == ids.tolist()  # every polygon is val exactly once
+    with pytest.raises(ValueError, match="sampling.fold"):
+        split_polygons(ids, codes, folds=k, fold=k)
+    with pytest.raises(ValueError, match="sampling.folds"):
+        split_polygons(ids, codes, folds=1)

@@ -13,7 +13,7 @@ import zarr
 from i2dl.errors import InputDataError
 from i2dl.io.table import read_pixel_table
 from i2dl.prepare import prepare
-from i2dl.store import LEARN, VAL
+from i2dl.store import LEARN, SELECTION, VAL
 from tests.conftest import DATA_DIR, FAST, SMALL_LTAE
 
 FORMOSAT = DATA_DIR / "formosat2_crops"
@@ -70,8 +70,11 @@ def test_table_store_is_polygon_grouped(make_cfg, tmp_path: Path) -> None:
     pid, split, y = store["polygon_id"][:], store["split"][:], store["code"][:]
     assert not set(pid[split == LEARN]) & set(pid[split == VAL])
     assert set(y) == {1, 2}  # label_offset 1 of the formosat config
-    for code in (1, 2):  # 4 polygons per class, ratio 0.75 -> 3 learn, 1 val
-        assert len(set(pid[(y == code) & (split == LEARN)])) == 3
+    # 4 polygons per class, ratio 0.75 -> 3 learn + selection, 1 val; selection_ratio 0.2
+    # of the 3 learn polygons -> round(0.6) = 1 selection polygon
+    for code in (1, 2):
+        assert len(set(pid[(y == code) & (split == LEARN)])) == 2
+        assert len(set(pid[(y == code) & (split == SELECTION)])) == 1
         assert len(set(pid[(y == code) & (split == VAL)])) == 1
     raw = pd.read_csv(path, header=None).to_numpy()
     order = np.argsort(raw[:, 1], kind="stable")

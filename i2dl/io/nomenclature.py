@@ -175,7 +175,9 @@ def read_class_names(path: str | Path) -> dict[int, str]:
 
     A file whose first line is a CSV header starting with ``value,`` (e.g. the TempCNN
     ``class_map.txt``: ``value,class,colour``) is read as a class map (code in the first
-    column, name in the second); anything else as an iota2 ``name:code`` nomenclature
+    column, name in the second); so is a headerless ``code,name`` CSV (first line an
+    integer, a comma and no colon, e.g. the ``class_map.txt`` of the UCR Crop and sits
+    MOD13Q1 tables); anything else as an iota2 ``name:code`` nomenclature
     (:func:`read_nomenclature`).
 
     Raises:
@@ -185,11 +187,15 @@ def read_class_names(path: str | Path) -> dict[int, str]:
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFoundError(f"nomenclature file {path} does not exist (data.nomenclature)")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    if not lines or not lines[0].replace(" ", "").lower().startswith("value,"):
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    has_header = first.replace(" ", "").lower().startswith("value,")
+    headerless = ":" not in first and first.split(",")[0].strip().isdigit() and "," in first
+    if not (has_header or headerless):
         return read_nomenclature(path)
     names: dict[int, str] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
+    start = next(i for i, ln in enumerate(lines) if ln.strip()) + (1 if has_header else 0)
+    for lineno, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
         cells = [c.strip() for c in line.split(",")]
@@ -200,5 +206,10 @@ def read_class_names(path: str | Path) -> dict[int, str]:
             raise InputDataError(
                 f"{path}, line {lineno}: expected `code,name[,...]`, got {line!r}"
             ) from None
+        if code in names:
+            raise InputDataError(
+                f"{path}, line {lineno}: class code {code} ({name!r}) is already used by "
+                f"{names[code]!r}; each code must appear once"
+            )
         names[code] = name
     return names

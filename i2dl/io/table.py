@@ -8,6 +8,7 @@ date 2, ...).
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ def read_pixel_table(
 ) -> PixelTable:
     """Read a headerless pixel table.
 
+    Blank lines are skipped; an empty cell (or ``nan``) is a missing observation (its
+    date is invalid). Used for the Formosat-2 TempCNN table and for the UCR Crop and sits
+    MOD13Q1 tables of ``../shared/data`` (same layout, codes from 1).
+
     Args:
         path: CSV file, comma-separated, no header.
         n_dates: T, acquisition dates per row.
@@ -54,50 +59,95 @@ def read_pixel_table(
 
     Raises:
         InputFileNotFoundError: the file does not exist.
-        InputDataError: a row does not have ``2 + T*C`` columns, or a label / polygon id is
-            not an integer (row numbers given).
+        InputDataError: the file is not UTF-8 text or holds no row; a row does not have
+            ``2 + T*C`` columns; a label / polygon id is not an integer; a value is not a
+            number; a class code is negative. Messages give the file, the line numbers
+            (1-based, as in an editor) and the column (1-based).
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFoundError(f"pixel table {path} does not exist (data.table)")
-    try:
-        df = pd.read_csv(path, header=None, skip_blank_lines=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputDataError(
-            f"{path}: cannot parse as a headerless CSV pixel table ({exc}); each row must be "
-            f"class, polygon_id, then {n_dates} x {n_channels} values"
-        ) from None
     expected = 2 + n_dates * n_channels
-    if df.shape[1] != expected:
+    layout = f"class, polygon_id, then {n_dates} dates x {n_channels} channel(s) date-major"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{path} is not UTF-8 text ({exc}); save it as a plain CSV") from None
+    rows_text = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not rows_text:
+        raise InputDataError(f"{path} holds no row; each row must be {layout}")
+    # file line number (1-based) of each non-blank row, and its number of cells
+    lines = np.array([i for i, _ in rows_text], np.int64)
+    counts = np.array([ln.count(",") + 1 for _, ln in rows_text], np.int64)
+    if (counts != expected).any():
+        if (counts == counts[0]).all():
+            raise InputDataError(
+                f"{path} has {counts[0]} columns but data.n_dates={n_dates} x "
+                f"{n_channels} channel(s) needs 2 + {n_dates * n_channels} = {expected} "
+                "(class, polygon_id, then the series date-major). Fix data.n_dates / "
+                "data.band_names or the table"
+            )
+        bad = np.flatnonzero(counts != expected)[:10]
+        where = ", ".join(f"line {lines[i]}: {counts[i]}" for i in bad)
         raise InputDataError(
-            f"{path} has {df.shape[1]} columns but data.n_dates={n_dates} x "
-            f"{n_channels} channel(s) needs 2 + {n_dates * n_channels} = {expected} "
-            "(class, polygon_id, then the series date-major). Fix data.n_dates / "
-            "data.band_names or the table"
+            f"{path}: rows with a wrong number of columns ({where}; "
+            f"{int((counts != expected).sum())} row(s) in all); every row needs {expected} "
+            f"({layout}). Fix or remove these rows"
         )
-    labels = pd.to_numeric(df[0], errors="coerce")
-    pids = pd.to_numeric(df[1], errors="coerce")
-    bad = labels.isna() | pids.isna() | (labels % 1 != 0) | (pids % 1 != 0)
-    if bad.any():
-        rows = (np.flatnonzero(bad.to_numpy()) + 1).tolist()[:20]
-        raise InputDataError(
-            f"{path}: rows {rows} have a class or polygon id that is not an integer "
-            "(columns 1 and 2)"
-        )
-    values = df.iloc[:, 2:].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
-    x = values.reshape(len(df), n_dates, n_channels)
+    df = pd.read_csv(
+        io.StringIO("\n".join(ln for _, ln in rows_text)), header=None, names=range(expected)
+    )
+    labels = _integer_column(df[0], path, lines, 1, "class")
+    pids = _integer_column(df[1], path, lines, 2, "polygon id")
+    values = df.iloc[:, 2:]
+    if not all(pd.api.types.is_numeric_dtype(t) for t in values.dtypes):  # find the text
+        numeric = values.apply(pd.to_numeric, errors="coerce")
+        bad_cells = numeric.isna().to_numpy() & values.notna().to_numpy()
+        if bad_cells.any():
+            rows, cols = np.nonzero(bad_cells)
+            where = "; ".join(
+                f"line {lines[r]}, column {c + 3}: {str(values.iat[r, c])!r}"
+                for r, c in zip(rows[:10], cols[:10], strict=True)
+            )
+            raise InputDataError(
+                f"{path}: values that are not numbers ({where}; {len(rows)} cell(s) in "
+                "all). Leave a cell empty for a missing observation"
+            )
+        values = numeric
+    x = values.to_numpy(np.float32).reshape(len(df), n_dates, n_channels)
     valid = ~np.isnan(x).any(axis=2)
-    codes = labels.to_numpy(np.int64) + int(label_offset)
+    codes = labels + int(label_offset)
+    if (codes < 0).any():
+        rows = lines[codes < 0][:20].tolist()
+        raise InputDataError(
+            f"{path}: negative class codes after data.label_offset={label_offset} "
+            f"(lines {rows}, column 1); codes must be >= 0 (0 = no data)"
+        )
     keep = codes != 0
     if (~keep).any():
         log.info("%s: %d row(s) with class code 0 (no data) ignored", path, int((~keep).sum()))
-    if (codes < 0).any():
+    return PixelTable(x=x[keep], valid=valid[keep], codes=codes[keep], polygon_id=pids[keep])
+
+
+def _integer_column(
+    col: pd.Series, path: Path, lines: np.ndarray, number: int, what: str
+) -> np.ndarray:
+    """A column of integers as (N,) int64.
+
+    Raises:
+        InputDataError: a cell is empty or not an integer (file lines and column given).
+    """
+    num = pd.to_numeric(col, errors="coerce")
+    bad = (num.isna() | (num % 1 != 0)).to_numpy()
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        rows = lines[idx][:20].tolist()
+        first = str(col.iat[int(idx[0])])
+        header = lines[idx[0]] == 1 and np.isnan(num.iat[int(idx[0])])
+        hint = " (a header line? the table must have none)" if header else ""
         raise InputDataError(
-            f"{path}: negative class codes after data.label_offset={label_offset}"
+            f"{path}: rows {rows} have a {what} that is not an integer in column {number} "
+            f"(line {rows[0]}: {first!r}){hint}; column 1 is the class, column 2 the "
+            "polygon id"
         )
-    return PixelTable(
-        x=x[keep],
-        valid=valid[keep],
-        codes=codes[keep],
-        polygon_id=pids.to_numpy(np.int64)[keep],
-    )
+    return num.to_numpy(np.int64)

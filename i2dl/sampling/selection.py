@@ -61,7 +61,7 @@ import pandas as pd
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.files import write_text_atomic
-from i2dl.store import LEARN, VAL
+from i2dl.store import LEARN, SELECTION, SPLIT_NAMES, VAL
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ STAT_COLUMNS = (
     "available_pixels",
     "selected_pixels",
 )
-_SPLIT_NAMES = {LEARN: "learn", VAL: "val"}
 #: Config key -> iota2/OTB name, for messages.
 _IOTA2_NAMES = {
     "strategy": "strategy",
@@ -607,22 +606,22 @@ def class_statistics(
     Args:
         y: (N,) int, class code of every labelled pixel (learn and val).
         polygon_id: (N,) int, the pixel's polygon.
-        split: (N,) int, ``LEARN`` (0) or ``VAL`` (1).
+        split: (N,) int, ``LEARN`` (0), ``VAL`` (1) or ``SELECTION`` (2).
         region: (N,) int, the pixel's region.
         selected: (N,) bool, True = kept in the store (selected learn pixels, every val
-            pixel); None = all kept.
+            and selection pixel); None = all kept.
         run: identifier of the run written in every row (its seed, or its index ``i`` in
             iota2's ``seed_<i>`` folders).
 
     Returns:
         One row per class x region x split (classes and regions seen anywhere in ``y`` /
-        ``region``, zeros where empty), sorted by split (learn first), region, class, with
-        columns :data:`STAT_COLUMNS`: ``class``, ``region``, ``run`` (int64), ``split``
-        ("learn"/"val"), ``polygons`` (distinct polygon ids), ``available_pixels``,
-        ``selected_pixels`` (int64).
+        ``region``, zeros where empty), sorted by split (learn, selection, val), region,
+        class, with columns :data:`STAT_COLUMNS`: ``class``, ``region``, ``run`` (int64),
+        ``split`` ("learn"/"selection"/"val"), ``polygons`` (distinct polygon ids),
+        ``available_pixels``, ``selected_pixels`` (int64).
 
     Raises:
-        InputDataError: arrays of different shapes, or a split value other than 0/1.
+        InputDataError: arrays of different shapes, or an unknown split value.
     """
     y = np.asarray(y)
     n = len(y)
@@ -635,11 +634,10 @@ def class_statistics(
                 "array must hold one value per pixel"
             )
     split = np.asarray(split)
-    bad = np.setdiff1d(np.unique(split), [LEARN, VAL])
+    bad = np.setdiff1d(np.unique(split), list(SPLIT_NAMES))
     if len(bad):
         raise InputDataError(
-            f"class_statistics: split values {bad.tolist()} are neither {LEARN} (learn) nor "
-            f"{VAL} (val)"
+            f"class_statistics: split values {bad.tolist()} are none of {SPLIT_NAMES}"
         )
     df = pd.DataFrame(
         {
@@ -655,12 +653,13 @@ def class_statistics(
         available_pixels=("polygon_id", "size"),
         selected_pixels=("selected", "sum"),
     )
+    parts = [LEARN, SELECTION, VAL] if (split == SELECTION).any() else [LEARN, VAL]
     full = pd.MultiIndex.from_product(
-        [[LEARN, VAL], np.unique(df["region"]), np.unique(df["class"])],
+        [parts, np.unique(df["region"]), np.unique(df["class"])],
         names=["split", "region", "class"],
     )
     stats = stats.reindex(full, fill_value=0).astype(np.int64).reset_index()
-    stats["split"] = stats["split"].map(_SPLIT_NAMES)
+    stats["split"] = stats["split"].map(SPLIT_NAMES)
     stats["run"] = np.int64(run)
     return stats[list(STAT_COLUMNS)].reset_index(drop=True)
 

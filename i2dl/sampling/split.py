@@ -1,9 +1,24 @@
-"""Polygon-level learn/val split (iota2 ``arg_train.ratio`` / ``random_seed``).
+"""Polygon-level learn / selection / val split (iota2 ``arg_train.ratio`` / ``random_seed``).
 
 iota2 splits the reference **polygons**, not the pixels, so that learn and val are
 spatially disjoint: every pixel of a polygon goes to the same set. For each class,
 ``round(ratio * n)`` of its n polygons (at least one, and at least one left for val when
-n >= 2) are drawn at random into learn, the rest into val.
+n >= 2) are drawn at random into learn, the rest into val: iota2's ``ratio`` keeps this
+meaning here.
+
+i2dl then carves a **selection** subset out of each class's learn polygons
+(``sampling.selection_ratio``, default 0.2): the deep models choose their checkpoint,
+stop early and schedule their learning rate on it, so that the val polygons that the
+report scores are never seen by anything that chose the model. A class with ``m`` learn
+polygons gives ``round(selection_ratio * m)`` of them to selection, at least one and at
+most ``m - 1``; a class with a single learn polygon keeps it in learn (a warning says so;
+the selection scores then ignore the class, as the macro F1 averages over the classes of
+the reference). The selection draw uses its own random stream, so the val polygons are the
+same as without a selection subset for the same seed.
+
+Polygon-grouped k-fold cross-validation (as sits' ``sits_kfold_validate``, stratified by
+class): with ``folds=K``, each class's polygons are shuffled and dealt into K folds; fold
+``fold`` is val, the others learn (then selection is carved from them as above).
 """
 
 from __future__ import annotations
@@ -14,51 +29,108 @@ import warnings
 import numpy as np
 
 from i2dl.errors import ConfigError
-from i2dl.store import LEARN, VAL
+from i2dl.store import LEARN, SELECTION, VAL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LEARN", "VAL", "SinglePolygonClassWarning", "split_polygons"]
+__all__ = [
+    "LEARN",
+    "SELECTION",
+    "VAL",
+    "SinglePolygonClassWarning",
+    "split_polygons",
+]
 
 
 class SinglePolygonClassWarning(UserWarning):
-    """A class has a single polygon: it cannot be in both learn and val."""
+    """A class has too few polygons to be in every part of the split."""
+
+
+def _check_ratio(name: str, value: float, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"sampling.{name} must be a number, got {value!r}") from None
+    if not ((allow_zero and v == 0.0) or 0.0 < v < 1.0):
+        bound = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ConfigError(f"sampling.{name} must be in {bound}, got {value!r}")
+    return v
+
+
+def _learn_val(
+    ids: np.ndarray, ratio: float, rng: np.random.Generator, folds: int | None, fold: int
+) -> np.ndarray:
+    """Split values (LEARN or VAL) of one class's sorted polygon ids."""
+    n = len(ids)
+    out = np.full(n, LEARN, dtype=np.int8)
+    if folds is not None:
+        # deal the shuffled polygons into folds: fold sizes differ by at most one
+        out[rng.permutation(n)[np.arange(n) % folds == fold]] = VAL
+        return out
+    if n == 1:
+        return out
+    order = rng.permutation(n)
+    n_learn = min(max(int(round(ratio * n)), 1), n - 1)
+    out[order[n_learn:]] = VAL
+    return out
 
 
 def split_polygons(
-    polygon_ids: np.ndarray, codes: np.ndarray, ratio: float = 0.75, seed: int = 0
+    polygon_ids: np.ndarray,
+    codes: np.ndarray,
+    ratio: float = 0.75,
+    seed: int = 0,
+    selection_ratio: float = 0.0,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> dict[int, int]:
-    """Assign each polygon to learn (``LEARN``) or val (``VAL``), class by class.
+    """Assign each polygon to learn, selection or val, class by class.
 
     Args:
         polygon_ids: (P,) int, unique polygon ids.
         codes: (P,) int, class code of each polygon.
-        ratio: fraction of each class's polygons put in learn, 0 < ratio < 1
-            (iota2 default 0.75).
+        ratio: fraction of each class's polygons put in learn (+ selection), 0 < ratio < 1
+            (iota2 default 0.75); unused with ``folds``.
         seed: random seed (iota2 ``random_seed``; one per run).
+        selection_ratio: fraction of each class's learn polygons moved to selection, in
+            [0, 1); 0 = no selection subset (learn/val only).
+        folds: K for polygon-grouped, class-stratified k-fold cross-validation; None for
+            iota2's ratio split.
+        fold: with ``folds``, the fold (0..K-1) that is val.
 
     Returns:
-        polygon id -> split (``LEARN`` = 0 or ``VAL`` = 1, defined in :mod:`i2dl.store`).
+        polygon id -> split (``LEARN`` = 0, ``VAL`` = 1, ``SELECTION`` = 2, defined in
+        :mod:`i2dl.store`).
 
     Raises:
-        ConfigError: ``ratio`` not in (0, 1); polygon ids not unique.
+        ConfigError: a ratio out of range, ``folds`` < 2 or ``fold`` not in 0..K-1,
+            polygon ids not unique.
 
     Warns:
-        SinglePolygonClassWarning: for each class with a single polygon, which is kept in
-        learn (the class then has no validation pixel).
+        SinglePolygonClassWarning: for a class with a single polygon (kept in learn, no
+        val pixel), and for a class with a single learn polygon when a selection subset
+        is asked for (kept in learn, no selection pixel).
     """
-    if not 0.0 < ratio < 1.0:
-        raise ConfigError(f"sampling.ratio must be strictly between 0 and 1, got {ratio}")
+    ratio = _check_ratio("ratio", ratio)
+    selection_ratio = _check_ratio("selection_ratio", selection_ratio, allow_zero=True)
+    if folds is not None:
+        if isinstance(folds, bool) or int(folds) < 2:
+            raise ConfigError(f"sampling.folds must be null or an integer >= 2, got {folds!r}")
+        folds = int(folds)
+        if not 0 <= int(fold) < folds:
+            raise ConfigError(f"sampling.fold must be in 0..{folds - 1}, got {fold!r}")
+        fold = int(fold)
     polygon_ids = np.asarray(polygon_ids)
     codes = np.asarray(codes)
     if len(np.unique(polygon_ids)) != len(polygon_ids):
         raise ConfigError("polygon ids must be unique to split by polygon")
     rng = np.random.default_rng(seed)
+    # the selection draw has its own stream: the val polygons do not depend on it
+    rng_selection = np.random.default_rng([int(seed), 1])
     split: dict[int, int] = {}
     for code in np.unique(codes):
         ids = np.sort(polygon_ids[codes == code])
-        n = len(ids)
-        if n == 1:
+        if len(ids) == 1 and folds is None:
             warnings.warn(
                 f"class {int(code)} has a single polygon (id {int(ids[0])}): it cannot be in "
                 "both learn and val, so it is kept in learn and the class has no validation "
@@ -66,10 +138,21 @@ def split_polygons(
                 SinglePolygonClassWarning,
                 stacklevel=2,
             )
-            split[int(ids[0])] = LEARN
-            continue
-        n_learn = min(max(int(round(ratio * n)), 1), n - 1)
-        order = rng.permutation(n)
-        for rank, idx in enumerate(order):
-            split[int(ids[idx])] = LEARN if rank < n_learn else VAL
+        parts = _learn_val(ids, ratio, rng, folds, fold)
+        learn = np.flatnonzero(parts == LEARN)
+        if selection_ratio > 0:
+            if len(learn) == 1:
+                warnings.warn(
+                    f"class {int(code)} has a single learn polygon (id {int(ids[learn[0]])}): "
+                    "it stays in learn and the class has no selection pixel (checkpoint "
+                    "selection ignores it). Add polygons of this class",
+                    SinglePolygonClassWarning,
+                    stacklevel=2,
+                )
+            elif len(learn) > 1:
+                m = len(learn)
+                n_sel = min(max(int(round(selection_ratio * m)), 1), m - 1)
+                parts[learn[rng_selection.permutation(m)[:n_sel]]] = SELECTION
+        for pid, part in zip(ids, parts, strict=True):
+            split[int(pid)] = int(part)
     return split

@@ -13,7 +13,7 @@ from i2dl.build import DataDims, build_classifier, save_model_spec
 from i2dl.errors import ConfigError, StoreError
 from i2dl.layout import model_dirs, run_dir, stage_logging
 from i2dl.prepare import store_path
-from i2dl.store import LEARN, VAL, StoreInfo, read_info
+from i2dl.store import LEARN, SELECTION, VAL, StoreInfo, read_info
 from i2dl.training import fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
@@ -36,7 +36,11 @@ def existing_store(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
-    """Train ``cfg.model`` on the learn split; select the checkpoint on val.
+    """Train ``cfg.model`` on the learn split; select the checkpoint on the selection split.
+
+    The val split (the report's) is never read here. Deep models fit on learn and choose
+    their checkpoint, stop early and schedule the learning rate on selection;
+    scikit-learn models, which select nothing, fit on learn + selection.
 
     With eco-regions (``sampling.region_file``), one model per region is trained on that
     region's samples only, in ``<run>/regions/region_<r>/``.
@@ -83,12 +87,13 @@ def fit_one(
     """
     datamodule = instantiate(cfg.datamodule, store_path=str(store), region=region)
     n_learn = datamodule.dataset(LEARN).n_samples
+    n_selection = datamodule.dataset(SELECTION).n_samples
     n_val = datamodule.dataset(VAL).n_samples
     where = f"region {region} of store {store}" if region is not None else f"store {store}"
     if n_learn == 0 or n_val == 0:
         raise ConfigError(
             f"{where} has {n_learn} learn and {n_val} val pixels; both are needed to train "
-            "and select a model"
+            "and evaluate a model"
         )
     model_dir.mkdir(parents=True, exist_ok=True)
     cw = cfg.model.get("class_weights")
@@ -97,15 +102,23 @@ def fit_one(
     weights = datamodule.class_weights().tolist() if cw == "balanced" else None
     dims = DataDims.of(info)
     classifier = build_classifier(cfg.model, dims, class_weights=weights)
+    if isinstance(classifier, SITSClassifier) and n_selection == 0:
+        raise ConfigError(
+            f"{where} has no selection pixel to choose the checkpoint on; set "
+            "sampling.selection_ratio in (0, 1) (default 0.2) and give each class at least "
+            "two learn polygons"
+        )
     n_params = (
         sum(p.numel() for p in classifier.parameters())
         if isinstance(classifier, SITSClassifier)
         else None
     )
     log.info(
-        "model %s: %s parameters; %d dates x %d channels -> %d classes %s; %d learn / %d val",
+        "model %s: %s parameters; %d dates x %d channels -> %d classes %s; %d learn / "
+        "%d selection / %d val",
         cfg.model.get("name", "?"), n_params if n_params is not None else "scikit-learn",
-        info.n_dates, info.n_channels, info.n_classes, info.class_codes, n_learn, n_val,
+        info.n_dates, info.n_channels, info.n_classes, info.class_codes, n_learn,
+        n_selection, n_val,
     )
     save_model_spec(model_dir, cfg.model, dims, store, region, n_params)
     if isinstance(classifier, SITSClassifier):

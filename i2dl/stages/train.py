@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl.aggregate import aggregate, write_results
 from i2dl.errors import ConfigError
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the main job once, or ``runs`` times with consecutive seeds.
+    """Run the main job once, ``runs`` times with consecutive seeds, or once per fold.
 
     With ``runs=N`` (iota2's ``arg_train.runs``), the job runs N times with seeds
     ``seed, seed+1, ...`` — each run re-splits the polygons with its own seed — into
@@ -39,35 +39,54 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``<run>/RESULTS.txt`` (mean ± std and 95 % interval of OA, kappa, F1; summed confusion
     matrix), see :mod:`i2dl.aggregate`. With ``fusion=true`` the run maps are also fused
     by majority vote into ``<run>/final/Classif_Fusion.tif`` with its agreement ratio
-    (:mod:`i2dl.fusion`).
+    (:mod:`i2dl.fusion`). With ``kfold=K``, polygon-grouped, class-stratified k-fold
+    cross-validation (sits' ``sits_kfold_validate``): fold ``i`` is the val part of
+    ``<run>/fold_<i>/`` (``sampling.folds=K sampling.fold=i``), aggregated the same way.
 
     Returns:
         The summary (also written to ``summary.json``); for N runs, the aggregate.
 
     Raises:
-        ConfigError: ``runs`` < 1.
+        ConfigError: ``runs`` < 1, ``kfold`` < 2, or both ``runs`` > 1 and ``kfold``.
     """
     runs = int(cfg.get("runs", 1) or 1)
+    kfold = cfg.get("kfold")
     if runs < 1:
         raise ConfigError(f"runs must be >= 1, got {runs}")
-    if runs == 1:
+    if kfold is not None and (isinstance(kfold, bool) or int(kfold) < 2 or runs > 1):
+        raise ConfigError(
+            f"kfold must be null or an integer >= 2 (got {kfold!r}), and cannot be combined "
+            f"with runs={runs}: use seed=... to repeat a cross-validation"
+        )
+    if runs == 1 and kfold is None:
         return train_one(cfg)
     out = run_dir(cfg)
     base = int(cfg.seed) if cfg.seed is not None else 0
+    jobs: list[tuple[str, dict[str, Any]]]
+    if kfold is not None:
+        jobs = [
+            (f"fold_{i}", {"sampling.folds": int(kfold), "sampling.fold": i})
+            for i in range(int(kfold))
+        ]
+    else:
+        jobs = [(f"seed_{i}", {"seed": base + i}) for i in range(runs)]
     run_dirs = []
-    for i in range(runs):
+    for i, (name, overrides) in enumerate(jobs):
         cfg_i = copy.deepcopy(cfg)
         with open_dict(cfg_i):
             cfg_i.runs = 1
-            cfg_i.seed = base + i
-            cfg_i.paths.output_dir = str(out / f"seed_{i}")
-        log.info("run %d/%d (seed %d) in %s", i + 1, runs, base + i, cfg_i.paths.output_dir)
+            cfg_i.kfold = None
+            for key, value in overrides.items():
+                OmegaConf.update(cfg_i, key, value, force_add=True)
+            cfg_i.paths.output_dir = str(out / name)
+        log.info("%s (%d/%d, seed %s) in %s", name, i + 1, len(jobs), cfg_i.seed,
+                 cfg_i.paths.output_dir)
         train_one(cfg_i)
         run_dirs.append(Path(cfg_i.paths.output_dir))
     with stage_logging(out, "train"):
         agg = aggregate(run_dirs)
         files = write_results(out, agg)
-        log.info("%d runs aggregated: %s", runs, files.get("RESULTS.txt", out))
+        log.info("%d runs aggregated: %s", len(run_dirs), files.get("RESULTS.txt", out))
         summaries = [read_summary(d) for d in run_dirs]
         maps = [str(s.get("classif_map") or "") for s in summaries]
         if cfg.get("fusion", False) and all(maps):
@@ -105,10 +124,12 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
         summary: dict[str, Any] = {
             "experiment": cfg.get("experiment_name"),
             "seed": cfg.seed,
+            "fold": cfg.sampling.get("fold") if cfg.sampling.get("folds") else None,
             "oa": metrics["oa"],
             "kappa": metrics["kappa"],
             "f1_macro": metrics["f1_macro"],
             "n_learn": counts["n_learn"],
+            "n_selection": counts.get("n_selection", 0),
             "n_val": counts["n_val"],
             "n_classes": info.n_classes,
             "classes": [{"code": c, "name": n} for c, n in classes],
