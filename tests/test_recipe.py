@@ -15,13 +15,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from i2dl.build import DataDims, build_classifier
 from i2dl.errors import ConfigError
 from models import LTAE, ClassifierHead, SITSClassifier
 from models.augment import SeriesAugmentation, drop_dates, jitter, shift_days
 from models.schedule import warmup_cosine, warmup_cosine_factor
+from tests.test_models import _Toy
 
 SMALL = dict(d_model=32, n_head=4, d_k=8, mlp=(32, 16), dropout=0.0)
 SMALL_HEAD = dict(hidden=[16], batch_norm=True, dropout=0.0)
@@ -123,22 +124,6 @@ def test_step_scheduler_needs_a_finite_number_of_steps():
     model.trainer = SimpleNamespace(estimated_stepping_batches=float("inf"))
     with pytest.raises(ConfigError, match="trainer.max_epochs or trainer.max_steps"):
         model.configure_optimizers()
-
-
-class _Toy(Dataset):
-    def __init__(self, n: int, seed: int, t: int = 6, c: int = 2) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.y = torch.arange(n) % 2
-        self.x = torch.randn(n, t, c, generator=g) + 2.0 * self.y[:, None, None]
-        self.days = torch.sort(torch.randint(0, 365, (n, t), generator=g), dim=1).values
-        self.mask = torch.rand(n, t, generator=g) > 0.1
-        self.mask[:, 0] = True
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "days": self.days[i], "mask": self.mask[i], "y": self.y[i]}
 
 
 class _LrRecorder(pl.Callback):
