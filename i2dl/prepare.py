@@ -95,6 +95,7 @@ def store_fingerprint(cfg: DictConfig) -> str:
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
         "samples_per_chunk": int(cfg.store.samples_per_chunk),
+        "normalization": normalization_method(cfg),
         "sources": [_file_stamp(p) for p in _source_files(cfg)],
     }
     text = json.dumps(payload, sort_keys=True, default=str)
@@ -162,12 +163,12 @@ def prepare(cfg: DictConfig) -> Path:
     nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
     names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
     learn = arrays["split"] == LEARN
-    mean, std = _learn_statistics(arrays["X"][learn], arrays["mask"][learn])
+    norm = learn_statistics(arrays["X"][learn], arrays["mask"][learn], normalization_method(cfg))
     attrs.update(
         {
             "fingerprint": fingerprint,
             "classes": [{"code": c, "name": nm} for c, nm in zip(codes, names, strict=True)],
-            "norm": {"mean": mean.tolist(), "std": std.tolist()},
+            "norm": norm,
             "sources": [_file_stamp(p) for p in _source_files(cfg)],
             "data_field": data.get("data_field"),
             "sampling": OmegaConf.to_container(sampling, resolve=True),
@@ -431,15 +432,66 @@ def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | Non
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _learn_statistics(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std over valid observations: x (N, T, C), valid (N, T) -> (C,), (C,)."""
+#: ``store.normalization`` choices: name -> what ``(x - offset) / scale`` uses per channel.
+NORMALIZATIONS = {
+    "standard": "offset = mean, scale = standard deviation (z-score)",
+    "quantile": "offset = 2 % quantile, scale = 98 % minus 2 % quantile (sits)",
+}
+
+
+def normalization_method(cfg: DictConfig) -> str:
+    """``store.normalization`` (default ``standard``), checked.
+
+    Raises:
+        ConfigError: not one of :data:`NORMALIZATIONS`.
+    """
+    method = str(cfg.store.get("normalization", "standard"))
+    if method not in NORMALIZATIONS:
+        raise ConfigError(
+            f"store.normalization={method!r} is not one of {sorted(NORMALIZATIONS)}: "
+            "standard = (x - mean) / std, quantile = (x - q2%) / (q98% - q2%)"
+        )
+    return method
+
+
+def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard") -> dict[str, Any]:
+    """Per-channel statistics over the valid observations of the learn split.
+
+    Args:
+        x: (N, T, C) float32 unscaled series of the learn pixels.
+        valid: (N, T) bool, True = valid observation.
+        method: ``standard`` or ``quantile`` (:data:`NORMALIZATIONS`): which statistics
+            become the ``offset`` and ``scale`` of :meth:`i2dl.store.StoreInfo.normalise`.
+            ``quantile`` is sits' normalisation of deep-learning inputs
+            (``(x - q02) / (q98 - q02)``, values outside the 2-98 % range not clipped), which
+            an outlier (a cloud missed by the mask, a saturated band) cannot stretch.
+
+    Returns:
+        ``{"method", "mean", "std", "q02", "q98", "offset", "scale"}``, each statistic a
+        list of C floats (JSON, the store's ``norm`` attribute). A constant channel gets
+        scale 1.
+
+    Raises:
+        ConfigError: no valid observation in the learn split.
+    """
     obs = x[valid]  # (M, C)
     if len(obs) == 0:
         raise ConfigError("the learn split has no valid observation: cannot normalise")
     mean = obs.mean(axis=0, dtype=np.float64)
     std = obs.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+    q02, q98 = np.quantile(obs, [0.02, 0.98], axis=0).astype(np.float64)
+    offset, scale = (mean, std.copy()) if method == "standard" else (q02, q98 - q02)
+    scale[~(scale > 0)] = 1.0
+
+    def floats(v: np.ndarray) -> list[float]:
+        return v.astype(np.float32).tolist()
+
+    return {
+        "method": method,
+        **{k: floats(v) for k, v in (("mean", mean), ("std", np.where(std > 0, std, 1.0)),
+                                      ("q02", q02), ("q98", q98), ("offset", offset),
+                                      ("scale", scale))},
+    }
 
 
 def _counts(codes: np.ndarray, split: np.ndarray, polygon_id: np.ndarray) -> dict[str, Any]:

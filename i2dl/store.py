@@ -73,6 +73,9 @@ class StoreInfo:
         class_names: K names (nomenclature, else the labels).
         mean, std: (C,) float32, per-channel statistics over the valid observations of the
             learn split.
+        offset, scale: (C,) float32, what :meth:`normalise` uses: mean and std, or the 2 %
+            quantile and the 2-98 % range (``store.normalization``, attribute
+            ``norm.method``).
         crs: WKT of the raster CRS (may be empty); transform: 6 affine coefficients.
         width, height: raster size in pixels.
         attrs: every attribute, raw.
@@ -87,6 +90,8 @@ class StoreInfo:
     class_names: list[str]
     mean: np.ndarray
     std: np.ndarray
+    offset: np.ndarray
+    scale: np.ndarray
     crs: str
     transform: tuple[float, ...]
     width: int
@@ -116,9 +121,10 @@ class StoreInfo:
             valid: (..., T) bool, True = valid observation.
 
         Returns:
-            (..., T, C) float32 ``(x - mean) / std`` per channel, 0 at invalid observations.
+            (..., T, C) float32 ``(x - offset) / scale`` per channel (``(x - mean) / std``
+            by default), 0 at invalid observations.
         """
-        out = (x - self.mean) / self.std
+        out = (x - self.offset) / self.scale
         out[~valid] = 0.0
         return out.astype(np.float32, copy=False)
 
@@ -265,6 +271,9 @@ def read_info(path: str | Path) -> StoreInfo:
         class_names=[str(c["name"]) for c in attrs["classes"]],
         mean=np.asarray(attrs["norm"]["mean"], dtype=np.float32),
         std=np.asarray(attrs["norm"]["std"], dtype=np.float32),
+        # stores written before store.normalization have mean/std only
+        offset=np.asarray(attrs["norm"].get("offset", attrs["norm"]["mean"]), dtype=np.float32),
+        scale=np.asarray(attrs["norm"].get("scale", attrs["norm"]["std"]), dtype=np.float32),
         crs=attrs.get("crs") or "",
         transform=tuple(attrs["transform"]),
         width=int(attrs["width"]),
