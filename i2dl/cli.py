@@ -120,7 +120,11 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
         except I2dlError as exc:
             log.error("%s failed: %s", stage, exc)
             raise SystemExit(2) from None
-        return result["value"]
+        value = result["value"]
+        # a sweeper (Optuna) maximises the float the task returns: see `objective`
+        if cfg.get("objective") and isinstance(value, dict) and "objective" in value:
+            return float(value["objective"])
+        return value
 
     saved = sys.argv
     sys.argv = [f"i2dl {stage}", *args]

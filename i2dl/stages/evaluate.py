@@ -24,9 +24,10 @@ from i2dl.layout import (
     stage_logging,
     trained_model_dirs,
 )
+from i2dl.metrics import confusion_matrix, scores
 from i2dl.report import CONFUSION_PNG, write_report
-from i2dl.store import VAL, StoreInfo
-from models import Classifier
+from i2dl.store import SELECTION, VAL, StoreInfo
+from models import Classifier, SITSClassifier
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         The val metrics (see :func:`i2dl.report.compute_metrics`), with ``"test"`` and
-        ``"regions"`` entries when relevant.
+        ``"regions"`` entries when relevant, and for deep models ``"selection"``: the
+        scores on the selection split that chose the checkpoint (:func:`selection_scores`;
+        optimistic, for hyper-parameter search only).
 
     Raises:
         StoreError: no trained model or no val pixel.
@@ -142,6 +145,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             }
             for r, m in metrics["regions"].items():
                 log.info("%s: OA %.4f on %d val pixels", r, m["oa"], m["n_samples"])
+        selection = selection_scores(models, info)
+        if selection is not None:
+            metrics["selection"] = selection
         if cfg.get("test_table"):
             if None not in models:
                 raise ConfigError("test_table cannot be scored with eco-regions: its rows have "
@@ -157,6 +163,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if None in models:
             log_to_tensorboard(cfg, out, metrics)
         return metrics
+
+
+def selection_scores(
+    models: dict[int | None, Classifier], info: StoreInfo
+) -> dict[str, Any] | None:
+    """OA, kappa and macro F1 of deep models on the selection split that chose them.
+
+    These numbers chose the checkpoint (and stopped training), so they are optimistic and
+    are **never** reported as the model's accuracy; they are what a hyper-parameter
+    search may maximise (``objective``, :func:`i2dl.stages.train.objective_value`)
+    without touching the val polygons.
+
+    Returns:
+        ``{"oa", "kappa", "f1_macro", "n_samples"}``, or None for scikit-learn models
+        (which fit on the selection split: no held-apart score exists) or a store without
+        selection pixels.
+    """
+    if not all(isinstance(m, SITSClassifier) for m in models.values()):
+        return None
+    parts = [predict_split(m, info.path, SELECTION, region=r) for r, m in models.items()]
+    y_true = np.concatenate([t for t, _ in parts])
+    if len(y_true) == 0:
+        return None
+    y_pred = np.concatenate([p for _, p in parts])
+    codes = np.asarray(info.class_codes, dtype=np.int64)
+    cm = confusion_matrix(np.searchsorted(codes, y_true), np.searchsorted(codes, y_pred),
+                          len(codes))
+    s = scores(cm)
+    return {"oa": s.oa, "kappa": s.kappa, "f1_macro": s.f1_macro, "n_samples": s.n_samples}
 
 
 def log_to_tensorboard(cfg: DictConfig, out: Path, metrics: dict[str, Any]) -> None:

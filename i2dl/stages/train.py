@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl.aggregate import aggregate, write_results
@@ -59,7 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"with runs={runs}: use seed=... to repeat a cross-validation"
         )
     if runs == 1 and kfold is None:
-        return train_one(cfg)
+        return with_objective(cfg, train_one(cfg), [run_dir(cfg)])
     out = run_dir(cfg)
     base = int(cfg.seed) if cfg.seed is not None else 0
     jobs: list[tuple[str, dict[str, Any]]]
@@ -93,7 +94,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             codes = [c["code"] for c in summaries[0]["classes"]]
             fused, agreement = fuse_maps([Path(m) for m in maps], codes, out / FINAL_DIR)
             agg["fusion"] = {"classif": str(fused), "agreement": str(agreement)}
-    return agg
+    return with_objective(cfg, agg, run_dirs)
+
+
+#: ``objective`` values: the selection-split score that a hyper-parameter search maximises.
+OBJECTIVES = {"selection_oa": "oa", "selection_f1": "f1_macro", "selection_kappa": "kappa"}
+
+
+def objective_value(cfg: DictConfig, run_dirs: list[Path]) -> float | None:
+    """The score a hyper-parameter search maximises (``objective``), or None if unset.
+
+    The mean, over the runs or folds of this job, of the chosen checkpoint's score on the
+    **selection** split (``summary.json`` ``"selection"``, written by evaluate): the val
+    polygons, which the report scores, never inform the search (iota2's
+    ``hyperparameters_solver`` chooses on its own validation data likewise). With
+    ``kfold=K`` it is the cross-validated selection score.
+
+    Raises:
+        ConfigError: unknown ``objective``; a run without selection scores (a scikit-learn
+            model fits on the selection split, so it has none).
+    """
+    name = cfg.get("objective")
+    if not name:
+        return None
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective={name!r} is not one of {sorted(OBJECTIVES)} (or null)")
+    values = []
+    for d in run_dirs:
+        selection = read_summary(d).get("selection") or {}
+        value = selection.get(OBJECTIVES[name])
+        if value is None:
+            raise ConfigError(
+                f"objective={name}: run {d} has no selection score (scikit-learn models fit "
+                "on the selection split; search them with kfold and report on val instead)"
+            )
+        values.append(float(value))
+    return float(np.mean(values))
+
+
+def with_objective(cfg: DictConfig, result: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
+    """``result`` with ``"objective"`` (:func:`objective_value`) when ``objective`` is set."""
+    value = objective_value(cfg, run_dirs)
+    if value is not None:
+        result["objective"] = value
+        log.info("objective %s = %.4f (mean over %d run(s))", cfg.objective, value,
+                 len(run_dirs))
+    return result
 
 
 def train_one(cfg: DictConfig) -> dict[str, Any]:
@@ -143,6 +189,9 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "versions": versions(),
         }
+        if metrics.get("selection"):
+            # chose the checkpoint: optimistic, for hyper-parameter search only
+            summary["selection"] = metrics["selection"]
         if "test" in metrics:
             summary["test"] = {
                 k: metrics["test"][k] for k in ("oa", "kappa", "f1_macro", "n_samples")
