@@ -156,6 +156,7 @@ class LTAE(nn.Module):
         period: float = 1000.0,
         input_layernorm: bool = False,
         attention_dropout: float = 0.0,
+        projection_norm: str | None = "date",
     ) -> None:
         """Build the encoder.
 
@@ -174,14 +175,24 @@ class LTAE(nn.Module):
                 across channels, and all of the input when ``C == 1``.
             attention_dropout: dropout probability on the attention weights, in
                 ``[0, 1)``; 0.1 in the reference implementation, 0 by default here.
+            projection_norm: normalisation of the projected series ``(B, T, D)``:
+                ``"date"``, a LayerNorm over D at each date (it removes each date's scale:
+                with ``C == 1`` only the sign and offset of ``x`` survive); ``"series"``,
+                over the D values of all valid dates of a pixel together, as the reference
+                implementation's ``LayerNorm((d_model, len_max_seq))`` (there over all T),
+                with a learnt per-channel scale and shift; None, no normalisation.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
                 ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
                 ``dropout`` or ``attention_dropout`` outside ``[0, 1)`` or ``period`` not a
-                number > 0.
+                number > 0, ``projection_norm`` not one of ``"date"``, ``"series"``, None.
         """
         super().__init__()
+        if projection_norm not in ("date", "series", None):
+            raise ConfigError(
+                f"LTAE: projection_norm={projection_norm!r} must be 'date', 'series' or null"
+            )
         for name, value in (
             ("in_channels", in_channels),
             ("d_model", d_model),
@@ -220,7 +231,14 @@ class LTAE(nn.Module):
 
         self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
         self.inconv = nn.Linear(in_channels, d_model)
-        self.in_out_norm = nn.LayerNorm(d_model)
+        self.projection_norm = projection_norm
+        self.in_out_norm: nn.Module = (
+            nn.LayerNorm(d_model) if projection_norm == "date" else nn.Identity()
+        )
+        # per-channel affine of the "series" normalisation (ones/zeros: identity at init)
+        series = projection_norm == "series"
+        self.series_scale = nn.Parameter(torch.ones(d_model)) if series else None
+        self.series_shift = nn.Parameter(torch.zeros(d_model)) if series else None
 
         self.query = nn.Parameter(torch.empty(n_head, d_k))
         nn.init.normal_(self.query, mean=0.0, std=math.sqrt(2.0 / d_k))
@@ -268,6 +286,8 @@ class LTAE(nn.Module):
         days = torch.where(mask, days, torch.zeros((), dtype=days.dtype, device=days.device))
 
         z = self.in_out_norm(self.inconv(self.in_norm(x.float())))  # (B, T, D)
+        if self.series_scale is not None and self.series_shift is not None:
+            z = self._series_norm(z, valid)
         z = z + positional_encoding(days, self.d_model, self.n_head, self.period)
 
         k = self.key(z).view(B, T, self.n_head, self.d_k)  # (B, T, H, d_k)
@@ -285,3 +305,23 @@ class LTAE(nn.Module):
         out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)  # (B, D)
 
         return self.out_norm(self.dropout(self.mlp(out)))  # (B, out_dim)
+
+    def _series_norm(self, z: Tensor, valid: Tensor, eps: float = 1e-5) -> Tensor:
+        """Normalise each pixel's ``(T, D)`` projection over its valid dates and channels.
+
+        Args:
+            z: ``(B, T, D)`` projected series.
+            valid: ``(B, T, 1)`` bool.
+            eps: added to the variance.
+
+        Returns:
+            ``(B, T, D)``: ``(z - mean) / sqrt(var + eps) * scale + shift``, mean and var
+            over the valid ``(t, d)`` of each pixel (a pixel with no valid date: 0).
+        """
+        w = valid.to(z.dtype)  # (B, T, 1)
+        n = (w.sum(dim=(1, 2), keepdim=True) * z.shape[-1]).clamp(min=1.0)  # (B, 1, 1)
+        mean = (z * w).sum(dim=(1, 2), keepdim=True) / n
+        var = (((z - mean) * w) ** 2).sum(dim=(1, 2), keepdim=True) / n
+        assert self.series_scale is not None and self.series_shift is not None
+        out = (z - mean) * torch.rsqrt(var + eps) * self.series_scale + self.series_shift
+        return out * w
