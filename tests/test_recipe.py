@@ -501,3 +501,46 @@ def test_ltae_config_trains_with_the_whole_recipe(make_cfg, tmp_path):
     ds = _Toy(16, seed=2)
     torch.testing.assert_close(reloaded.predict_proba(ds.x, ds.days, ds.mask),
                                model.predict_proba(ds.x, ds.days, ds.mask))
+
+
+# ----------------------------------------------------------------- LTAE projection norm
+
+
+def test_ltae_series_norm_matches_a_direct_computation():
+    torch.manual_seed(0)
+    enc = LTAE(2, **SMALL, projection_norm="series").eval()
+    with torch.no_grad():
+        enc.series_scale.uniform_(0.5, 2.0)
+        enc.series_shift.uniform_(-1.0, 1.0)
+    x, days, mask = _inputs(4, 6, 2, p_invalid=0.4)
+    z = enc.inconv(x)  # (B, T, D), the projection before the normalisation
+    got = enc._series_norm(z, mask.unsqueeze(-1))
+    for b in range(4):
+        zb = z[b][mask[b]].detach().double()  # (t_valid, D)
+        want = (zb - zb.mean()) / torch.sqrt(zb.var(unbiased=False) + 1e-5)
+        want = want * enc.series_scale.double() + enc.series_shift.double()
+        torch.testing.assert_close(got[b][mask[b]].double(), want, rtol=1e-4, atol=1e-4)
+        assert (got[b][~mask[b]] == 0).all()
+
+
+def test_ltae_date_norm_loses_the_profile_of_a_single_channel_and_series_norm_keeps_it():
+    """C = 1, no bias: a LayerNorm per date maps every positive value to the same vector, so
+    doubling one date changes nothing; the series normalisation keeps the temporal profile."""
+    x, days, mask = _inputs(3, 5, 1, p_invalid=0.0)
+    x = x.abs() + 0.1
+    x2 = x.clone()
+    x2[:, 2] *= 2.0  # one date twice as bright, same sign
+    outs = {}
+    for norm in ("date", "series"):
+        torch.manual_seed(0)
+        enc = LTAE(1, **SMALL, projection_norm=norm).eval()
+        with torch.no_grad():
+            enc.inconv.bias.zero_()
+        outs[norm] = (enc(x, days, mask), enc(x2, days, mask))
+    torch.testing.assert_close(outs["date"][0], outs["date"][1])
+    assert (outs["series"][0] - outs["series"][1]).abs().max() > 1e-3
+
+
+def test_ltae_bad_projection_norm():
+    with pytest.raises(ConfigError, match="projection_norm"):
+        LTAE(2, **SMALL, projection_norm="batch")
