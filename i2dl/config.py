@@ -232,8 +232,8 @@ def check_config(cfg: DictConfig) -> None:
     runs, kfold = _value(cfg, "runs"), _value(cfg, "kfold")
     if _is_int(runs) and _is_int(kfold) and runs > 1:
         problems.append(
-            f"kfold={kfold!r} with runs={runs!r}: a cross-validation runs once per fold; "
-            "set runs=1 and repeat it with seed=..."
+            f"kfold={kfold!r}: expected null with runs={runs!r} (a cross-validation runs "
+            f"once per fold); e.g. runs=1 kfold={kfold}, repeated with seed=..."
         )
     if problems:
         raise ConfigError(
