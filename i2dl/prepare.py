@@ -442,7 +442,7 @@ def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | Non
         )
     if n_no_valid:
         log.info("%d labelled pixel(s) with no valid acquisition date dropped", n_no_valid)
-    if not parts:
+    if not any(len(p["X"]) for p in parts):
         return None
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
