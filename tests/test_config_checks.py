@@ -9,6 +9,7 @@ and ``seed=null`` draws a seed that is recorded in the run folder.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +172,14 @@ def test_seed_null_draws_a_seed_recorded_and_reused(tiny_dataset, tmp_path: Path
     # a later stage on the same run folder with seed=null uses the same seed: same store
     assert run_stage("prepare", args) == store
     assert int((tmp_path / "run" / DRAWN_SEED).read_text()) == seed
+
+
+def test_seed_null_train_records_the_seed_in_the_summary(tiny_dataset, tmp_path: Path) -> None:
+    args = [*_outputs(tmp_path), *tiny_dataset["overrides"], "seed=null", "+experiment=rf",
+            "model.estimator.n_estimators=5", "model.estimator.n_jobs=1", "infer.device=cpu",
+            "sampling.selection_ratio=0.34"]
+    summary = run_stage("train", args)
+    seed = int((tmp_path / "run" / DRAWN_SEED).read_text())
+    assert summary["seed"] == seed
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["seed"] == seed
+    assert Path(summary["store"]).name.startswith(f"tiny_seed{seed}_")
