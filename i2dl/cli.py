@@ -11,9 +11,20 @@ from typing import Any
 
 import hydra
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from i2dl.config import CONFIG_DIR, CONFIG_NAME, check_packages, register_resolvers
+from i2dl.config import (
+    CONFIG_DIR,
+    CONFIG_NAME,
+    check_config,
+    check_output_folders,
+    check_packages,
+    register_resolvers,
+    resolve_seed,
+)
 from i2dl.errors import I2dlError
 
 log = logging.getLogger(__name__)
@@ -97,9 +108,15 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     Returns:
         The stage's return value (single run).
 
+    Before Hydra creates the run folder, a single run's config is composed and checked
+    (:func:`i2dl.config.check_config`, writable run and store folders): a bad value stops
+    the stage with nothing written. Multiruns are checked job by job. ``seed=null`` draws
+    a seed, recorded in the run folder (:func:`i2dl.config.resolve_seed`).
+
     Raises:
         ValueError: unknown or non-Hydra stage.
-        SystemExit: (status 2) an i2dl error, logged with its message.
+        SystemExit: (status 2) an i2dl error (bad config value, read-only output folder,
+            bad input data...), logged (or, before Hydra starts, printed) with its message.
     """
     register_resolvers()
     check_packages()
@@ -109,13 +126,22 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("task_name=") for a in args):
         args.append(f"task_name={stage}")
+    if not any(a.startswith("-") for a in args):  # a single run, no Hydra flag
+        try:
+            precheck(args)
+        except I2dlError as exc:
+            print(f"i2dl {stage}: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     result: dict[str, Any] = {}
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
     def _entry(cfg: DictConfig) -> Any:
-        if cfg.get("cpu_threads"):
-            torch.set_num_threads(int(cfg.cpu_threads))
         try:
+            check_config(cfg)
+            check_output_folders({"store.dir": cfg.store.dir})
+            resolve_seed(cfg)
+            if cfg.get("cpu_threads"):
+                torch.set_num_threads(int(cfg.cpu_threads))
             result["value"] = fn(cfg)
         except I2dlError as exc:
             log.error("%s failed: %s", stage, exc)
@@ -133,6 +159,29 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     finally:
         sys.argv = saved
     return result.get("value")
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose the config of a single run and check it before Hydra writes anything.
+
+    Args:
+        overrides: Hydra overrides of one run (no ``-m`` sweep).
+
+    Raises:
+        ConfigError: a bad config value (:func:`i2dl.config.check_config`), or a run or
+            store folder that cannot be written (:func:`i2dl.config.check_output_folders`).
+    """
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=CONFIG_NAME, overrides=overrides,
+                          return_hydra_config=True)
+    except HydraException:  # Hydra's own message comes from its real run below
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    check_config(cfg)
+    check_output_folders({"hydra.run.dir": cfg.hydra.run.dir, "store.dir": cfg.store.dir})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,23 @@
-"""Hydra/OmegaConf helpers shared by every stage: config location and resolvers."""
+"""Hydra/OmegaConf helpers shared by every stage: config location, resolvers, checks."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from i2dl.errors import PackageShadowedError
+from i2dl.errors import ConfigError, PackageShadowedError
+from i2dl.io.files import not_writable, write_text_atomic
+from i2dl.layout import DRAWN_SEED
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +65,255 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+# ------------------------------------------------------------------ config checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """One config key's check: what the value must be, and an example of a good one.
+
+    Attributes:
+        key: dotted key (``sampling.ratio``); a key absent from the config is skipped
+            (``model.model_selection_criterion`` of a scikit-learn model).
+        expected: the rule in words, for the error message.
+        ok: the test, given the resolved value.
+        example: a valid value, shown as ``key=example`` in the fix.
+    """
+
+    key: str
+    expected: str
+    ok: Callable[[Any], bool]
+    example: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(key: str, low: int, high: int | None = None, *, null: str = "", example: str) -> Check:
+    """An integer in ``low..high``; ``null`` (its meaning) allows None."""
+    rng = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def ok(v: Any) -> bool:
+        if v is None:
+            return bool(null)
+        return _is_int(v) and v >= low and (high is None or v <= high)
+
+    return Check(key, rng + (f", or null ({null})" if null else ""), ok, example)
+
+
+def _fraction(
+    key: str, *, zero: bool = False, one: bool = False, null: str = "", example: str
+) -> Check:
+    """A number in (0, 1), with 0 and/or 1 allowed; ``null`` (its meaning) allows None."""
+    bounds = ("[0" if zero else "(0") + ", " + ("1]" if one else "1)")
+
+    def ok(v: Any) -> bool:
+        if v is None:
+            return bool(null)
+        return _is_number(v) and (0 < v or (zero and v == 0)) and (v < 1 or (one and v == 1))
+
+    return Check(key, f"a number in {bounds}" + (f", or null ({null})" if null else ""), ok,
+                 example)
+
+
+def _number(key: str, low: float, *, null: str = "", example: str) -> Check:
+    def ok(v: Any) -> bool:
+        return (v is None and bool(null)) or (_is_number(v) and v >= low)
+
+    return Check(key, f"a number >= {low}" + (f", or null ({null})" if null else ""), ok,
+                 example)
+
+
+def _choice(key: str, choices: Sequence[str], example: str) -> Check:
+    return Check(key, "one of " + ", ".join(choices), lambda v: v in choices, example)
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+
+
+#: Largest seed accepted by numpy and Lightning (unsigned 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def config_checks() -> tuple[Check, ...]:
+    """The checked config values, key -> rule (:func:`check_config`).
+
+    Only what OmegaConf/Hydra do not check themselves (they check key names and syntax,
+    not types nor ranges: the config groups have no schema).
+    """
+    from i2dl.sampling.selection import SAMPLERS, STRATEGIES
+    from models.base import CRITERIA
+
+    return (
+        _int("seed", 0, MAX_SEED, null="a fresh random seed, recorded in the run folder",
+             example="0"),
+        _int("runs", 1, example="1"),
+        _int("kfold", 2, null="no cross-validation", example="5"),
+        _int("cpu_threads", 1, null="torch's default", example="1"),
+        _fraction("sampling.ratio", example="0.75"),
+        _fraction("sampling.selection_ratio", zero=True, example="0.2"),
+        _int("sampling.random_seed", 0, MAX_SEED, null="follows seed", example="${seed}"),
+        _int("sampling.selection_seed", 0, MAX_SEED, null="follows seed", example="${seed}"),
+        _choice("sampling.strategy", STRATEGIES, "all"),
+        _choice("sampling.sampler", SAMPLERS, "random"),
+        _int("sampling.per_class", 1, null="unused unless strategy=constant", example="2000"),
+        _fraction("sampling.percent", one=True, null="unused unless strategy=percent",
+                  example="0.5"),
+        _int("sampling.total", 1, null="unused unless strategy=total", example="10000"),
+        _int("sampling.folds", 2, null="iota2's ratio split", example="5"),
+        _int("sampling.fold", 0, example="0"),
+        _int("store.samples_per_chunk", 1, example="4096"),
+        _int("datamodule.batch_size", 1, example="256"),
+        _int("datamodule.num_workers", 0, example="0"),
+        _int("datamodule.block_chunks", 1, example="8"),
+        _number("datamodule.cache_mb", 0, example="512"),
+        _int("trainer.max_epochs", 1, example="30"),
+        _number("trainer.gradient_clip_val", 0, null="no clipping", example="1.0"),
+        _int("callbacks.early_stopping.patience", 0, example="10"),
+        _choice("model.model_selection_criterion", sorted(CRITERIA), "fscore"),
+        _fraction("model.label_smoothing", zero=True, example="0.0"),
+        _int("model.max_samples", 1, null="all learn samples", example="null"),
+        _int("infer.batch_size", 1, example="32768"),
+        _int("infer.chunk_size", 1, example="512"),
+        Check("infer.device", "auto, cpu, cuda or cuda:N", _device, "auto"),
+        _int("features_map.chunk_size", 1, example="512"),
+    )
+
+
+_ABSENT = object()
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """The resolved value of ``key``, or ``_ABSENT``; an unresolvable one is returned as text."""
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        return f"<cannot be resolved: {exc}>"
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check every value of :func:`config_checks`, and the keys that go together.
+
+    Called by the CLI on the composed config before a stage runs (and before Hydra
+    creates the run folder), so that a bad value stops the run before any work.
+
+    Args:
+        cfg: the composed config (with or without its ``hydra`` node).
+
+    Raises:
+        ConfigError: (a ``ValueError``) one or more bad values; the message lists every
+            one with its value, the rule and an example of the fix.
+    """
+    problems = []
+    for check in config_checks():
+        value = _value(cfg, check.key)
+        if value is _ABSENT:
+            continue
+        unresolved = isinstance(value, str) and value.startswith("<cannot be resolved")
+        if unresolved or not check.ok(value):
+            problems.append(
+                f"{check.key}={value!r}: expected {check.expected}; e.g. {check.key}="
+                f"{check.example}"
+            )
+    folds, fold = _value(cfg, "sampling.folds"), _value(cfg, "sampling.fold")
+    if _is_int(folds) and _is_int(fold) and not 0 <= fold < folds:
+        problems.append(
+            f"sampling.fold={fold!r}: expected an integer in 0..{folds - 1} "
+            f"(sampling.folds={folds}); e.g. sampling.fold=0"
+        )
+    runs, kfold = _value(cfg, "runs"), _value(cfg, "kfold")
+    if _is_int(runs) and _is_int(kfold) and runs > 1:
+        problems.append(
+            f"kfold={kfold!r}: expected null with runs={runs!r} (a cross-validation runs "
+            f"once per fold); e.g. runs=1 kfold={kfold}, repeated with seed=..."
+        )
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} invalid configuration value(s); fix them on the command line "
+            "(key=value) or in the config files:\n  " + "\n  ".join(problems)
+        )
+
+
+def check_output_folders(folders: Mapping[str, str | Path]) -> None:
+    """Check that every output folder can be written to, before any work.
+
+    Args:
+        folders: config key (``hydra.run.dir``, ``store.dir``) -> folder; a folder that
+            does not exist yet is checked on its nearest existing parent.
+
+    Raises:
+        ConfigError: (a ``ValueError``) a folder (or its parent) is read-only or not a
+            folder; the message names the key, the folder and the fix.
+    """
+    problems = []
+    for key, folder in folders.items():
+        problem = not_writable(Path(folder))
+        if problem:
+            problems.append(f"{key}={folder}: {problem}")
+    if problems:
+        raise ConfigError(
+            "cannot write the outputs:\n  " + "\n  ".join(problems)
+            + "\nGive a folder you may write to (e.g. hydra.run.dir=..., store.dir=...) or "
+            "make it writable (chmod u+w)"
+        )
+
+
+def resolve_seed(cfg: DictConfig) -> int:
+    """``seed=null``: a fresh random seed, recorded so that the run can be repeated.
+
+    The seed is drawn once per run folder and written to ``<run>/seed.txt``; a later
+    stage run on that folder with ``seed=null`` reuses it, and ``train`` records it in
+    ``summary.json``. ``cfg.seed`` is set to it, so that ``sampling.random_seed`` and
+    ``sampling.selection_seed`` (``${seed}``, or null) follow.
+
+    Args:
+        cfg: the composed config; ``seed`` is replaced when null.
+
+    Returns:
+        The seed of the run.
+
+    Raises:
+        ConfigError: ``<run>/seed.txt`` exists but holds no seed.
+    """
+    if cfg.get("seed") is not None:
+        seed = int(cfg.seed)
+        _follow_seed(cfg)
+        return seed
+    path = Path(cfg.paths.output_dir) / DRAWN_SEED
+    if path.is_file():
+        text = path.read_text().strip()
+        if not text.isdigit() or int(text) > MAX_SEED:
+            raise ConfigError(
+                f"{path} holds {text!r}, not a seed; delete it (seed=null draws a new one) "
+                "or give seed=<integer>"
+            )
+        seed = int(text)
+        log.info("seed=null: using seed %d drawn earlier for this run (%s)", seed, path)
+    else:
+        seed = secrets.randbelow(2**31)
+        write_text_atomic(path, f"{seed}\n")
+        log.info("seed=null: drew seed %d, recorded in %s; repeat this run with seed=%d",
+                 seed, path, seed)
+    with open_dict(cfg):
+        cfg.seed = seed
+    _follow_seed(cfg)
+    return seed
+
+
+def _follow_seed(cfg: DictConfig) -> None:
+    """``sampling.random_seed`` / ``selection_seed`` given as null follow ``seed``."""
+    sampling = cfg.get("sampling")
+    if sampling is None:
+        return
+    with open_dict(sampling):
+        for key in ("random_seed", "selection_seed"):
+            if key in sampling and sampling.get(key) is None:
+                sampling[key] = cfg.seed

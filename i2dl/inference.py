@@ -30,9 +30,10 @@ import rasterio
 import torch
 from rich.progress import Progress
 
-from i2dl.errors import ConfigError
+from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.files import atomic_path
 from i2dl.io.geotiff import block_windows, geotiff_profile
+from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.store import StoreInfo
 
@@ -140,6 +141,9 @@ def classify_raster(
     Raises:
         ConfigError: the raster's dates or channels differ from the store's, or a bad
             ``batch_size`` or ``chunk_size``.
+        InputDataError: a window of the raster cannot be read (damaged strips or tiles:
+            the file and window are named), or no pixel has a valid observation (all NaN
+            or nodata); no map is left under its final name.
     """
     if series.n_dates != info.n_dates or series.n_channels != info.n_channels:
         raise ConfigError(
@@ -184,11 +188,11 @@ def classify_raster(
         }
         with ThreadPoolExecutor(max_workers=1) as reader, Progress(disable=not progress) as bar:
             task = bar.add_task("classifying chunks", total=len(windows))
-            future = reader.submit(series.read, windows[0])
+            future = reader.submit(read_series_window, series, windows[0])
             for i, win in enumerate(windows):
                 x, valid = future.result()
                 if i + 1 < len(windows):
-                    future = reader.submit(series.read, windows[i + 1])
+                    future = reader.submit(read_series_window, series, windows[i + 1])
                 h, w = x.shape[:2]
                 flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
                 flat_valid = valid.reshape(h * w, info.n_dates)
@@ -222,6 +226,13 @@ def classify_raster(
                 n_pixels += int(has_data.sum())
                 n_nodata += int((~has_data).sum())
                 bar.advance(task)
+        if n_pixels == 0:  # raised inside the stack: no map is renamed into place
+            where = " inside an eco-region" if single is None else ""
+            raise InputDataError(
+                f"no pixel of {series.path}{where} has a valid observation (every value NaN, "
+                "the nodata value or masked by data.masks): the map would be empty. Check "
+                "the raster (gdalinfo -stats) and the validity masks"
+            )
         if write_proba:
             dsts["proba"].descriptions = tuple(
                 f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)

@@ -8,6 +8,7 @@ One run (a Hydra run dir, ``paths.output_dir``) holds, as in README's output tre
     ├── maps/ (maps/<tile>/), final/      maps, mosaics, fusion
     ├── logs/<stage>.log                  one log per stage
     ├── class_statistics.csv              iota2's per class/region/run/split sample counts
+    ├── seed.txt                          the seed drawn for seed=null
     └── summary.json                      metrics, paths, timings, versions
 
 Every stage names these paths through this module, never by hand.
@@ -53,6 +54,8 @@ LOGS_DIR = "logs"
 REGIONS_DIR = "regions"
 #: Summary of a run written by ``train``.
 SUMMARY_JSON = "summary.json"
+#: The seed drawn for ``seed=null`` (:func:`i2dl.config.resolve_seed`).
+DRAWN_SEED = "seed.txt"
 #: iota2's class statistics of the sample selection.
 CLASS_STATISTICS = "class_statistics.csv"
 #: Learning curves picture of a model folder.

@@ -25,7 +25,7 @@ from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
-from i2dl.io.raster import days_since, read_dates_file
+from i2dl.io.raster import days_since, read_dates_file, read_series_window
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import rasterize_polygons, read_reference
 from i2dl.sampling.regions import rasterize_regions, read_regions
@@ -126,9 +126,17 @@ def prepare(cfg: DictConfig) -> Path:
     Raises:
         InputFileNotFoundError, InputDataError: unusable raster, dates, masks, polygons or
             table (see :func:`i2dl.io.raster.open_time_series`,
-            :func:`i2dl.io.vector.read_reference`, :func:`i2dl.io.table.read_pixel_table`).
-        ConfigError: bad sampling parameters, or no labelled pixel with a valid date.
+            :func:`i2dl.io.vector.read_reference`, :func:`i2dl.io.table.read_pixel_table`);
+            a window that cannot be read (damaged file: file and window named); no valid
+            observation under the polygons (all-NaN or all-nodata raster: files named).
+        ConfigError: bad sampling parameters, ``sampling.random_seed`` null (the CLI
+            draws ``seed=null``), or no pixel centre in a polygon.
     """
+    if cfg.sampling.get("random_seed") is None:
+        raise ConfigError(
+            "sampling.random_seed is null (it follows seed): give seed=<integer>, or run "
+            "through the CLI (`python -m i2dl prepare seed=null` draws a seed and records it)"
+        )
     path = store_path(cfg)
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
@@ -303,7 +311,7 @@ def _samples_from_raster(
         regions = None
         if sampling.get("region_file"):
             regions = read_regions(sampling.region_file, sampling.region_field, first.crs)
-        parts = []
+        parts, n_labelled = [], 0
         for t, src in enumerate(sources):
             poly_index = rasterize_polygons(ref.polygons, src.transform, src.width, src.height)
             if regions is not None:
@@ -313,6 +321,7 @@ def _samples_from_raster(
                     log.info("tile %s: %d labelled pixel(s) in no region dropped",
                              tiles[t] if tiles else "-", int(outside.sum()))
                 poly_index = np.where(region_index >= 0, poly_index, -1)
+            n_labelled += int((poly_index >= 0).sum())
             part = _extract(src, poly_index)
             if part is None:
                 continue
@@ -322,11 +331,18 @@ def _samples_from_raster(
                 if regions is not None else np.zeros(len(part["X"]), dtype=np.int32)
             )
             parts.append(part)
+        if not parts and n_labelled:
+            files = ", ".join(str(s.path) for s in sources)
+            raise InputDataError(
+                f"none of the {n_labelled} pixels under the polygons of {data.reference} has "
+                f"a valid observation in {files}: every value there is NaN, the nodata value "
+                "or masked by data.masks (an all-NaN or all-nodata raster?). Check the raster "
+                "(gdalinfo -stats) and data.masks"
+            )
         if not parts:
             raise ConfigError(
-                f"no pixel of {data.reference} has a valid acquisition date in {first.path}: "
-                "the polygons may be smaller than a pixel, outside every region, or every "
-                "date masked"
+                f"no pixel centre of {first.path} falls in a polygon of {data.reference}: "
+                "the polygons may be smaller than a pixel or outside every region"
             )
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         rows_poly = arrays.pop("_poly_row")
@@ -412,7 +428,7 @@ def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | Non
         rr, cc = np.nonzero(sub >= 0)
         if len(rr) == 0:
             continue
-        x, valid = series.read(win)
+        x, valid = read_series_window(series, win)
         x, valid = x[rr, cc], valid[rr, cc]
         keep = valid.any(axis=1)
         n_no_valid += int((~keep).sum())
@@ -427,7 +443,7 @@ def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | Non
         )
     if n_no_valid:
         log.info("%d labelled pixel(s) with no valid acquisition date dropped", n_no_valid)
-    if not parts:
+    if not any(len(p["X"]) for p in parts):
         return None
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -286,13 +286,20 @@ class SklearnClassifier:
         (scikit-learn does not guarantee models across versions).
 
         Raises:
-            StoreError: no file at ``path``, not a saved model, or a model with another
-                number of classes.
+            StoreError: no file at ``path``, a truncated or damaged file, not a saved
+                model, or a model with another number of classes.
         """
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"no scikit-learn model at {path}; run `python -m i2dl fit` first")
-        payload = joblib.load(path)
+        try:
+            payload = joblib.load(path)
+        except Exception as exc:  # truncated or garbled: EOFError, UnpicklingError, zlib...
+            raise StoreError(
+                f"cannot load the scikit-learn model {path}: it is truncated or damaged "
+                f"({type(exc).__name__}: {exc}); refit it with `python -m i2dl fit` (same "
+                "overrides, hydra.run.dir=<this run folder>)"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != BACKEND_FORMAT:
             raise StoreError(f"{path} is not an i2dl scikit-learn model (format {BACKEND_FORMAT})")
         if int(payload["n_classes"]) != self.n_classes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,34 @@ log = logging.getLogger(__name__)
 
 #: Marker in the name of every temporary file or folder (``.<name>.tmp-<8 hex>``).
 TMP_MARKER = ".tmp-"
+
+
+def not_writable(folder: str | Path) -> str | None:
+    """Why no file can be written in ``folder`` (or, if absent, created there), or None.
+
+    A file is created and removed in the folder, or in its nearest existing parent when
+    it does not exist yet: permission bits, read-only mounts and immutable folders all
+    show (``os.access`` misses the last two, and everything for root).
+
+    Args:
+        folder: the output folder.
+
+    Returns:
+        None when writable, else the reason in words.
+    """
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    except OSError as exc:
+        where = "" if existing == Path(folder).absolute() else f" (its parent {existing})"
+        return f"the folder{where} is not writable: {exc.strerror}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def temporary_name(final: str | Path) -> Path:

@@ -221,9 +221,13 @@ class TimeSeriesRaster(RasterReader):
             ``x`` (H, W, T, C) float32, the stack's values (unscaled), and ``valid``
             (H, W, T) bool, True where the observation is valid (not masked, not nodata,
             not NaN in any channel).
+
+        Raises:
+            InputDataError: the stack or a mask cannot be read in ``window`` (damaged
+                strips or tiles); the file and the window are named.
         """
         src = self._open(self.path)
-        data = src.read(window=window, out_dtype="float32")  # (T*C, H, W)
+        data = read_checked(src, self.path, window, out_dtype="float32")  # (T*C, H, W)
         t, c = self.n_dates, self.n_channels
         h, w = data.shape[1:]
         x = np.ascontiguousarray(data.reshape(t, c, h, w).transpose(2, 3, 0, 1))
@@ -232,9 +236,56 @@ class TimeSeriesRaster(RasterReader):
             invalid |= (x == self.nodata).any(axis=-1)
         for spec in self.masks:
             mask_src = self._open(spec.path)
-            m = mask_src.read(window=window)  # (T or 1, H, W)
+            m = read_checked(mask_src, spec.path, window)  # (T or 1, H, W)
             invalid |= spec.invalid(m).transpose(1, 2, 0)
         return x, ~invalid
+
+
+def describe_window(window: Window | None) -> str:
+    """A window in words for messages: ``rows 0..511, columns 512..1023``."""
+    if window is None:
+        return "the whole grid"
+    r0, c0 = int(window.row_off), int(window.col_off)
+    return (f"window rows {r0}..{r0 + int(window.height) - 1}, "
+            f"columns {c0}..{c0 + int(window.width) - 1}")
+
+
+def unreadable(path: Any, window: Window | None, exc: Exception) -> InputDataError:
+    """The error for a raster that fails to read in a window (corrupt strip or tile)."""
+    return InputDataError(
+        f"cannot read {path}, {describe_window(window)}: {exc}. The file is damaged (a "
+        "corrupt or truncated strip or tile): check it with `gdalinfo -checksum`, then "
+        "re-create or re-download it"
+    )
+
+
+def read_checked(src: Any, path: Any, window: Window | None, **kwargs: Any) -> np.ndarray:
+    """``src.read(window=window, **kwargs)`` with read errors naming the file and window.
+
+    Raises:
+        InputDataError: GDAL cannot decode the window (see :func:`unreadable`).
+    """
+    try:
+        data: np.ndarray = src.read(window=window, **kwargs)
+    except rasterio.errors.RasterioError as exc:
+        raise unreadable(path, window, exc) from None
+    return data
+
+
+def read_series_window(series: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """``series.read(window)`` of any reader, with read errors naming the source and window.
+
+    Used by the windowed reads of prepare and inference, whatever the reader
+    (GeoTIFF stack, sensor products).
+
+    Raises:
+        InputDataError: a file of the series cannot be read in ``window``.
+    """
+    try:
+        x, valid = series.read(window)
+    except rasterio.errors.RasterioError as exc:
+        raise unreadable(series.path, window, exc) from None
+    return x, valid
 
 
 def open_time_series(

@@ -73,8 +73,9 @@ def read_reference(
         InputFileNotFoundError: the file does not exist or cannot be read.
         InputDataError: the file breaks one or more of iota2's rules for reference data
             (file name, label field and codes, Polygon geometries, validity, overlaps: see
-            :func:`i2dl.io.validation.validate_reference`; all problems in one message); or
-            no labelled polygon intersects the raster.
+            :func:`i2dl.io.validation.validate_reference`; all problems in one message);
+            every polygon is labelled 0 or empty (no labelled polygon); or no labelled
+            polygon intersects the raster.
     """
     path = Path(path)
     if not path.exists():
@@ -118,6 +119,12 @@ def read_reference(
         class_names = {int(c): str(int(c)) for c in sorted(values.unique())}
     nodata = nodata.to_numpy(dtype=bool)
     n_nodata = int(nodata.sum())
+    if n_nodata == len(nodata):
+        raise InputDataError(
+            f"no labelled polygon in {path} (field {data_field!r}): all {n_nodata} polygon(s) "
+            "have label 0 or an empty label, which mean no data. Give the classes codes >= 1 "
+            "(or names) in that field, or set data.data_field to the field holding the classes"
+        )
     if n_nodata:
         log.info(
             "%s: %d polygon(s) with no-data label (0 or empty) ignored: fid %s",

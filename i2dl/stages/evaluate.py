@@ -71,6 +71,11 @@ def predict_split(
     return np.concatenate(y_true), np.concatenate(y_pred)
 
 
+def unseen_classes(codes: np.ndarray, info: StoreInfo) -> list[int]:
+    """The class codes of ``codes`` that the store (the training data) does not have."""
+    return sorted(int(c) for c in set(np.unique(codes).tolist()) - set(info.class_codes))
+
+
 def predict_table(
     model: Classifier, info: StoreInfo, path: str, label_offset: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,10 +85,11 @@ def predict_table(
         ``y_true`` (N,) int64 class codes of the table and ``y_pred`` (N,) int64 codes.
     """
     table = read_pixel_table(path, info.n_dates, info.n_channels, label_offset)
-    unknown = sorted(set(np.unique(table.codes).tolist()) - set(info.class_codes))
+    unknown = unseen_classes(table.codes, info)
     if unknown:
-        log.warning("test table %s: classes %s unseen in training are scored as errors", path,
-                    unknown)
+        n = int(np.isin(table.codes, unknown).sum())
+        log.warning("test table %s: classes %s (%d rows) unseen in training are scored as "
+                    "errors", path, unknown, n)
     codes = np.asarray(info.class_codes, dtype=np.int64)
     days = torch.from_numpy(info.days)
     preds = []
@@ -104,7 +110,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``report/`` holds the overall metrics and ``report/region_<r>/`` those of each region
     (also under ``"regions"`` in the returned dict). With ``test_table=PATH`` (a pixel table
     like ``data.table``), the model is also scored on that external test set ->
-    ``<run>/report/test/``. The val confusion matrix image and the hyper-parameters with
+    ``<run>/report/test/``; its classes unseen in training are scored as errors (own rows
+    of the confusion matrix, never predicted; listed under ``"unseen_classes"``). The val
+    confusion matrix image and the hyper-parameters with
     the final metrics go to TensorBoard (Images and HParams tabs).
 
     Returns:
@@ -155,10 +163,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             t_true, t_pred = predict_table(
                 models[None], info, cfg.test_table, int(cfg.data.get("label_offset", 0))
             )
+            # classes unseen in training get rows of their own: never predicted, their
+            # pixels count as errors in OA, kappa and the macro scores
+            unseen = unseen_classes(t_true, info)
             metrics["test"] = write_report(
-                report / "test", t_true, t_pred, info.class_codes, info.class_names,
+                report / "test", t_true, t_pred, [*info.class_codes, *unseen],
+                [*info.class_names, *(f"{c} (unseen in training)" for c in unseen)],
                 title=f"{name} test ({Path(cfg.test_table).name})",
             )
+            metrics["test"]["unseen_classes"] = unseen
             log.info("test table %s: OA %.4f", cfg.test_table, metrics["test"]["oa"])
         if None in models:
             log_to_tensorboard(cfg, out, metrics)
