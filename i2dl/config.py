@@ -149,7 +149,9 @@ def config_checks() -> tuple[Check, ...]:
     Only what OmegaConf/Hydra do not check themselves (they check key names and syntax,
     not types nor ranges: the config groups have no schema).
     """
+    from i2dl.prepare import NORMALIZATIONS
     from i2dl.sampling.selection import SAMPLERS, STRATEGIES
+    from i2dl.stages.train import OBJECTIVES
     from models.base import CRITERIA
 
     return (
@@ -171,6 +173,9 @@ def config_checks() -> tuple[Check, ...]:
         _int("sampling.folds", 2, null="iota2's ratio split", example="5"),
         _int("sampling.fold", 0, example="0"),
         _int("store.samples_per_chunk", 1, example="4096"),
+        _choice("store.normalization", sorted(NORMALIZATIONS), "standard"),
+        Check("objective", "null or one of " + ", ".join(sorted(OBJECTIVES)),
+              lambda v: v is None or v in OBJECTIVES, "selection_f1"),
         _int("datamodule.batch_size", 1, example="256"),
         _int("datamodule.num_workers", 0, example="0"),
         _int("datamodule.block_chunks", 1, example="8"),
