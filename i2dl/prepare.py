@@ -298,6 +298,9 @@ def _samples_from_raster(
             union,
             explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
             make_valid=bool(sampling.get("make_valid", False)),
+            nomenclature=(
+                read_class_names(data.nomenclature) if data.get("nomenclature") else None
+            ),
         )
         regions = None
         if sampling.get("region_file"):
@@ -432,10 +435,21 @@ def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | Non
 
 
 def _learn_statistics(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std over valid observations: x (N, T, C), valid (N, T) -> (C,), (C,)."""
+    """Per-channel mean/std over valid observations: x (N, T, C), valid (N, T) -> (C,), (C,).
+
+    Raises:
+        ConfigError: the learn split has no valid observation.
+        InputDataError: a valid observation is not finite (the readers mark NaN and
+            +-inf invalid, so this is a guard: never an inf mean or a NaN std).
+    """
     obs = x[valid]  # (M, C)
     if len(obs) == 0:
         raise ConfigError("the learn split has no valid observation: cannot normalise")
+    if not np.isfinite(obs).all():
+        raise InputDataError(
+            "the learn split has non-finite values (NaN or +-inf) at valid observations; "
+            "mark them invalid (nodata, masks) in the input data"
+        )
     mean = obs.mean(axis=0, dtype=np.float64)
     std = obs.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
