@@ -5,7 +5,9 @@ on the raster grid (pixel centres), split the polygons per class into learn/val
 (:mod:`i2dl.sampling.split`), extract every labelled pixel's series and validity mask
 block by block, drop pixels with no valid date, compute learn-split per-channel statistics,
 and write the store atomically. A store whose fingerprint (config + source file sizes and
-modification times) matches is reused instead of rebuilt.
+modification times) matches is reused instead of rebuilt, once verified intact
+(:func:`i2dl.store.verify_store`); a damaged one is rebuilt with a warning, or refused when
+``store.rebuild_damaged=false``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from i2dl.sampling.selection import (
     write_class_statistics,
 )
 from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, read_info, write_store
+from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, verify_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +129,23 @@ def prepare(cfg: DictConfig) -> Path:
             table (see :func:`i2dl.io.raster.open_time_series`,
             :func:`i2dl.io.vector.read_reference`, :func:`i2dl.io.table.read_pixel_table`).
         ConfigError: bad sampling parameters, or no labelled pixel with a valid date.
+        StoreError: the existing store is damaged and ``store.rebuild_damaged`` is false
+            (the message names the store and ``store.rebuild=true``).
     """
     path = store_path(cfg)
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
         try:
-            reusable = read_info(path).attrs.get("fingerprint") == fingerprint
-        except StoreError as exc:  # another layout version, or not a store: rebuild
-            log.warning("%s; rebuilding it", exc)
+            reusable = verify_store(path).attrs.get("fingerprint") == fingerprint
+        except StoreError as exc:  # damaged, another layout version, or not a store
+            if not cfg.store.get("rebuild_damaged", True):
+                raise StoreError(
+                    f"{exc}. Rebuild it with store.rebuild=true (or delete {path})"
+                ) from None
+            log.warning("%s; rebuilding it (store.rebuild_damaged=true)", exc)
             reusable = False
         if reusable:
-            log.info("reusing up-to-date sample store %s", path)
+            log.info("reusing up-to-date sample store %s (verified)", path)
             return path
     data, sampling = cfg.data, cfg.sampling
     if data.get("table"):

@@ -6,7 +6,11 @@ reused stores (4), short rows and text cells in pixel tables (5).
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,13 +18,14 @@ import pytest
 import rasterio
 import zarr
 
-from i2dl.errors import InputDataError
+from i2dl.errors import InputDataError, StoreError
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import open_time_series
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import read_reference
 from i2dl.prepare import prepare
-from i2dl.store import read_array, read_info
+from i2dl.stages.fit import existing_store
+from i2dl.store import LEARN, VAL, read_array, read_info, verify_store
 from tests.conftest import write_stack
 
 # ---------------------------------------------------------------- case 2: string labels
@@ -149,3 +154,73 @@ def test_empty_and_nan_cells_are_missing(tmp_path: Path) -> None:
     path.write_text("1,1,0.1,,0.3,0.4\n2,2,NA,0.2,nan,NaN\n")
     table = read_pixel_table(path, n_dates=2, n_channels=2)
     np.testing.assert_array_equal(table.valid, [[False, True], [False, False]])
+
+
+# ---------------------------------------------------------------- case 4: damaged stores
+
+
+def _flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 4] = bytes(b ^ 0xFF for b in data[mid : mid + 4])
+    path.write_bytes(bytes(data))
+
+
+def _set_val_to_learn(store: Path) -> None:
+    split = zarr.open_array(str(store / "split"), mode="r+")
+    values = np.asarray(split[:])
+    values[values == VAL] = LEARN
+    split[:] = values
+
+
+DAMAGES = {
+    "deleted X chunk": lambda s: (s / "X" / "c" / "1" / "0" / "0").unlink(),
+    "deleted split chunk": lambda s: (s / "split" / "c" / "1").unlink(),
+    "garbled X chunk": lambda s: _flip_bytes(s / "X" / "c" / "0" / "0" / "0"),
+    "truncated X/zarr.json": lambda s: (s / "X" / "zarr.json").write_text(
+        (s / "X" / "zarr.json").read_text()[:40]),
+    "missing array": lambda s: shutil.rmtree(s / "mask"),
+    "split rewritten": _set_val_to_learn,
+}
+
+
+@pytest.fixture
+def tiny_store(tiny_dataset: dict, make_cfg) -> tuple[Any, Path]:
+    """The tiny dataset's store in chunks of 64 samples (216 samples, 4 chunks)."""
+    cfg = make_cfg(*tiny_dataset["overrides"], "store.samples_per_chunk=64")
+    return cfg, prepare(cfg)
+
+
+def test_intact_store_is_verified_and_reused(tiny_store: tuple[Any, Path], caplog) -> None:
+    cfg, store = tiny_store
+    stamp = (store / "X" / "zarr.json").stat().st_mtime_ns
+    assert verify_store(store).n_samples == 216
+    with caplog.at_level(logging.INFO, logger="i2dl.prepare"):
+        assert prepare(cfg) == store
+    assert "reusing up-to-date sample store" in caplog.text
+    assert (store / "X" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_store_is_rebuilt_or_refused(tiny_store: tuple[Any, Path], make_cfg,
+                                             tiny_dataset: dict, caplog, damage: str) -> None:
+    cfg, store = tiny_store
+    before = {n: read_array(zarr.open_group(str(store), mode="r"), n) for n in ("X", "split")}
+    DAMAGES[damage](store)
+    with pytest.raises(StoreError, match=re.escape(str(store))):
+        verify_store(store)
+
+    strict = make_cfg(*tiny_dataset["overrides"], "store.samples_per_chunk=64",
+                      "store.rebuild_damaged=false")
+    with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
+        prepare(strict)
+    with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
+        existing_store(strict)
+
+    with caplog.at_level(logging.WARNING, logger="i2dl.prepare"):
+        assert prepare(cfg) == store
+    assert f"sample store {store}" in caplog.text and "rebuilding it" in caplog.text
+    verify_store(store)
+    group = zarr.open_group(str(store), mode="r")
+    np.testing.assert_array_equal(read_array(group, "split"), before["split"])
+    np.testing.assert_array_equal(read_array(group, "X"), before["X"])
