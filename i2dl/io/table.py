@@ -50,8 +50,9 @@ def read_pixel_table(
 
     Blank lines are skipped; an empty cell, ``nan``, ``NA`` (:data:`MISSING_CELLS`),
     ``inf`` or ``-inf`` is a missing observation (its date is invalid); any other text is
-    an error, and so is a row with fewer or more cells than ``2 + T*C`` (never padded). Used for the Formosat-2 TempCNN table and for the UCR Crop and sits
-    MOD13Q1 tables of ``../shared/data`` (same layout, codes from 1).
+    an error, and so is a row with fewer or more cells than ``2 + T*C`` (never padded).
+    Used for the Formosat-2 TempCNN table and for the UCR Crop and sits MOD13Q1 tables of
+    ``../shared/data`` (same layout, codes from 1).
 
     Args:
         path: CSV file, comma-separated, no header.
