@@ -202,16 +202,16 @@ def test_intact_store_is_verified_and_reused(tiny_store: tuple[Any, Path], caplo
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_damaged_store_is_rebuilt_or_refused(tiny_store: tuple[Any, Path], make_cfg,
-                                             tiny_dataset: dict, caplog, damage: str) -> None:
+def test_damaged_store_is_rebuilt_or_refused(tiny_store: tuple[Any, Path], caplog,
+                                             damage: str) -> None:
     cfg, store = tiny_store
     before = {n: read_array(zarr.open_group(str(store), mode="r"), n) for n in ("X", "split")}
     DAMAGES[damage](store)
     with pytest.raises(StoreError, match=re.escape(str(store))):
         verify_store(store)
 
-    strict = make_cfg(*tiny_dataset["overrides"], "store.samples_per_chunk=64",
-                      "store.rebuild_damaged=false")
+    strict = cfg.copy()
+    strict.store.rebuild_damaged = False
     with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
         prepare(strict)
     with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
@@ -224,3 +224,16 @@ def test_damaged_store_is_rebuilt_or_refused(tiny_store: tuple[Any, Path], make_
     group = zarr.open_group(str(store), mode="r")
     np.testing.assert_array_equal(read_array(group, "split"), before["split"])
     np.testing.assert_array_equal(read_array(group, "X"), before["X"])
+
+
+def test_evaluate_refuses_a_store_damaged_after_fit(tiny_dataset: dict, make_cfg) -> None:
+    from i2dl.stages import evaluate, fit
+
+    cfg = make_cfg(*tiny_dataset["overrides"], "store.samples_per_chunk=64", "model=rf",
+                   "model.estimator.n_estimators=5", "model.estimator.n_jobs=1")
+    store = prepare(cfg)
+    fit.run(cfg, store)
+    evaluate.run(cfg)  # intact: scored
+    DAMAGES["deleted split chunk"](store)
+    with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
+        evaluate.run(cfg)
