@@ -200,7 +200,9 @@ def open_store(path: str | Path) -> zarr.Group:
     try:
         group = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # zarr raises several errors for a non-store folder
-        raise StoreError(f"{path} is not a Zarr sample store: {exc}") from None
+        raise StoreError(
+            f"sample store {path} cannot be opened: damaged, or not a Zarr store ({exc})"
+        ) from None
     if group.attrs.get("format") != STORE_FORMAT:
         raise StoreError(f"{path} is a Zarr group but not an i2dl sample store")
     return group

@@ -180,6 +180,8 @@ DAMAGES = {
     "truncated X/zarr.json": lambda s: (s / "X" / "zarr.json").write_text(
         (s / "X" / "zarr.json").read_text()[:40]),
     "missing array": lambda s: shutil.rmtree(s / "mask"),
+    "truncated root zarr.json": lambda s: (s / "zarr.json").write_text(
+        (s / "zarr.json").read_text()[:100]),
     "split rewritten": _set_val_to_learn,
 }
 
