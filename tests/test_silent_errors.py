@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import rasterio
 import zarr
+from rasterio.windows import Window
 
 from i2dl.errors import InputDataError, StoreError
 from i2dl.io.nomenclature import read_class_names
@@ -97,6 +98,32 @@ def test_inf_in_raster_is_invalid(tiny_dataset: dict, make_cfg, tmp_path: Path) 
     info = read_info(prepare(make_cfg(*tiny_dataset["overrides"])))
     assert np.isfinite(info.mean).all() and np.isfinite(info.std).all()
     assert (np.abs(info.mean) < 3).all()  # values are around +-1..3
+
+
+def test_inf_from_an_external_feature_is_invalid(slovenia_dir: Path, tmp_path: Path) -> None:
+    """A user's external feature returning +-inf marks those dates invalid, never stored."""
+    from i2dl.features.source import open_feature_stack
+
+    module = tmp_path / "inf_feature.py"
+    module.write_text(
+        "import numpy as np\n"
+        "def spiky(data):\n"
+        "    out = np.zeros((*data.get('NDVI').shape[:2], 1), np.float32)\n"
+        "    out[:5] = np.inf\n"
+        "    out[5:10] = -np.inf\n"
+        "    return out, ['spiky']\n"
+    )
+    data = {
+        "name": "slo", "tile": "slo", "gapfilling": {"enabled": False},
+        "sensors": {"stack": {"raster": str(slovenia_dir / "NDVI.tif"),
+                              "dates_file": str(slovenia_dir / "dates.txt"),
+                              "band_names": ["NDVI"]}},
+        "external_features": {"module": str(module), "functions": ["spiky"]},
+    }
+    with open_feature_stack(data) as stack:
+        x, valid = stack.read(Window(0, 0, 20, 20))
+    assert np.isfinite(x).all()
+    assert not valid[:10].any() and valid[10:].any()
 
 
 def _table(path: Path, rows: list[list]) -> Path:
