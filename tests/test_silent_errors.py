@@ -163,7 +163,7 @@ def test_short_row_is_refused_not_padded(tmp_path: Path) -> None:
     path = tmp_path / "short.csv"
     path.write_text(rows)
     with pytest.raises(InputDataError, match=r"short\.csv: rows with a wrong number of "
-                       r"columns \(line 2: 5;.*every row needs 6"):
+                       r"columns \(line 2: 5 cells;.*every row needs 6"):
         read_pixel_table(path, n_dates=2, n_channels=2)
 
 

@@ -95,7 +95,7 @@ def read_pixel_table(
                 "data.band_names or the table"
             )
         bad = np.flatnonzero(counts != expected)[:10]
-        where = ", ".join(f"line {lines[i]}: {counts[i]}" for i in bad)
+        where = ", ".join(f"line {lines[i]}: {counts[i]} cells" for i in bad)
         raise InputDataError(
             f"{path}: rows with a wrong number of columns ({where}; "
             f"{int((counts != expected).sum())} row(s) in all); every row needs {expected} "
