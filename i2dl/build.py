@@ -12,6 +12,7 @@ exists.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from i2dl.errors import ConfigError, StoreError
+from i2dl.errors import ConfigError, StoreError, UnsafeModelSpecError
 from i2dl.io.files import write_text_atomic
 from i2dl.layout import MODEL_SPEC, checkpoint_path
 from i2dl.store import StoreInfo, read_info
@@ -147,19 +148,115 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
 
     Raises:
         StoreError: no ``model.yaml`` or checkpoint (``fit`` has not run in ``model_dir``),
-            or a checkpoint that does not fit the config.
+            an unreadable ``model.yaml``, or a checkpoint that does not fit the config.
+        UnsafeModelSpecError: ``model.yaml`` names a ``_target_`` outside the allowed
+            model classes (:func:`check_model_targets`): a run folder is data, not code.
     """
     spec_path = model_dir / MODEL_SPEC
     if not spec_path.is_file():
         raise StoreError(f"{spec_path} not found (written by fit): cannot rebuild the model")
-    spec = OmegaConf.load(spec_path)
-    if "model" not in spec:
+    try:
+        spec = OmegaConf.load(spec_path)
+        model = OmegaConf.to_container(spec.model, resolve=True) if "model" in spec else None
+    except Exception as exc:  # YAML and interpolation errors of several types
+        raise StoreError(f"{spec_path} is not a readable model spec ({exc})") from None
+    if not isinstance(model, dict):
         raise StoreError(
             f"{spec_path} was written by an older i2dl (no `model` node); fit the model again"
         )
+    check_model_targets(model, spec_path)
     ckpt = checkpoint_path(model_dir, which)
     info = read_info(spec.store)
     dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes))
-    classifier = build_classifier(spec.model, dims)
+    classifier = build_classifier({str(k): v for k, v in model.items()}, dims)
     classifier.load_weights(ckpt)
     return classifier, info
+
+
+#: First module name a ``_target_`` of a saved ``model.yaml`` may start with; checked on
+#: the text, before anything is imported.
+ALLOWED_TARGET_ROOTS = ("models", "sklearn", "torch")
+
+
+def _allowed(obj: Any) -> bool:
+    """True for what a saved model may build.
+
+    That is: this project's model classes (and its LR schedule factories), scikit-learn
+    estimators, torch optimisers and LR schedulers.
+    """
+    import sklearn.base
+    import torch
+
+    module = str(getattr(obj, "__module__", "") or "")
+    if inspect.isclass(obj):
+        if module == "models" or module.startswith("models."):
+            return True
+        if module.startswith("sklearn."):
+            return issubclass(obj, sklearn.base.BaseEstimator)
+        if module.startswith("torch.optim"):
+            return issubclass(obj, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
+        return False
+    return inspect.isfunction(obj) and module == "models.schedule"
+
+
+def _locate(target: str) -> Any:
+    """The object a dotted ``_target_`` names (longest importable module, then attributes).
+
+    Raises:
+        ImportError, AttributeError: nothing of that name.
+    """
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no module {parts[0]!r}")
+
+
+def check_model_targets(node: Any, source: str | Path, where: str = "model") -> None:
+    """Refuse a model spec that would build anything but a model: a run folder is data.
+
+    Every ``_target_`` at any depth (``_recursive_`` or not, in lists too) must name a
+    class of this project's ``models`` package (``models.SITSClassifier``,
+    ``models.SklearnClassifier``, encoders, heads, augmentation), a scikit-learn
+    estimator (``sklearn.*``, a ``BaseEstimator``), a torch optimiser or LR scheduler
+    (``torch.optim.*``), or an LR schedule factory of ``models.schedule``. The dotted
+    name is checked before anything is imported, and the object it names after.
+
+    Args:
+        node: the ``model`` node of ``model.yaml``, resolved to plain dicts and lists.
+        source: the file, named in errors.
+        where: the node's path, named in errors.
+
+    Raises:
+        UnsafeModelSpecError: a ``_target_`` outside that list (file, node and target
+            named), or a ``_target_`` that is not a dotted name.
+    """
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            text = str(target)
+            root = text.split(".")[0]
+            obj: Any = None
+            if root in ALLOWED_TARGET_ROOTS and all(p.isidentifier() for p in text.split(".")):
+                try:
+                    obj = _locate(text)
+                except (ImportError, AttributeError):
+                    obj = None
+            if obj is None or not _allowed(obj):
+                raise UnsafeModelSpecError(
+                    f"{source}: {where}._target_ = {text!r} is not allowed; a saved model may "
+                    "only build i2dl model classes (models.*), scikit-learn estimators "
+                    "(sklearn.*) and torch optimisers / LR schedulers (torch.optim.*). A run "
+                    "folder is data, not code: refit the model, and load only run folders "
+                    "you trust"
+                )
+        for key, value in node.items():
+            check_model_targets(value, source, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_model_targets(value, source, f"{where}[{i}]")

@@ -29,3 +29,7 @@ class StoreError(I2dlError, ValueError):
 
 class PackageShadowedError(I2dlError, ImportError):
     """A top-level package of i2dl (``models``, ``datamodules``) is shadowed by another."""
+
+
+class UnsafeModelSpecError(StoreError):
+    """A saved ``model.yaml`` names something to build that is not a model class."""

@@ -5,7 +5,9 @@ on the raster grid (pixel centres), split the polygons per class into learn/val
 (:mod:`i2dl.sampling.split`), extract every labelled pixel's series and validity mask
 block by block, drop pixels with no valid date, compute learn-split per-channel statistics,
 and write the store atomically. A store whose fingerprint (config + source file sizes and
-modification times) matches is reused instead of rebuilt.
+modification times) matches is reused instead of rebuilt, once verified intact
+(:func:`i2dl.store.verify_store`); a damaged one is rebuilt with a warning, or refused when
+``store.rebuild_damaged=false``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from i2dl.sampling.selection import (
     write_class_statistics,
 )
 from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, read_info, write_store
+from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, verify_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ def prepare(cfg: DictConfig) -> Path:
             observation under the polygons (all-NaN or all-nodata raster: files named).
         ConfigError: bad sampling parameters, ``sampling.random_seed`` null (the CLI
             draws ``seed=null``), or no pixel centre in a polygon.
+        StoreError: the existing store is damaged and ``store.rebuild_damaged`` is false
+            (the message names the store and ``store.rebuild=true``).
     """
     if cfg.sampling.get("random_seed") is None:
         raise ConfigError(
@@ -141,12 +145,16 @@ def prepare(cfg: DictConfig) -> Path:
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
         try:
-            reusable = read_info(path).attrs.get("fingerprint") == fingerprint
-        except StoreError as exc:  # another layout version, or not a store: rebuild
-            log.warning("%s; rebuilding it", exc)
+            reusable = verify_store(path).attrs.get("fingerprint") == fingerprint
+        except StoreError as exc:  # damaged, another layout version, or not a store
+            if not cfg.store.get("rebuild_damaged", True):
+                raise StoreError(
+                    f"{exc}. Rebuild it with store.rebuild=true (or delete {path})"
+                ) from None
+            log.warning("%s; rebuilding it (store.rebuild_damaged=true)", exc)
             reusable = False
         if reusable:
-            log.info("reusing up-to-date sample store %s", path)
+            log.info("reusing up-to-date sample store %s (verified)", path)
             return path
     data, sampling = cfg.data, cfg.sampling
     if data.get("table"):
@@ -307,6 +315,9 @@ def _samples_from_raster(
             union,
             explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
             make_valid=bool(sampling.get("make_valid", False)),
+            nomenclature=(
+                read_class_names(data.nomenclature) if data.get("nomenclature") else None
+            ),
         )
         regions = None
         if sampling.get("region_file"):
@@ -489,10 +500,17 @@ def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard")
 
     Raises:
         ConfigError: no valid observation in the learn split.
+        InputDataError: a valid observation is not finite (the readers mark NaN and
+            +-inf invalid, so this is a guard: never an inf mean or a NaN std).
     """
     obs = x[valid]  # (M, C)
     if len(obs) == 0:
         raise ConfigError("the learn split has no valid observation: cannot normalise")
+    if not np.isfinite(obs).all():
+        raise InputDataError(
+            "the learn split has non-finite values (NaN or +-inf) at valid observations; "
+            "mark them invalid (nodata, masks) in the input data"
+        )
     mean = obs.mean(axis=0, dtype=np.float64)
     std = obs.std(axis=0, dtype=np.float64)
     q02, q98 = np.quantile(obs, [0.02, 0.98], axis=0).astype(np.float64)

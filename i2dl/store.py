@@ -11,7 +11,9 @@ Layout (DESIGN.md), first axis = samples N, chunked along N:
 - ``row``, ``col`` (N,) int32: pixel position in the tile raster.
 
 Attributes: see :class:`StoreInfo`. A store is written under a temporary name and renamed
-when complete (:func:`i2dl.io.files.atomic_path`), so a store that exists is complete.
+when complete (:func:`i2dl.io.files.atomic_path`), so a store that exists was complete;
+:func:`verify_store` checks that it still is (every array and chunk present, checksums,
+shapes and per-split counts as recorded) before it is reused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from i2dl.errors import StoreError
 from i2dl.io.files import atomic_path
@@ -32,8 +35,10 @@ from i2dl.io.files import atomic_path
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "i2dl-sample-store"
-#: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``).
-STORE_VERSION = 2
+#: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``); 3
+#: writes every chunk (all-fill ones included) with Zstd content checksums, so that
+#: :func:`verify_store` can tell a deleted or garbled chunk from data.
+STORE_VERSION = 3
 
 #: Values of the ``split`` array. ``LEARN``: fits the weights; ``SELECTION``: carved from
 #: the learn polygons of each class, chooses the checkpoint, drives early stopping and LR
@@ -168,7 +173,11 @@ def write_store(
         for name, dtype in ARRAY_DTYPES.items():
             data = np.ascontiguousarray(arrays[name], dtype=dtype)
             chunks = (max(1, min(samples_per_chunk, n)),) + data.shape[1:]
-            zarray = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks)
+            zarray = group.create_array(
+                name, shape=data.shape, dtype=dtype, chunks=chunks,
+                compressors=ZstdCodec(level=0, checksum=True),
+                config={"write_empty_chunks": True},  # a missing chunk is then damage
+            )
             if n:
                 zarray[...] = data
         group.attrs.update(
@@ -197,7 +206,9 @@ def open_store(path: str | Path) -> zarr.Group:
     try:
         group = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # zarr raises several errors for a non-store folder
-        raise StoreError(f"{path} is not a Zarr sample store: {exc}") from None
+        raise StoreError(
+            f"sample store {path} cannot be opened: damaged, or not a Zarr store ({exc})"
+        ) from None
     if group.attrs.get("format") != STORE_FORMAT:
         raise StoreError(f"{path} is a Zarr group but not an i2dl sample store")
     return group
@@ -280,3 +291,92 @@ def read_info(path: str | Path) -> StoreInfo:
         height=int(attrs["height"]),
         attrs=attrs,
     )
+
+
+def verify_store(path: str | Path) -> StoreInfo:
+    """Check that a store is intact, not just present: the check made before reusing one.
+
+    Checked: the store opens and has the current layout version and its attributes; every
+    array of :data:`ARRAY_DTYPES` exists with its dtype and N rows (``X`` (N, T, C),
+    ``mask`` (N, T) with T, C of the attributes); every chunk exists (a deleted chunk would
+    read as zeros) and decodes with a valid Zstd checksum (the whole store is read, chunk
+    by chunk); the pixels per split and per class equal the ``counts`` recorded when the
+    store was written (a deleted ``split`` chunk would turn val pixels into learn ones).
+
+    Args:
+        path: the store folder.
+
+    Returns:
+        The store's attributes (:func:`read_info`).
+
+    Raises:
+        StoreError: the store is absent, of another layout version or damaged; the
+            message names the store and what is wrong.
+    """
+    path = Path(path)
+    group = open_store(path)
+    version = group.attrs.get("version")
+    if version != STORE_VERSION:
+        raise StoreError(
+            f"sample store {path} has layout version {version}, this i2dl writes "
+            f"version {STORE_VERSION}"
+        )
+    try:
+        info = read_info(path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"sample store {path} has damaged attributes ({exc!r})") from None
+    n, t, c = info.n_samples, info.n_dates, info.n_channels
+    shapes = {"X": (n, t, c), "mask": (n, t)}
+    values: dict[str, np.ndarray] = {}
+    for name, dtype in ARRAY_DTYPES.items():
+        try:
+            if name not in group:
+                raise StoreError(f"sample store {path} is damaged: array {name!r} is missing")
+            arr = store_array(group, name)
+        except StoreError:
+            raise
+        except Exception as exc:  # a truncated zarr.json: JSON or metadata errors
+            raise StoreError(
+                f"sample store {path} is damaged: array {name!r} cannot be opened ({exc})"
+            ) from None
+        want = shapes.get(name, (n,))
+        if arr.shape != want or arr.dtype != np.dtype(dtype):
+            raise StoreError(
+                f"sample store {path} is damaged: array {name!r} is {arr.shape} "
+                f"{arr.dtype}, its attributes say {want} {dtype}"
+            )
+        if arr.nchunks_initialized != arr.nchunks:
+            raise StoreError(
+                f"sample store {path} is damaged: array {name!r} has "
+                f"{arr.nchunks_initialized} of its {arr.nchunks} chunks"
+            )
+        step = max(1, int(arr.chunks[0]))
+        try:
+            for start in range(0, n, step):  # every chunk decoded: checksums checked
+                block = np.asarray(arr[start : start + step])
+                if name in ("code", "split"):
+                    values.setdefault(name, np.empty(n, dtype=dtype))[start : start + step] = block
+        except Exception as exc:  # codec errors (checksum mismatch, truncated frame)
+            raise StoreError(
+                f"sample store {path} is damaged: array {name!r} rows {start}.. cannot be "
+                f"decoded ({type(exc).__name__}: {exc})"
+            ) from None
+    counts = info.attrs.get("counts")
+    if counts and n:
+        split, code = values["split"], values["code"]
+        found = {f"n_{nm}": int((split == v).sum()) for v, nm in SPLIT_NAMES.items()}
+        for key, got in found.items():
+            if counts.get(key) != got:
+                raise StoreError(
+                    f"sample store {path} is damaged: its split array has {got} {key[2:]} "
+                    f"pixels, {counts.get(key)} were written"
+                )
+        for cls, entry in (counts.get("per_class") or {}).items():
+            for v, nm in SPLIT_NAMES.items():
+                got = int(((code == int(cls)) & (split == v)).sum())
+                if entry.get(f"{nm}_pixels") != got:
+                    raise StoreError(
+                        f"sample store {path} is damaged: class {cls} has {got} {nm} pixels, "
+                        f"{entry.get(f'{nm}_pixels')} were written"
+                    )
+    return info

@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import math
+import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -423,13 +424,27 @@ class SITSClassifier(pl.LightningModule):
             path: ``.ckpt`` file (``<run>/checkpoints/best.ckpt``).
 
         Raises:
-            StoreError: no such file, or its weights do not fit this network (the model
-                config differs from the one that was trained).
+            StoreError: no such file, an unreadable or truncated file, a file holding
+                pickled objects (refused: only tensors and plain values are loaded), or
+                weights that do not fit this network (the model config differs from the
+                one that was trained).
         """
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"checkpoint {path} not found; run `python -m i2dl fit` first")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # weights only: a checkpoint is data, unpickling arbitrary objects runs code
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise StoreError(
+                f"checkpoint {path} holds objects other than tensors and plain values, which "
+                f"torch.load(weights_only=True) refuses ({str(exc).splitlines()[0]}); load "
+                "only checkpoints written by i2dl fit"
+            ) from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise StoreError(
+                f"checkpoint {path} cannot be read ({exc}); it may be truncated: train "
+                "again with `python -m i2dl fit`"
+            ) from None
         try:
             state = dict(ckpt["state_dict"])
             # the loss weights of training (a buffer) are restored whatever this module has

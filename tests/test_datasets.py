@@ -104,7 +104,7 @@ def test_headerless_class_map(tmp_path: Path) -> None:
 def test_table_errors_name_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("1,7,0.1,0.2\n\n2,8,0.3\n")
-    with pytest.raises(InputDataError, match=r"wrong number of columns \(line 3: 3;"):
+    with pytest.raises(InputDataError, match=r"wrong number of columns \(line 3: 3 cells;"):
         read_pixel_table(path, n_dates=2, n_channels=1)
     path.write_text("1,7,0.1,0.2\n\n2,8,0.3,abc\n")
     with pytest.raises(InputDataError, match=r"line 3, column 4: 'abc'"):

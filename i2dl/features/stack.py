@@ -269,7 +269,9 @@ class FeatureStack(RasterReader):
         are external features (their neighbourhood filters see the pixels around it).
 
         Returns:
-            ``x`` (H, W, T, C) float32 (C = :attr:`band_names`), ``valid`` (H, W, T) bool.
+            ``x`` (H, W, T, C) float32 (C = :attr:`band_names`), 0 where invalid, and
+            ``valid`` (H, W, T) bool: False where a sensor masks the date or any feature
+            is NaN or +-inf.
         """
         if window is None:
             window = Window(0, 0, self.width, self.height)
@@ -291,5 +293,6 @@ class FeatureStack(RasterReader):
             x = np.concatenate([x, s], axis=-1)
         else:
             x = x.copy()
+        valid = valid & np.isfinite(x).all(axis=-1)  # NaN or +-inf (e.g. a user feature)
         x[~valid] = 0.0
         return np.ascontiguousarray(x, dtype=np.float32), valid

@@ -186,7 +186,7 @@ class TimeSeriesRaster(RasterReader):
         masks: validity rasters.
         crs, transform, width, height: the grid (rasterio objects, pixels).
         nodata: the stack's nodata value, or None; such observations are invalid, and so
-            are NaN values.
+            are NaN and +-inf values.
     """
 
     path: Path
@@ -220,7 +220,7 @@ class TimeSeriesRaster(RasterReader):
         Returns:
             ``x`` (H, W, T, C) float32, the stack's values (unscaled), and ``valid``
             (H, W, T) bool, True where the observation is valid (not masked, not nodata,
-            not NaN in any channel).
+            not NaN or +-inf in any channel). Non-finite values are returned as NaN.
 
         Raises:
             InputDataError: the stack or a mask cannot be read in ``window`` (damaged
@@ -231,7 +231,10 @@ class TimeSeriesRaster(RasterReader):
         t, c = self.n_dates, self.n_channels
         h, w = data.shape[1:]
         x = np.ascontiguousarray(data.reshape(t, c, h, w).transpose(2, 3, 0, 1))
-        invalid = np.isnan(x).any(axis=-1)
+        finite = np.isfinite(x)
+        if not finite.all():  # +-inf is missing exactly like NaN: never a value
+            x[~finite] = np.nan
+        invalid = ~finite.all(axis=-1)
         if self.nodata is not None and not np.isnan(self.nodata):
             invalid |= (x == self.nodata).any(axis=-1)
         for spec in self.masks:

@@ -20,6 +20,10 @@ from i2dl.errors import InputDataError, InputFileNotFoundError
 
 log = logging.getLogger(__name__)
 
+#: Cells that mean "missing observation"; any other text (``null``, ``N/A``, ``-``...) is
+#: refused as not a number rather than silently taken as missing.
+MISSING_CELLS = ["", "nan", "NaN", "NAN", "NA"]
+
 
 @dataclass
 class PixelTable:
@@ -27,7 +31,8 @@ class PixelTable:
 
     Attributes:
         x: (N, T, C) float32 series.
-        valid: (N, T) bool, False where any channel of the date is NaN (empty cell).
+        valid: (N, T) bool, False where any channel of the date is NaN (empty cell) or
+            +-inf; such values are NaN in ``x``.
         codes: (N,) int64 class codes (label + ``label_offset``).
         polygon_id: (N,) int64.
     """
@@ -43,9 +48,11 @@ def read_pixel_table(
 ) -> PixelTable:
     """Read a headerless pixel table.
 
-    Blank lines are skipped; an empty cell (or ``nan``) is a missing observation (its
-    date is invalid). Used for the Formosat-2 TempCNN table and for the UCR Crop and sits
-    MOD13Q1 tables of ``../shared/data`` (same layout, codes from 1).
+    Blank lines are skipped; an empty cell, ``nan``, ``NA`` (:data:`MISSING_CELLS`),
+    ``inf`` or ``-inf`` is a missing observation (its date is invalid); any other text is
+    an error, and so is a row with fewer or more cells than ``2 + T*C`` (never padded).
+    Used for the Formosat-2 TempCNN table and for the UCR Crop and sits MOD13Q1 tables of
+    ``../shared/data`` (same layout, codes from 1).
 
     Args:
         path: CSV file, comma-separated, no header.
@@ -88,14 +95,15 @@ def read_pixel_table(
                 "data.band_names or the table"
             )
         bad = np.flatnonzero(counts != expected)[:10]
-        where = ", ".join(f"line {lines[i]}: {counts[i]}" for i in bad)
+        where = ", ".join(f"line {lines[i]}: {counts[i]} cells" for i in bad)
         raise InputDataError(
             f"{path}: rows with a wrong number of columns ({where}; "
             f"{int((counts != expected).sum())} row(s) in all); every row needs {expected} "
             f"({layout}). Fix or remove these rows"
         )
     df = pd.read_csv(
-        io.StringIO("\n".join(ln for _, ln in rows_text)), header=None, names=range(expected)
+        io.StringIO("\n".join(ln for _, ln in rows_text)), header=None, names=range(expected),
+        keep_default_na=False, na_values=MISSING_CELLS,
     )
     labels = _integer_column(df[0], path, lines, 1, "class")
     pids = _integer_column(df[1], path, lines, 2, "polygon id")
@@ -115,7 +123,10 @@ def read_pixel_table(
             )
         values = numeric
     x = values.to_numpy(np.float32).reshape(len(df), n_dates, n_channels)
-    valid = ~np.isnan(x).any(axis=2)
+    finite = np.isfinite(x)
+    if not finite.all():  # +-inf is a missing observation exactly like NaN
+        x[~finite] = np.nan
+    valid = finite.all(axis=2)
     codes = labels + int(label_offset)
     if (codes < 0).any():
         rows = lines[codes < 0][:20].tolist()

@@ -5,14 +5,16 @@ Follows iota2's rules for reference data, all checked at once by
 letter, a label field of integer or string type, single valid non-overlapping Polygons (a
 MultiPolygon is rejected with its feature ids, unless ``explode_multipolygons`` splits it
 into parts that keep the feature's label and id; invalid geometries are rejected unless
-``make_valid`` repairs them). Label 0 or empty = no data (ignored). String labels are mapped
-to codes 1..K in sorted order.
+``make_valid`` repairs them). Label 0 or empty = no data (ignored). String labels take the
+code of their name in the nomenclature when one is given (``data.nomenclature``), else codes
+1..K in sorted order.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ def read_reference(
     raster_bounds: tuple[float, float, float, float],
     explode_multipolygons: bool = False,
     make_valid: bool = False,
+    nomenclature: Mapping[int, str] | None = None,
 ) -> ReferenceData:
     """Read and check reference polygons against a raster.
 
@@ -65,6 +68,10 @@ def read_reference(
             them (``sampling.explode_multipolygons``).
         make_valid: repair invalid geometries with ``shapely.make_valid`` instead of
             rejecting them (``sampling.make_valid``).
+        nomenclature: class code -> name (``data.nomenclature``). With string labels, each
+            label takes the code of the nomenclature entry of the same name (compared
+            after stripping white space, case-insensitively); None numbers the labels
+            1..K in sorted order. Integer labels ignore it.
 
     Returns:
         The labelled polygons (no-data labels dropped) and the class names.
@@ -74,7 +81,9 @@ def read_reference(
         InputDataError: the file breaks one or more of iota2's rules for reference data
             (file name, label field and codes, Polygon geometries, validity, overlaps: see
             :func:`i2dl.io.validation.validate_reference`; all problems in one message);
-            every polygon is labelled 0 or empty (no labelled polygon); or no labelled
+            every polygon is labelled 0 or empty (no labelled polygon); a string label is
+            not a name of ``nomenclature`` or matches a name that several codes share
+            (labels, feature ids and the nomenclature's names given); or no labelled
             polygon intersects the raster.
     """
     path = Path(path)
@@ -109,7 +118,10 @@ def read_reference(
         text = labels.astype("string").str.strip()
         nodata = text.isna() | (text == "") | (text == "0")
         names = sorted(text[~nodata].unique())
-        mapping = {name: i + 1 for i, name in enumerate(names)}
+        if nomenclature:
+            mapping = _codes_from_nomenclature(names, nomenclature, text, fids, path, data_field)
+        else:
+            mapping = {name: i + 1 for i, name in enumerate(names)}
         codes = text.map(mapping)
         class_names = {code: name for name, code in mapping.items()}
     else:
@@ -157,6 +169,51 @@ def read_reference(
     out = out[inside].reset_index(drop=True)
     class_names = {c: n for c, n in class_names.items() if c in set(out["code"])}
     return ReferenceData(polygons=out, class_names=class_names, string_labels=string_labels)
+
+
+def _codes_from_nomenclature(
+    names: list[str],
+    nomenclature: Mapping[int, str],
+    text: pd.Series,
+    fids: np.ndarray,
+    path: Path,
+    data_field: str,
+) -> dict[str, int]:
+    """Code of each string label: the nomenclature code of the entry with that name.
+
+    Names are compared stripped and case-insensitively (``Forest`` = ``forest``).
+
+    Raises:
+        InputDataError: a label matches no nomenclature name (with a close name suggested,
+            and the feature ids carrying it), or a name several codes share.
+    """
+    by_name: dict[str, list[int]] = {}
+    for code, name in nomenclature.items():
+        by_name.setdefault(str(name).strip().casefold(), []).append(int(code))
+    mapping: dict[str, int] = {}
+    problems = []
+    for label in names:
+        found = by_name.get(label.casefold(), [])
+        if len(found) == 1:
+            mapping[label] = found[0]
+            continue
+        ids = fids[(text == label).fillna(False).to_numpy(dtype=bool)][:10].tolist()
+        if found:
+            problems.append(f"{label!r} (fid {ids}) matches codes {found}, which share that name")
+            continue
+        close = difflib.get_close_matches(label.casefold(), list(by_name), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{label!r} (fid {ids}) is not in the nomenclature{hint}")
+    if problems:
+        known = ", ".join(f"{n!r}:{c}" for c, n in nomenclature.items())
+        raise InputDataError(
+            f"{path}, field {data_field!r}: the string labels must be class names of the "
+            f"nomenclature (data.nomenclature) to get its codes: {'; '.join(problems)}. "
+            f"The nomenclature has {known}. Fix the labels or the nomenclature, use an "
+            "integer code field as data.data_field, or set data.nomenclature=null to number "
+            "the labels 1..K alphabetically"
+        )
+    return mapping
 
 
 def burn_polygons(

@@ -26,7 +26,7 @@ from i2dl.layout import (
 )
 from i2dl.metrics import confusion_matrix, scores
 from i2dl.report import CONFUSION_PNG, write_report
-from i2dl.store import SELECTION, VAL, StoreInfo
+from i2dl.store import SELECTION, VAL, StoreInfo, verify_store
 from models import Classifier, SITSClassifier
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         optimistic, for hyper-parameter search only).
 
     Raises:
-        StoreError: no trained model or no val pixel.
+        StoreError: no trained model or no val pixel; the store is damaged
+            (:func:`i2dl.store.verify_store`).
         ConfigError: a test table with eco-regions (table rows have no location).
     """
     out = run_dir(cfg)
     with stage_logging(out, "evaluate"):
         models, info = load_models(out, cfg.evaluate.ckpt)
+        try:  # a damaged store would be scored silently (missing chunks read as zeros)
+            verify_store(info.path)
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc}. Rebuild it: `python -m i2dl prepare` with the run's overrides and "
+                "store.rebuild=true, then evaluate again"
+            ) from None
         name = cfg.get("experiment_name", "")
         report = out / REPORT_DIR
         per_region, y_true, y_pred = {}, [], []

@@ -13,7 +13,7 @@ from i2dl.build import DataDims, build_classifier, save_model_spec
 from i2dl.errors import ConfigError, StoreError
 from i2dl.layout import model_dirs, run_dir, stage_logging
 from i2dl.prepare import store_path
-from i2dl.store import LEARN, SELECTION, VAL, StoreInfo, read_info
+from i2dl.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
 from i2dl.training import fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def existing_store(cfg: DictConfig) -> Path:
-    """The up-to-date sample store of ``cfg``.
+    """The up-to-date sample store of ``cfg``, verified intact (:func:`verify_store`).
 
     Raises:
-        StoreError: ``prepare`` has not built it.
+        StoreError: ``prepare`` has not built it, or it is damaged (the message names the
+            store and ``store.rebuild=true``).
     """
     path = store_path(cfg)
     if not path.exists():
@@ -32,6 +33,13 @@ def existing_store(cfg: DictConfig) -> Path:
             f"no up-to-date sample store for this config at {path}; run "
             "`python -m i2dl prepare` with the same overrides first, or `python -m i2dl train`"
         )
+    try:
+        verify_store(path)
+    except StoreError as exc:
+        raise StoreError(
+            f"{exc}. Rebuild it: `python -m i2dl prepare` with the same overrides and "
+            "store.rebuild=true"
+        ) from None
     return path
 
 

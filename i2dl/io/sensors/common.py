@@ -269,8 +269,8 @@ def nodata_or(src: Any, default: float | None) -> float | None:
 
 
 def equals_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Boolean array: True where ``values`` equal ``nodata`` or are NaN."""
-    bad = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    """Boolean array: True where ``values`` equal ``nodata`` or are NaN or +-inf."""
+    bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         bad |= values == nodata
     return bad

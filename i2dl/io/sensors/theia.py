@@ -484,7 +484,7 @@ class Sentinel2Theia(RasterReader):
                 nodata = nodata_or(src, THEIA_NODATA)
                 if coarse:
                     values[c] = self._resample(src, win, nodata)
-                    invalid |= np.isnan(values[c])
+                    invalid |= ~np.isfinite(values[c])
                 else:
                     values[c] = src.read(1, window=win, out_dtype="float32")
                     invalid |= equals_nodata(values[c], nodata)
