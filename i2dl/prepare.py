@@ -5,7 +5,9 @@ on the raster grid (pixel centres), split the polygons per class into learn/val
 (:mod:`i2dl.sampling.split`), extract every labelled pixel's series and validity mask
 block by block, drop pixels with no valid date, compute learn-split per-channel statistics,
 and write the store atomically. A store whose fingerprint (config + source file sizes and
-modification times) matches is reused instead of rebuilt.
+modification times) matches is reused instead of rebuilt. The build holds the store's
+lock (:func:`i2dl.io.files.target_lock`): a second process preparing the same store waits,
+then reuses it; temporaries left by a killed build are removed first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
+from i2dl.io.files import target_lock
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file
@@ -129,6 +132,14 @@ def prepare(cfg: DictConfig) -> Path:
         ConfigError: bad sampling parameters, or no labelled pixel with a valid date.
     """
     path = store_path(cfg)
+    # one process builds a store, a concurrent one waits and reuses it; orphaned
+    # temporaries of a killed build are removed under the lock
+    with target_lock(path):
+        return _prepare_locked(cfg, path)
+
+
+def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
+    """:func:`prepare` under the store's lock."""
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
         try:
