@@ -248,7 +248,7 @@ def classify_raster(
                     fn, info, flat_x[sel], flat_valid[sel], days, device, pin, use_amp
                 )
         best = proba.argmax(axis=1)
-        out = {
+        out: dict[str, np.ndarray] = {
             "classif": np.where(has_data, codes[best], 0).astype(class_dtype).reshape(h, w),
             "confidence": np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
             .reshape(h, w),
@@ -297,7 +297,7 @@ def classify_raster(
                         arrays = compute(win, x, valid)
                         if resume_key is not None:
                             with atomic_path(partial / f"w{i}.npz") as tmp, open(tmp, "xb") as fh:
-                                np.savez(fh, **arrays)
+                                np.savez(fh, **arrays)  # type: ignore[arg-type]
                     dsts["classif"].write(arrays["classif"][None], window=win)
                     dsts["confidence"].write(arrays["confidence"][None], window=win)
                     if write_proba:

@@ -175,6 +175,24 @@ def _kill_in_each_stage(make_cfg, tiny_dataset, tmp_path) -> None:
     for key in ("oa", "kappa", "f1_macro", "n_learn", "n_val"):
         assert got[key] == expected[key]
     _same_outputs(run, ref)
+    # TensorBoard: one curve per metric, the events the killed fit logged after its
+    # checkpoint purged (evaluate's hparam/* are written by each evaluate run)
+    curves, ref_curves = _scalars(run / "tb"), _scalars(ref / "tb")
+    assert curves.keys() == ref_curves.keys() and "selection/loss" in curves
+    for tag, points in ref_curves.items():
+        assert curves[tag] == pytest.approx(points), tag
+
+
+def _scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a TensorBoard folder as (step, value) lists (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        t: [(e.step, e.value) for e in acc.Scalars(t)]
+        for t in acc.Tags()["scalars"] if not t.startswith("hparam/")
+    }
 
 
 def _same_outputs(run: Path, ref: Path) -> None:
