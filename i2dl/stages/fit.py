@@ -199,9 +199,10 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
 
     Re-running in a run folder (see :func:`plan_fit`, option ``resume``): a finished fit
     of the same config is reused, an unfinished one (killed) resumes from its
-    ``last.ckpt``, anything else starts from scratch; then the run's outputs derived from
-    the previous model (``report/``, ``maps/``, ``final/``, ``summary.json``) and its
-    checkpoints and TensorBoard events are removed first, so old and new are never mixed.
+    ``last.ckpt``, anything else starts from scratch. Unless every model is reused, the
+    run's outputs derived from the previous model (``report/``, ``maps/``, ``final/``,
+    ``summary.json``) are removed first, and a fit from scratch also removes the old
+    checkpoints and TensorBoard events: old and new are never mixed.
 
     Args:
         cfg: composed config.
@@ -213,8 +214,8 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
 
     Raises:
         StoreError: no store for this config.
-        ConfigError: bad ``model.class_weights``; the store (or a region) has no learn or
-            val pixel.
+        ConfigError: bad ``model.class_weights`` or ``resume``; the store (or a region) has
+            no learn or val pixel.
     """
     out = run_dir(cfg)
     with stage_logging(out, "fit"):
