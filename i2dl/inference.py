@@ -9,6 +9,12 @@ current one (one reader thread). Outputs are written under temporary names and r
 the end (:func:`i2dl.io.files.atomic_path`): a map that exists is complete. Tile maps are
 merged by :func:`i2dl.io.geotiff.mosaic`.
 
+Resume (``resume_key``): each finished window is also saved to
+``<out>/.infer-partial/w<i>.npz`` (atomically), with ``state.json`` holding the key of the
+model, store, raster and settings. A run killed mid-map leaves that folder; the next run
+with the same key reads the finished windows back instead of computing them, and computes
+only the rest; another key starts over. The folder is removed once the maps are complete.
+
 Products (iota2 names in brackets):
 - ``classif.tif`` (Classif_Seed_0.tif): class codes, uint8 or uint16, nodata 0;
 - ``confidence.tif`` (Confidence_Seed_0.tif): max class probability, float32, nodata 0;
@@ -18,7 +24,10 @@ A pixel with no valid acquisition date is nodata in every product.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -28,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
 from rich.progress import Progress
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.io.files import atomic_path
+from i2dl.io.files import atomic_path, remove_orphans, target_lock, write_text_atomic
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
@@ -42,6 +52,8 @@ log = logging.getLogger(__name__)
 #: ``predict(x, days, mask) -> proba``: x (B,T,C) float32, days (B,T) int64, mask (B,T) bool
 #: tensors on the device; returns (B,K) float32 probabilities.
 PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: Finished windows of an unfinished map, in the maps folder.
+PARTIAL_DIR = ".infer-partial"
 
 
 @dataclass
@@ -104,6 +116,37 @@ def _predict_batch(
     return pb.float().cpu().numpy()
 
 
+def _open_partial(
+    partial: Path, resume_key: str, windows: list[Window], names: Mapping[str, str], k: int,
+    class_dtype: str,
+) -> set[int]:
+    """The finished windows of an interrupted map with the same key; else start afresh.
+
+    Returns:
+        Indices of the windows whose ``w<i>.npz`` exists under ``partial``.
+    """
+    layout = [(int(w.row_off), int(w.col_off), int(w.height), int(w.width)) for w in windows]
+    payload = {"key": resume_key, "windows": layout, "maps": sorted(names), "k": k,
+               "dtype": class_dtype}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    state_file = partial / "state.json"
+    try:
+        same = json.loads(state_file.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        if partial.exists():
+            log.info("discarding the unfinished maps in %s (another model or settings)", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_text_atomic(state_file, json.dumps({"key": key}))
+        return set()
+    return {
+        int(f.name[1:-4]) for f in partial.glob("w*.npz")
+        if f.name[1:-4].isdigit() and int(f.name[1:-4]) < len(windows)
+    }
+
+
 def classify_raster(
     series: TimeSeriesSource,
     info: StoreInfo,
@@ -116,6 +159,7 @@ def classify_raster(
     write_proba: bool = False,
     progress: bool = True,
     region_index: np.ndarray | None = None,
+    resume_key: str | None = None,
 ) -> InferenceResult:
     """Classify every pixel of a time series, chunk by chunk.
 
@@ -134,6 +178,10 @@ def classify_raster(
         region_index: (height, width) int region id of every pixel (-1 = no region:
             nodata), required when ``predict`` is a mapping; each region's pixels are
             classified by its own model only.
+        resume_key: what the maps depend on (model checkpoints, store, raster, device);
+            None = no resume. With a key, finished windows are kept in
+            ``<out_dir>/.infer-partial/`` and a run interrupted with the same key computes
+            only the windows not done yet (see the module's docstring).
 
     Returns:
         The written maps.
@@ -177,66 +225,105 @@ def classify_raster(
     use_amp = amp and device.type == "cuda"
     pin = device.type == "cuda"
     n_pixels = n_nodata = 0
-    with ExitStack() as stack:
-        # each map: temporary name, renamed when the stack closes without error (after its
-        # dataset is closed: last in, first out)
-        dsts = {
-            key: stack.enter_context(
-                rasterio.open(stack.enter_context(atomic_path(path)), "w", **profiles[key])
-            )
-            for key, path in final.items()
+
+    def compute(win: Window, x: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Classify one window: classif (h, w), confidence (h, w), proba (K, h, w)."""
+        h, w = x.shape[:2]
+        flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
+        flat_valid = valid.reshape(h * w, info.n_dates)
+        has_data = flat_valid.any(axis=1)
+        if single is not None:
+            groups = [(single, np.flatnonzero(has_data))]
+        else:
+            assert predicts is not None and region_index is not None  # checked above
+            r0, c0 = int(win.row_off), int(win.col_off)
+            reg = region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
+            has_data &= reg >= 0
+            groups = [
+                (predicts[int(r)], np.flatnonzero(has_data & (reg == r)))
+                for r in np.unique(reg[has_data]) if int(r) in predicts
+            ]
+            has_data &= np.isin(reg, list(predicts))
+        proba = np.zeros((h * w, k), dtype=np.float32)
+        for fn, idx in groups:
+            for b0 in range(0, len(idx), batch_size):
+                sel = idx[b0 : b0 + batch_size]
+                proba[sel] = _predict_batch(
+                    fn, info, flat_x[sel], flat_valid[sel], days, device, pin, use_amp
+                )
+        best = proba.argmax(axis=1)
+        out: dict[str, np.ndarray] = {
+            "classif": np.where(has_data, codes[best], 0).astype(class_dtype).reshape(h, w),
+            "confidence": np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
+            .reshape(h, w),
+            "has_data": has_data.reshape(h, w),
         }
-        with ThreadPoolExecutor(max_workers=1) as reader, Progress(disable=not progress) as bar:
-            task = bar.add_task("classifying chunks", total=len(windows))
-            future = reader.submit(read_series_window, series, windows[0])
-            for i, win in enumerate(windows):
-                x, valid = future.result()
-                if i + 1 < len(windows):
-                    future = reader.submit(read_series_window, series, windows[i + 1])
-                h, w = x.shape[:2]
-                flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
-                flat_valid = valid.reshape(h * w, info.n_dates)
-                has_data = flat_valid.any(axis=1)
-                if single is not None:
-                    groups = [(single, np.flatnonzero(has_data))]
-                else:
-                    assert predicts is not None and region_index is not None  # checked above
-                    r0, c0 = int(win.row_off), int(win.col_off)
-                    reg = region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
-                    has_data &= reg >= 0
-                    groups = [
-                        (predicts[int(r)], np.flatnonzero(has_data & (reg == r)))
-                        for r in np.unique(reg[has_data]) if int(r) in predicts
-                    ]
-                    has_data &= np.isin(reg, list(predicts))
-                proba = np.zeros((h * w, k), dtype=np.float32)
-                for fn, idx in groups:
-                    for b0 in range(0, len(idx), batch_size):
-                        sel = idx[b0 : b0 + batch_size]
-                        proba[sel] = _predict_batch(
-                            fn, info, flat_x[sel], flat_valid[sel], days, device, pin, use_amp
-                        )
-                best = proba.argmax(axis=1)
-                classif = np.where(has_data, codes[best], 0).astype(class_dtype)
-                conf = np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
-                dsts["classif"].write(classif.reshape(1, h, w), window=win)
-                dsts["confidence"].write(conf.reshape(1, h, w), window=win)
-                if write_proba:
-                    dsts["proba"].write(proba.T.reshape(k, h, w), window=win)
-                n_pixels += int(has_data.sum())
-                n_nodata += int((~has_data).sum())
-                bar.advance(task)
-        if n_pixels == 0:  # raised inside the stack: no map is renamed into place
-            where = " inside an eco-region" if single is None else ""
-            raise InputDataError(
-                f"no pixel of {series.path}{where} has a valid observation (every value NaN, "
-                "the nodata value or masked by data.masks): the map would be empty. Check "
-                "the raster (gdalinfo -stats) and the validity masks"
-            )
         if write_proba:
-            dsts["proba"].descriptions = tuple(
-                f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
-            )
+            out["proba"] = proba.T.reshape(k, h, w)
+        return out
+
+    partial = out_dir / PARTIAL_DIR
+    with target_lock(final["classif"]):
+        for path in final.values():  # temporaries of killed runs of the other maps
+            remove_orphans(path)
+        done = set()
+        if resume_key is not None:
+            done = _open_partial(partial, resume_key, windows, names, k, class_dtype)
+            if done:
+                log.info("resuming the maps in %s: %d of %d windows already done", out_dir,
+                         len(done), len(windows))
+        todo = [i for i in range(len(windows)) if i not in done]
+        with ExitStack() as stack:
+            # each map: temporary name, renamed when the stack closes without error (after
+            # its dataset is closed: last in, first out)
+            dsts = {
+                key: stack.enter_context(
+                    rasterio.open(stack.enter_context(atomic_path(path)), "w", **profiles[key])
+                )
+                for key, path in final.items()
+            }
+            with ThreadPoolExecutor(max_workers=1) as reader, \
+                    Progress(disable=not progress) as bar:
+                task = bar.add_task("classifying chunks", total=len(windows))
+                ahead = iter(todo)
+                nxt = next(ahead, None)
+                future = (
+                    reader.submit(read_series_window, series, windows[nxt])
+                    if nxt is not None else None
+                )
+                for i, win in enumerate(windows):
+                    if i in done:
+                        with np.load(partial / f"w{i}.npz") as saved:
+                            arrays = {name: saved[name] for name in saved.files}
+                    else:
+                        assert future is not None  # one read is submitted per window to do
+                        x, valid = future.result()
+                        nxt = next(ahead, None)
+                        if nxt is not None:
+                            future = reader.submit(read_series_window, series, windows[nxt])
+                        arrays = compute(win, x, valid)
+                        if resume_key is not None:
+                            with atomic_path(partial / f"w{i}.npz") as tmp, open(tmp, "xb") as fh:
+                                np.savez(fh, **arrays)  # type: ignore[arg-type]
+                    dsts["classif"].write(arrays["classif"][None], window=win)
+                    dsts["confidence"].write(arrays["confidence"][None], window=win)
+                    if write_proba:
+                        dsts["proba"].write(arrays["proba"], window=win)
+                    n_pixels += int(arrays["has_data"].sum())
+                    n_nodata += int((~arrays["has_data"]).sum())
+                    bar.advance(task)
+            if write_proba:
+                dsts["proba"].descriptions = tuple(
+                    f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
+                )
+            if n_pixels == 0:  # raised inside the stack: no map is renamed into place
+                where = " inside an eco-region" if single is None else ""
+                raise InputDataError(
+                    f"no pixel of {series.path}{where} has a valid observation (every value "
+                    "NaN, the nodata value or masked by data.masks): the map would be empty. "
+                    "Check the raster (gdalinfo -stats) and the validity masks"
+                )
+        shutil.rmtree(partial, ignore_errors=True)
     log.info(
         "maps written to %s: %d pixels classified, %d nodata (device %s)",
         out_dir,

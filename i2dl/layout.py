@@ -4,6 +4,7 @@ One run (a Hydra run dir, ``paths.output_dir``) holds, as in README's output tre
 
     <run>/
     ├── model.yaml, checkpoints/, tb/     one model (or regions/region_<r>/ per eco-region)
+    ├── fit_state.json                    its fit: config fingerprint, running or done
     ├── report/                           confusion matrix, metrics.json, learning curves
     ├── maps/ (maps/<tile>/), final/      maps, mosaics, fusion
     ├── logs/<stage>.log                  one log per stage
@@ -38,6 +39,11 @@ MODEL_SPEC = "model.yaml"
 CHECKPOINT_DIR = "checkpoints"
 #: A fitted scikit-learn model, with its preprocessing, in ``checkpoints/``.
 SKLEARN_MODEL = "model.joblib"
+#: State of the fit of a model folder, beside ``checkpoints/``: the config fingerprint,
+#: whether the fit is ``running`` (or was killed) or ``done``, the best checkpoint's name.
+FIT_STATE = "fit_state.json"
+#: Outputs of a run derived from its model(s), removed when a model is fitted anew.
+DERIVED_OUTPUTS = ("report", "maps", "final", "summary.json")
 #: TensorBoard events of a model folder.
 TB_DIR = "tb"
 #: Accuracy report of a run (``report/region_<r>/``, ``report/test/`` below it).
@@ -131,8 +137,28 @@ def trained_model_dirs(run: Path) -> dict[int | None, Path]:
     return {int(d.name.split("_")[-1]): d for d in found}
 
 
+def read_fit_state(model_dir: Path) -> dict[str, Any] | None:
+    """``<model_dir>/fit_state.json``, or None (no fit, or an older i2dl's)."""
+    path = model_dir / FIT_STATE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_fit_state(model_dir: Path, state: Mapping[str, Any]) -> Path:
+    """Write ``<model_dir>/fit_state.json`` atomically."""
+    return write_json(model_dir / FIT_STATE, state)
+
+
 def checkpoint_path(model_dir: Path, which: str) -> Path:
-    """The checkpoint ``which`` of a model folder.
+    """The checkpoint ``which`` of a model folder: the one place that names it.
+
+    ``best`` is the file that ``fit`` recorded in ``fit_state.json`` (always
+    ``best.ckpt``: checkpoint names carry no ``-v1`` version). A model folder whose fit
+    was interrupted (state ``running``) has no usable checkpoint: evaluating it would
+    silently score a half-trained or older model.
 
     Args:
         model_dir: a model folder (the run, or a region's folder).
@@ -143,11 +169,21 @@ def checkpoint_path(model_dir: Path, which: str) -> Path:
         An existing file.
 
     Raises:
-        StoreError: the checkpoint does not exist.
+        StoreError: the checkpoint does not exist, or the fit of ``model_dir`` did not
+            finish.
     """
     if which in ("best", "last"):
+        state = read_fit_state(model_dir)
+        if state is not None and state.get("status") != "done":
+            raise StoreError(
+                f"the fit in {model_dir} did not finish (interrupted?): run the same "
+                "`python -m i2dl train` (or `fit`) command again to resume it"
+            )
+        name = f"{which}.ckpt"
+        if which == "best" and state is not None and state.get("best"):
+            name = str(state["best"])
         sk = model_dir / CHECKPOINT_DIR / SKLEARN_MODEL
-        path = sk if sk.is_file() else model_dir / CHECKPOINT_DIR / f"{which}.ckpt"
+        path = sk if sk.is_file() else model_dir / CHECKPOINT_DIR / name
     else:
         path = Path(which)
     if not path.is_file():

@@ -7,7 +7,9 @@ block by block, drop pixels with no valid date, compute learn-split per-channel 
 and write the store atomically. A store whose fingerprint (config + source file sizes and
 modification times) matches is reused instead of rebuilt, once verified intact
 (:func:`i2dl.store.verify_store`); a damaged one is rebuilt with a warning, or refused when
-``store.rebuild_damaged=false``.
+``store.rebuild_damaged=false``. The build holds the store's
+lock (:func:`i2dl.io.files.target_lock`): a second process preparing the same store waits,
+then reuses it; temporaries left by a killed build are removed first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
+from i2dl.io.files import target_lock
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
@@ -142,6 +145,14 @@ def prepare(cfg: DictConfig) -> Path:
             "through the CLI (`python -m i2dl prepare seed=null` draws a seed and records it)"
         )
     path = store_path(cfg)
+    # one process builds a store, a concurrent one waits and reuses it; orphaned
+    # temporaries of a killed build are removed under the lock
+    with target_lock(path):
+        return _prepare_locked(cfg, path)
+
+
+def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
+    """:func:`prepare` under the store's lock."""
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
         try:

@@ -15,12 +15,14 @@ Models know tensors, not files: the store is read here and in :mod:`datamodules`
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from datamodules.pixel_series import StoreBlockDataset
@@ -69,9 +71,40 @@ def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
     return out
 
 
+class RandomState(Callback):
+    """Saves the global RNG states (torch, NumPy, Python) in every checkpoint, restores them.
+
+    Lightning restores the epoch, the optimiser, the scheduler and the callbacks from
+    ``last.ckpt``, not the global random generators, which draw the shuffling of each
+    epoch (:class:`datamodules.pixel_series.StoreBlockDataset`) and dropout. With their
+    state at the checkpoint restored, a resumed CPU fit continues exactly as the
+    uninterrupted one would have. States are stored as tensors and lists (plain data,
+    loadable with ``torch.load(weights_only=True)``).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The RNG states now (called when a checkpoint is saved)."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                      int(has_gauss), float(gauss)],
+            "python": [int(version), list(internal), gauss_next],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the RNG states of a checkpoint (called when a fit resumes)."""
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+
+
 def fit_network(
     cfg: DictConfig, module: SITSClassifier, datamodule: Any, model_dir: Path,
-    region: int | None,
+    region: int | None, resume_from: Path | None = None,
 ) -> Path:
     """Train a deep classifier with Lightning; the best epoch is kept by the checkpoint callback.
 
@@ -82,6 +115,10 @@ def fit_network(
         model_dir: the model folder (the run, or an eco-region's folder, whose ``tb/`` and
             ``checkpoints/`` are then used).
         region: eco-region code, or None.
+        resume_from: ``last.ckpt`` of an unfinished fit of the same config: Lightning's
+            ``ckpt_path`` restores epoch, optimiser, scheduler, callbacks (best score,
+            early stopping) and, with :class:`RandomState`, the RNGs. TensorBoard events
+            logged after that checkpoint by the killed fit are purged (``purge_step``).
 
     Returns:
         Path of the best checkpoint.
@@ -90,18 +127,26 @@ def fit_network(
         ConfigError: no checkpoint was written (no ``callbacks.model_checkpoint``).
     """
     own_dir = model_dir if region is not None else None
+    extra: dict[str, Any] = {"save_dir": str(model_dir / TB_DIR)} if own_dir else {}
+    purge: dict[str, Any] = {}
+    if resume_from is not None:
+        ckpt = torch.load(resume_from, map_location="cpu", weights_only=True)
+        purge["purge_step"] = int(ckpt.get("global_step", 0))
+        log.info("resuming the unfinished fit from %s (epoch %d done, step %d)", resume_from,
+                 int(ckpt.get("epoch", 0)) + 1, purge["purge_step"])
     loggers = [
-        instantiate(lg, **({"save_dir": str(model_dir / TB_DIR)} if own_dir else {}))
+        instantiate(lg, **extra, **(purge if "TensorBoard" in str(lg.get("_target_")) else {}))
         for lg in (cfg.get("logger") or {}).values()
         if lg
     ]
     trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks(cfg, own_dir),
+        callbacks=[*callbacks(cfg, own_dir), RandomState()],
         logger=loggers or False,
         precision=precision(cfg),
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule,
+                ckpt_path=str(resume_from) if resume_from is not None else None)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt else ""
     if not best:

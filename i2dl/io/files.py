@@ -1,28 +1,40 @@
 """Atomic writes: a file or folder appears complete under its final name, or not at all.
 
 Every output of i2dl (sample stores, maps, reports, tables, pictures, models) is written
-under a temporary name in the destination folder, ``.<name>.tmp-<8 hex>``, then renamed
-with :func:`os.replace`, which is atomic on POSIX when both names are on one file system
-(hence the same folder). A reader therefore sees either the previous version or the new
-complete one, never a partial file; an interrupted write leaves at most a hidden
-``.tmp-`` entry, which the next write does not reuse (random suffix).
+under a temporary name in the destination folder, ``.<name>.tmp-<pid>-<8 hex>``, then
+renamed with :func:`os.replace`, which is atomic on POSIX when both names are on one file
+system (hence the same folder). A reader therefore sees either the previous version or the
+new complete one, never a partial file; an interrupted write (``kill -9``) leaves at most a
+hidden ``.tmp-`` (or ``.old-``) entry, which the next write does not reuse (random suffix)
+and which :func:`remove_orphans` deletes once its writer process is gone. Writers that may
+run concurrently on one target (two ``prepare`` of the same store, two ``infer`` into one
+folder) serialise on :func:`target_lock` and clean up under it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 log = logging.getLogger(__name__)
 
-#: Marker in the name of every temporary file or folder (``.<name>.tmp-<8 hex>``).
+#: Marker in the name of every temporary file or folder (``.<name>.tmp-<pid>-<8 hex>``).
 TMP_MARKER = ".tmp-"
+#: Marker of a previous version moved aside while a folder is replaced.
+OLD_MARKER = ".old-"
+#: A temporary (or moved-aside) entry whose name carries no writer pid (older i2dl) is an
+#: orphan once it is this old, seconds.
+ORPHAN_AGE_S = 3600.0
 
 
 def not_writable(folder: str | Path) -> str | None:
@@ -53,17 +65,115 @@ def not_writable(folder: str | Path) -> str | None:
     return None
 
 
-def temporary_name(final: str | Path) -> Path:
-    """A fresh hidden temporary path beside ``final``: ``<folder>/.<name>.tmp-<8 hex>``.
+def temporary_name(final: str | Path, marker: str = TMP_MARKER) -> Path:
+    """A fresh hidden temporary path beside ``final``: ``<folder>/.<name>.tmp-<pid>-<8 hex>``.
 
     Args:
         final: the destination path.
+        marker: :data:`TMP_MARKER` (a new version) or :data:`OLD_MARKER` (a previous one
+            moved aside).
 
     Returns:
-        A path in the same folder that does not collide with concurrent writers.
+        A path in the same folder that does not collide with concurrent writers; the
+        writer's process id in the name lets :func:`remove_orphans` tell a live writer's
+        temporary from a killed one's.
     """
     final = Path(final)
-    return final.with_name(f".{final.name}{TMP_MARKER}{uuid.uuid4().hex[:8]}")
+    return final.with_name(f".{final.name}{marker}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (permission errors count as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_orphans(final: str | Path) -> list[Path]:
+    """Delete the temporaries that killed writers of ``final`` left beside it.
+
+    An entry ``.<name>.tmp-<pid>-<hex>`` or ``.<name>.old-<pid>-<hex>`` of the same target
+    is removed when process ``pid`` no longer runs (another target's temporaries, and a
+    live writer's, are kept); an entry of an older i2dl (no pid in the name) when it is
+    older than :data:`ORPHAN_AGE_S`. Call it while holding :func:`target_lock` of
+    ``final``, so that no concurrent writer of the same target can be mid-write.
+
+    Args:
+        final: the destination path whose orphans are looked for.
+
+    Returns:
+        The removed paths.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(
+        rf"^\.{re.escape(final.name)}(?:{re.escape(TMP_MARKER)}|{re.escape(OLD_MARKER)})"
+        r"(?:(\d+)-)?[0-9a-f]{8}$"
+    )
+    removed = []
+    for entry in final.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        if pid is not None:
+            orphan = int(pid) != os.getpid() and not _pid_alive(int(pid))
+        else:
+            try:
+                orphan = time.time() - entry.lstat().st_mtime > ORPHAN_AGE_S
+            except OSError:
+                continue
+        if orphan:
+            _remove(entry)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d temporary file(s) of %s left by a killed run: %s", len(removed),
+                 final, ", ".join(p.name for p in removed))
+    return removed
+
+
+def lock_path(final: str | Path) -> Path:
+    """The lock file of a target: ``<folder>/.<name>.lock``."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextmanager
+def target_lock(final: str | Path, timeout: float = -1) -> Iterator[Path]:
+    """Hold the inter-process lock of ``final`` (``filelock``), then clean its orphans.
+
+    A second process asking for the same target waits until the first one is done (and
+    then finds its complete output). The lock file stays (deleting it would race); the
+    operating system releases the lock of a killed process.
+
+    Args:
+        final: the destination path.
+        timeout: seconds to wait; -1 waits forever.
+
+    Yields:
+        The lock file path.
+
+    Raises:
+        filelock.Timeout: the lock was not obtained within ``timeout``.
+    """
+    path = lock_path(final)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("waiting for another process writing %s (lock %s)", final, path)
+        lock.acquire()
+    try:
+        remove_orphans(final)
+        yield path
+    finally:
+        lock.release()
 
 
 def _remove(path: Path) -> None:
@@ -78,11 +188,11 @@ def _replace(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``; a folder replaces an existing folder with no partial state.
 
     ``os.replace`` cannot replace a non-empty folder, so an existing folder is first moved
-    aside to ``.<name>.old-<8 hex>`` (one rename), the new one renamed in (a second), and
+    aside to ``.<name>.old-<pid>-<8 hex>`` (one rename), the new one renamed in (a second), and
     the old one deleted. Between the two renames ``final`` is briefly absent, never partial.
     """
     if tmp.is_dir() and final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        old = temporary_name(final, OLD_MARKER)
         os.replace(final, old)
         try:
             os.replace(tmp, final)
@@ -114,7 +224,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final: the destination file or folder.
 
     Yields:
-        The temporary path, ``<folder>/.<name>.tmp-<8 hex>`` (nothing exists there yet).
+        The temporary path, ``<folder>/.<name>.tmp-<pid>-<8 hex>`` (nothing exists there yet).
 
     Raises:
         OSError: the folder cannot be created, or the rename fails (e.g. ``final`` is a

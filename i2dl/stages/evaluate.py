@@ -17,9 +17,9 @@ from i2dl.build import load_classifier
 from i2dl.errors import ConfigError, StoreError
 from i2dl.io.table import read_pixel_table
 from i2dl.layout import (
-    CHECKPOINT_DIR,
     REPORT_DIR,
     TB_DIR,
+    checkpoint_path,
     run_dir,
     stage_logging,
     trained_model_dirs,
@@ -221,8 +221,8 @@ def log_to_tensorboard(cfg: DictConfig, out: Path, metrics: dict[str, Any]) -> N
     if not tb.is_dir():
         return
     step = 0
-    ckpt = out / CHECKPOINT_DIR / "best.ckpt"
-    if ckpt.is_file():
+    ckpt = checkpoint_path(out, str(cfg.evaluate.ckpt))
+    if ckpt.suffix == ".ckpt":
         step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
     image = imread(out / REPORT_DIR / CONFUSION_PNG)[..., :3]
     flat = flatten_params(

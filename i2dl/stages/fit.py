@@ -2,22 +2,174 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from i2dl.build import DataDims, build_classifier, save_model_spec
 from i2dl.errors import ConfigError, StoreError
-from i2dl.layout import model_dirs, run_dir, stage_logging
+from i2dl.layout import (
+    CHECKPOINT_DIR,
+    DERIVED_OUTPUTS,
+    FIT_STATE,
+    LEARNING_CURVES,
+    MODEL_SPEC,
+    REGIONS_DIR,
+    TB_DIR,
+    checkpoint_path,
+    model_dirs,
+    read_fit_state,
+    run_dir,
+    stage_logging,
+    write_fit_state,
+)
 from i2dl.prepare import store_path
 from i2dl.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
 from i2dl.training import fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
 log = logging.getLogger(__name__)
+
+#: ``resume`` values: ``auto`` resumes an unfinished fit of the same config and reuses a
+#: finished one; ``never`` always fits anew from scratch.
+RESUME_MODES = ("auto", "never")
+#: Trainer settings that change what is shown, not what is learnt (not fingerprinted).
+COSMETIC_TRAINER_KEYS = (
+    "enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir",
+)  # fmt: skip
+#: Version of the fit fingerprint's recipe: bump when its content changes meaning.
+FIT_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What ``fit`` does in one model folder.
+
+    Attributes:
+        action: ``reuse`` (a finished fit of the same config), ``resume`` (an unfinished
+            fit of the same config, from ``last.ckpt``) or ``fresh`` (from scratch, the
+            folder's previous checkpoints and TensorBoard events removed).
+        fingerprint: hash of everything the trained model depends on.
+        reason: why, for the log.
+    """
+
+    action: str
+    fingerprint: str
+    reason: str
+
+
+def fit_fingerprint(cfg: DictConfig, store: Path, region: int | None) -> str:
+    """Hash of everything a trained model depends on.
+
+    The store's own fingerprint (data, sampling, source files), and the ``model``,
+    ``trainer`` (less :data:`COSMETIC_TRAINER_KEYS`), ``datamodule`` and ``callbacks``
+    configs, ``enable_early_stop``, ``seed`` and the region. Loggers, ``cpu_threads``,
+    ``evaluate`` and ``infer`` settings are left out: they do not change the model.
+
+    Returns:
+        16 hexadecimal characters.
+    """
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer, dict)  # a config node resolves to a dict
+    for key in COSMETIC_TRAINER_KEYS:
+        trainer.pop(key, None)
+    callbacks = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
+    assert isinstance(callbacks, dict)
+    for cb in callbacks.values():
+        if isinstance(cb, dict):
+            cb.pop("dirpath", None)
+    try:
+        store_key = str(read_info(store).attrs.get("fingerprint") or store.name)
+    except StoreError:
+        store_key = store.name
+    payload = {
+        "version": FIT_STATE_VERSION,
+        "store": store_key,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "trainer": trainer,
+        "datamodule": OmegaConf.to_container(cfg.datamodule, resolve=True),
+        "callbacks": callbacks,
+        "enable_early_stop": bool(cfg.get("enable_early_stop", False)),
+        "seed": cfg.get("seed"),
+        "region": region,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_fit(cfg: DictConfig, store: Path, model_dir: Path, region: int | None) -> FitPlan:
+    """Decide whether a model folder's fit is reused, resumed or started anew.
+
+    With ``resume=auto`` (default): a finished fit (``fit_state.json`` says
+    ``done``) of the same fingerprint is reused as it is; an unfinished one (killed) of
+    the same fingerprint resumes from its ``last.ckpt``; anything else — no state, another
+    config, a state without ``last.ckpt`` — starts from scratch. ``resume=never`` always
+    starts from scratch.
+
+    Raises:
+        ConfigError: ``resume`` is not one of :data:`RESUME_MODES`.
+    """
+    mode = str(cfg.get("resume", "auto"))
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
+    fingerprint = fit_fingerprint(cfg, store, region)
+    state = read_fit_state(model_dir)
+    if mode == "never":
+        return FitPlan("fresh", fingerprint, "resume=never")
+    if state is None:
+        return FitPlan("fresh", fingerprint, "no previous fit")
+    if state.get("fingerprint") != fingerprint:
+        return FitPlan("fresh", fingerprint, "the previous fit had another config")
+    if state.get("status") == "done":
+        try:
+            checkpoint_path(model_dir, "best")
+        except StoreError:
+            return FitPlan("fresh", fingerprint, "the finished fit's checkpoint is missing")
+        return FitPlan("reuse", fingerprint, "finished with the same config")
+    if (model_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        return FitPlan("resume", fingerprint, "unfinished fit of the same config")
+    return FitPlan("fresh", fingerprint, "the unfinished fit left no last.ckpt")
+
+
+def clean_model_dir(model_dir: Path) -> None:
+    """Remove what a previous fit left in a model folder: checkpoints, events, curves."""
+    for name in (CHECKPOINT_DIR, TB_DIR):
+        shutil.rmtree(model_dir / name, ignore_errors=True)
+    (model_dir / LEARNING_CURVES).unlink(missing_ok=True)
+    (model_dir / MODEL_SPEC).unlink(missing_ok=True)
+    (model_dir / FIT_STATE).unlink(missing_ok=True)
+
+
+def clean_run(out: Path, keep: list[Path]) -> None:
+    """Remove a run's outputs derived from an earlier model, and model folders not in ``keep``.
+
+    Called when some model of the run is fitted anew, so that no report, map or summary
+    of the previous model survives beside the new one (``report/``, ``maps/``,
+    ``final/``, ``summary.json``), and no model folder of a previous config (eco-regions
+    then, none now, or the reverse) is picked up by evaluate or infer.
+    """
+    for name in DERIVED_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if out not in keep:
+        clean_model_dir(out)
+    regions = out / REGIONS_DIR
+    if regions.is_dir():
+        for folder in regions.iterdir():
+            if folder not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def existing_store(cfg: DictConfig) -> Path:
@@ -53,6 +205,13 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
     With eco-regions (``sampling.region_file``), one model per region is trained on that
     region's samples only, in ``<run>/regions/region_<r>/``.
 
+    Re-running in a run folder (see :func:`plan_fit`, option ``resume``): a finished fit
+    of the same config is reused, an unfinished one (killed) resumes from its
+    ``last.ckpt``, anything else starts from scratch. Unless every model is reused, the
+    run's outputs derived from the previous model (``report/``, ``maps/``, ``final/``,
+    ``summary.json``) are removed first, and a fit from scratch also removes the old
+    checkpoints and TensorBoard events: old and new are never mixed.
+
     Args:
         cfg: composed config.
         store: the sample store; None looks up the store of ``cfg`` (must exist).
@@ -63,29 +222,44 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
 
     Raises:
         StoreError: no store for this config.
-        ConfigError: bad ``model.class_weights``; the store (or a region) has no learn or
-            val pixel.
+        ConfigError: bad ``model.class_weights`` or ``resume``; the store (or a region) has
+            no learn or val pixel.
     """
     out = run_dir(cfg)
     with stage_logging(out, "fit"):
         store = Path(store) if store is not None else existing_store(cfg)
         info = read_info(store)
+        dirs = model_dirs(out, info.attrs.get("regions"))
+        plans = {r: plan_fit(cfg, store, d, r) for r, d in dirs.items()}
+        if any(p.action != "reuse" for p in plans.values()):
+            clean_run(out, list(dirs.values()))
         best = {}
-        for region, model_dir in model_dirs(out, info.attrs.get("regions")).items():
+        for region, model_dir in dirs.items():
+            plan = plans[region]
+            where = f"region {region} ({model_dir})" if region is not None else str(model_dir)
+            log.info("fit %s: %s (%s)", where, plan.action, plan.reason)
+            if plan.action == "reuse":
+                best[region] = checkpoint_path(model_dir, "best")
+                continue
+            if plan.action == "fresh":
+                clean_model_dir(model_dir)
             if cfg.seed is not None:
                 L.seed_everything(int(cfg.seed), workers=True)
-            if region is not None:
-                log.info("region %d: training in %s", region, model_dir)
-            best[region] = fit_one(cfg, store, info, model_dir, region)
+            best[region] = fit_one(cfg, store, info, model_dir, region, plan)
         if list(best) == [None]:
             return best[None]
         return {f"region_{r}": str(p) for r, p in best.items()}
 
 
 def fit_one(
-    cfg: DictConfig, store: Path, info: StoreInfo, model_dir: Path, region: int | None
+    cfg: DictConfig, store: Path, info: StoreInfo, model_dir: Path, region: int | None,
+    plan: FitPlan,
 ) -> Path:
     """Build and train one model (all samples, or one region's) into ``model_dir``.
+
+    ``<model_dir>/fit_state.json`` says ``running`` (with the fit fingerprint) from before
+    the first epoch until the best checkpoint is chosen, then ``done``: a fit killed in
+    between is resumed by the next run of the same config (``plan.action == "resume"``).
 
     Returns:
         Path of the best checkpoint or the saved scikit-learn model.
@@ -129,9 +303,30 @@ def fit_one(
         n_selection, n_val,
     )
     save_model_spec(model_dir, cfg.model, dims, store, region, n_params)
+    state: dict[str, Any] = {
+        "fingerprint": plan.fingerprint,
+        "status": "running",
+        "store": str(store),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    resume_from = None
+    if plan.action == "resume":
+        previous = read_fit_state(model_dir) or {}
+        state["started"] = previous.get("started", state["started"])
+        state["resumed"] = int(previous.get("resumed", 0)) + 1
+        resume_from = model_dir / CHECKPOINT_DIR / "last.ckpt"
+    write_fit_state(model_dir, state)
     if isinstance(classifier, SITSClassifier):
-        return fit_network(cfg, classifier, datamodule, model_dir, region)
-    if isinstance(classifier, SklearnClassifier):
+        best = fit_network(cfg, classifier, datamodule, model_dir, region, resume_from)
+    elif isinstance(classifier, SklearnClassifier):
         seed = int(cfg.seed) if cfg.seed is not None else 0
-        return fit_estimator(classifier, store, model_dir, region, seed)
-    raise ConfigError(f"no fitting loop for {type(classifier).__name__} (model._target_)")
+        best = fit_estimator(classifier, store, model_dir, region, seed)
+    else:
+        raise ConfigError(f"no fitting loop for {type(classifier).__name__} (model._target_)")
+    state.update(
+        status="done",
+        best=best.name,
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_fit_state(model_dir, state)
+    return best

@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from i2dl.errors import StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
 from i2dl.inference import InferenceResult, PredictFn, classify_raster, resolve_device
 from i2dl.io.geotiff import mosaic
-from i2dl.layout import FINAL_DIR, MAPS_DIR, run_dir, stage_logging
+from i2dl.layout import (
+    FINAL_DIR,
+    MAPS_DIR,
+    checkpoint_path,
+    read_fit_state,
+    run_dir,
+    stage_logging,
+    trained_model_dirs,
+)
 from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
 from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.stages.evaluate import load_models
 
 log = logging.getLogger(__name__)
+
+
+def _stamp(path: Path) -> dict[str, Any]:
+    """Path, size and modification time of a file."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def resume_key(cfg: DictConfig, out: Path, device: str, tile: str | None) -> str:
+    """What the maps of a tile depend on, for :func:`i2dl.inference.classify_raster`'s resume.
+
+    The checkpoint files used (path, size, modification time) with their fit
+    fingerprints, the data config (raster, masks, dates), the ``infer`` settings, the
+    device and the tile.
+    """
+    models = {}
+    for region, model_dir in trained_model_dirs(out).items():
+        state = read_fit_state(model_dir) or {}
+        models[str(region)] = {
+            "ckpt": _stamp(checkpoint_path(model_dir, str(cfg.infer.ckpt))),
+            "fit": state.get("fingerprint"),
+        }
+    payload = {
+        "models": models,
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "infer": OmegaConf.to_container(cfg.infer, resolve=True),
+        "device": device,
+        "tile": tile,
+        "regions": [cfg.sampling.get("region_file"), cfg.sampling.get("region_field")],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run(cfg: DictConfig) -> InferenceResult | None:
@@ -27,7 +70,9 @@ def run(cfg: DictConfig) -> InferenceResult | None:
     ``final/Classif_Seed_<seed>.tif`` and ``final/Confidence_Seed_<seed>.tif`` (iota2's
     names). With eco-regions, each region's pixels are classified by its own model and
     pixels in no region are nodata. Next to each map: a preview picture, a colour-indexed
-    copy, the label table and a QGIS style.
+    copy, the label table and a QGIS style. With ``infer.resume=true`` (default) a killed
+    infer run again computes only the windows it had not finished (see
+    :func:`i2dl.inference.classify_raster`).
 
     Returns:
         The written maps (the mosaic with several tiles), or None when the data has no
@@ -75,6 +120,10 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                     amp=bool(icfg.amp),
                     write_proba=bool(icfg.write_proba),
                     region_index=region_index,
+                    resume_key=(
+                        resume_key(cfg, out, str(device), tile)
+                        if icfg.get("resume", True) else None
+                    ),
                 )
             preview = write_map_preview(
                 results[tile].classif, maps / "classif_preview.png", info.class_codes,
