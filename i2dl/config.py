@@ -135,6 +135,10 @@ def _choice(key: str, choices: Sequence[str], example: str) -> Check:
     return Check(key, "one of " + ", ".join(choices), lambda v: v in choices, example)
 
 
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
 def _device(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
 
@@ -174,6 +178,10 @@ def config_checks() -> tuple[Check, ...]:
         _int("sampling.fold", 0, example="0"),
         _int("store.samples_per_chunk", 1, example="4096"),
         _choice("store.normalization", sorted(NORMALIZATIONS), "standard"),
+        Check("store.rebuild", "true or false", _bool, "false"),
+        Check("store.rebuild_damaged", "true or false", _bool, "true"),
+        _choice("resume", ["auto", "never"], "auto"),
+        Check("infer.resume", "true or false", _bool, "true"),
         Check("objective", "null or one of " + ", ".join(sorted(OBJECTIVES)),
               lambda v: v is None or v in OBJECTIVES, "selection_f1"),
         _int("datamodule.batch_size", 1, example="256"),

@@ -57,6 +57,11 @@ BAD_VALUES = [
     ("infer.device=gpu", "infer.device"),
     ("features_map.chunk_size=0", "features_map.chunk_size"),
     ("callbacks.early_stopping.patience=-1", "callbacks.early_stopping.patience"),
+    ("store.normalization=minmax", "store.normalization"),
+    ("store.rebuild_damaged=maybe", "store.rebuild_damaged"),
+    ("objective=val_f1", "objective"),
+    ("resume=always", "resume"),
+    ("infer.resume=2", "infer.resume"),
 ]
 
 
