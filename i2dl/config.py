@@ -143,6 +143,10 @@ def _device(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
 
 
+#: ``objective`` values -> summary key: the selection-split score that a hyper-parameter
+#: search maximises (:func:`i2dl.stages.train.objective_value`).
+OBJECTIVES = {"selection_oa": "oa", "selection_f1": "f1_macro", "selection_kappa": "kappa"}
+
 #: Largest seed accepted by numpy and Lightning (unsigned 32 bits).
 MAX_SEED = 2**32 - 1
 
@@ -155,7 +159,6 @@ def config_checks() -> tuple[Check, ...]:
     """
     from i2dl.prepare import NORMALIZATIONS
     from i2dl.sampling.selection import SAMPLERS, STRATEGIES
-    from i2dl.stages.train import OBJECTIVES
     from models.base import CRITERIA
 
     return (

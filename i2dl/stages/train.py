@@ -12,6 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl.aggregate import aggregate, write_results
+from i2dl.config import OBJECTIVES
 from i2dl.errors import ConfigError
 from i2dl.fusion import fuse_maps
 from i2dl.layout import (
@@ -95,10 +96,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             fused, agreement = fuse_maps([Path(m) for m in maps], codes, out / FINAL_DIR)
             agg["fusion"] = {"classif": str(fused), "agreement": str(agreement)}
     return with_objective(cfg, agg, run_dirs)
-
-
-#: ``objective`` values: the selection-split score that a hyper-parameter search maximises.
-OBJECTIVES = {"selection_oa": "oa", "selection_f1": "f1_macro", "selection_kappa": "kappa"}
 
 
 def objective_value(cfg: DictConfig, run_dirs: list[Path]) -> float | None:
