@@ -271,12 +271,20 @@ class LTAE(nn.Module):
         Args:
             x: ``(B, T, C)`` float32, normalised reflectances / spectral indices
                 (unitless); values at invalid dates are ignored.
-            days: ``(B, T)`` int64 or float, days since the reference date.
+            days: ``(B, T)`` int64 or float, days since the reference date (finite at
+                valid dates); an expanded ``(T,)`` grid (``days.expand(B, -1)``) is the
+                cheapest form when all pixels share their dates.
             mask: ``(B, T)`` bool, True where the observation is valid.
 
         Returns:
             ``(B, D)`` float32 features, ``D = out_dim = mlp[-1]``. Also sets
             :attr:`attention_weights` to the ``(B, H, T)`` attention of this call.
+
+        Note:
+            Cost: the date encoding is computed once per date grid (cached) and the
+            attention from the ``C`` input channels (:meth:`_attend`), so the work and
+            memory per pixel are ``O(T * (C + H) + D)``, with no ``(B, T, D)`` tensor. Under
+            autocast the attention stays float32; only the MLP follows the autocast dtype.
 
         Raises:
             ValueError: if ``x`` is not 3-D or its channel count differs from
