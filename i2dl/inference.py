@@ -79,26 +79,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-#: ``infer.batch_size: auto`` on the CPU: pixels per forward pass such that one float32
-#: ``(B, T, width)`` activation would fill about this many bytes: 8192 pixels at T = 24,
-#: 2048 at T = 70 (measured with scripts/bench/bench_infer.py, docs/benchmarks.md)
+#: ``infer.batch_size: auto`` on the CPU: pixels per forward pass and torch thread such
+#: that one float32 ``(B, T, width)`` activation would fill about this many bytes: 8192
+#: pixels per thread at T = 24, 2048 at T = 70 (measured with
+#: scripts/bench/bench_infer.py, docs/benchmarks.md)
 CPU_BATCH_BYTES = 256 * 2**20
 #: bounds of ``auto`` on the CPU, pixels
-CPU_BATCH_RANGE = (1024, 8192)
+CPU_BATCH_RANGE = (1024, 32768)
 #: bounds of ``auto`` on CUDA, pixels; within them, a quarter of the free device memory
 #: for about 8 live ``(B, T, width)`` float32 activations
 CUDA_BATCH_RANGE = (4096, 65536)
 
 
 def resolve_batch_size(
-    value: int | str, device: torch.device, n_dates: int, width: int = 256
+    value: int | str,
+    device: torch.device,
+    n_dates: int,
+    width: int = 256,
+    threads: int | None = None,
 ) -> int:
     """Pixels per forward pass: ``infer.batch_size`` as given, or chosen per device.
 
-    ``auto`` on the CPU: the power of two nearest below ``CPU_BATCH_BYTES / (4 * n_dates *
-    width)``, clipped to ``CPU_BATCH_RANGE`` (a few thousand pixels: with tens of thousands
-    every activation is hundreds of MB and the time goes to page faults; with a few hundred,
-    to per-call overheads). ``auto`` on CUDA:
+    ``auto`` on the CPU: the power of two nearest below ``threads * CPU_BATCH_BYTES / (4 *
+    n_dates * width)``, clipped to ``CPU_BATCH_RANGE`` (a few thousand pixels per thread:
+    with tens of thousands every activation is hundreds of MB and the time goes to page
+    faults; with a few hundred, to per-call and thread-synchronisation overheads). ``auto``
+    on CUDA:
     the power of two below a quarter of the free device memory
     (:func:`torch.cuda.mem_get_info`) over 8 activations of ``4 * n_dates * width`` bytes
     per pixel, clipped to ``CUDA_BATCH_RANGE``. Other devices: the upper CUDA bound.
@@ -108,6 +114,7 @@ def resolve_batch_size(
         device: where the model runs.
         n_dates: ``T``, dates per series.
         width: widest per-date activation of the model, channels (LTAE ``d_model``).
+        threads: torch intra-op threads on the CPU; None = :func:`torch.get_num_threads`.
 
     Returns:
         The batch size, pixels, >= 1.
@@ -119,7 +126,8 @@ def resolve_batch_size(
         per_pixel = 4 * max(1, n_dates) * max(1, width)  # bytes of one (T, width) activation
         if device.type == "cpu":
             lo, hi = CPU_BATCH_RANGE
-            target = CPU_BATCH_BYTES // per_pixel
+            n_threads = torch.get_num_threads() if threads is None else max(1, threads)
+            target = n_threads * CPU_BATCH_BYTES // per_pixel
         else:
             lo, hi = CUDA_BATCH_RANGE
             target = hi
