@@ -227,7 +227,8 @@ def main() -> None:
                 "step": name, "seconds": round(sec, 3), "runs": [round(t, 2) for t in times[name]],
                 "px_per_s": round(n_px / sec), "ratio_to_read_floor": round(floor / sec, 3),
                 "peak_rss_mb": round(max(rss[name])), **extra, **machine}))
-    infer_name = variants[-1][0]
+    names = [v[0] for v in variants]
+    infer_name = "after" if "after" in names else names[-1]
     per_px = statistics.median(times[infer_name]) / n_px
     print(f"# extrapolated to a full tile ({FULL_TILE}^2 px, {args.dates} dates) with "
           f"'{infer_name}': {per_px * FULL_TILE**2 / 3600:.2f} h of infer on this machine")
