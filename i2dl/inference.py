@@ -92,6 +92,69 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: ``infer.batch_size: auto`` on the CPU: pixels per forward pass and torch thread such
+#: that one float32 ``(B, T, width)`` activation would fill about this many bytes: 8192
+#: pixels per thread at T = 24, 2048 at T = 70 (measured with
+#: scripts/bench/bench_infer.py, docs/benchmarks.md)
+CPU_BATCH_BYTES = 256 * 2**20
+#: bounds of ``auto`` on the CPU, pixels
+CPU_BATCH_RANGE = (1024, 32768)
+#: bounds of ``auto`` on CUDA, pixels; within them, a quarter of the free device memory
+#: for about 8 live ``(B, T, width)`` float32 activations
+CUDA_BATCH_RANGE = (4096, 65536)
+
+
+def resolve_batch_size(
+    value: int | str,
+    device: torch.device,
+    n_dates: int,
+    width: int = 256,
+    threads: int | None = None,
+) -> int:
+    """Pixels per forward pass: ``infer.batch_size`` as given, or chosen per device.
+
+    ``auto`` on the CPU: the power of two nearest below ``threads * CPU_BATCH_BYTES / (4 *
+    n_dates * width)``, clipped to ``CPU_BATCH_RANGE`` (a few thousand pixels per thread:
+    with tens of thousands every activation is hundreds of MB and the time goes to page
+    faults; with a few hundred, to per-call and thread-synchronisation overheads). ``auto``
+    on CUDA:
+    the power of two below a quarter of the free device memory
+    (:func:`torch.cuda.mem_get_info`) over 8 activations of ``4 * n_dates * width`` bytes
+    per pixel, clipped to ``CUDA_BATCH_RANGE``. Other devices: the upper CUDA bound.
+
+    Args:
+        value: ``auto`` or a positive int (pixels).
+        device: where the model runs.
+        n_dates: ``T``, dates per series.
+        width: widest per-date activation of the model, channels (LTAE ``d_model``).
+        threads: torch intra-op threads on the CPU; None = :func:`torch.get_num_threads`.
+
+    Returns:
+        The batch size, pixels, >= 1.
+
+    Raises:
+        ConfigError: ``value`` is neither ``auto`` nor an int >= 1.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        per_pixel = 4 * max(1, n_dates) * max(1, width)  # bytes of one (T, width) activation
+        if device.type == "cpu":
+            lo, hi = CPU_BATCH_RANGE
+            n_threads = torch.get_num_threads() if threads is None else max(1, threads)
+            target = n_threads * CPU_BATCH_BYTES // per_pixel
+        else:
+            lo, hi = CUDA_BATCH_RANGE
+            target = hi
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                target = free // 4 // (8 * per_pixel)
+        return min(hi, max(lo, 1 << max(0, int(target).bit_length() - 1)))
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(
+            f"infer.batch_size must be auto or an int >= 1 (pixels per forward pass), got {value!r}"
+        )
+    return int(value)
+
+
 def _predict_batch(
     fn: PredictFn,
     info: StoreInfo,
@@ -154,7 +217,7 @@ def classify_raster(
     out_dir: str | Path,
     device: torch.device,
     chunk_size: int = 512,
-    batch_size: int = 32768,
+    batch_size: int | str = "auto",
     amp: bool = True,
     write_proba: bool = False,
     progress: bool = True,
@@ -171,7 +234,7 @@ def classify_raster(
         out_dir: folder of the maps (created).
         device: where the model runs.
         chunk_size: window side, pixels.
-        batch_size: pixels per forward pass.
+        batch_size: pixels per forward pass, or ``auto`` (:func:`resolve_batch_size`).
         amp: bfloat16 autocast on CUDA.
         write_proba: also write ``proba.tif``.
         progress: show a progress bar of chunks done.
@@ -199,8 +262,7 @@ def classify_raster(
             f"but the model was trained on {info.n_dates} x {info.n_channels}: infer needs the "
             "same acquisition dates and bands as the sample store"
         )
-    if batch_size < 1:
-        raise ConfigError(f"infer.batch_size must be >= 1, got {batch_size}")
+    batch_size = resolve_batch_size(batch_size, device, info.n_dates)
     single: PredictFn | None = None if isinstance(predict, Mapping) else predict
     predicts = predict if isinstance(predict, Mapping) else None
     if predicts is not None and region_index is None:

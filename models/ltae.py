@@ -17,6 +17,7 @@ channels, ``K`` classes, ``H`` heads (``n_head``), ``D`` model width (``d_model`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -39,6 +40,34 @@ log = logging.getLogger(__name__)
 __all__ = ["LTAE", "positional_encoding"]
 
 
+def _sinusoid_table(days: Tensor, d_h: int, period: float) -> Tensor:
+    """``(N,)`` days -> ``(N, d_h)`` float32 sinusoids (see :func:`positional_encoding`).
+
+    Angles are computed in float64 (days can reach thousands, where float32 ``sin`` loses
+    digits); callers pass distinct values only, so this is never a per-pixel float64 pass.
+    """
+    i = torch.arange(d_h, device=days.device, dtype=torch.float64)
+    # Denominators in float64: period**(...) spans many orders of magnitude.
+    denom = torch.pow(torch.tensor(period, dtype=torch.float64, device=days.device),
+                      2.0 * torch.div(i, 2, rounding_mode="floor") / d_h)
+    angle = days.to(torch.float64).unsqueeze(-1) / denom  # (N, d_h)
+    table = torch.where(
+        (torch.arange(d_h, device=days.device) % 2 == 0), torch.sin(angle), torch.cos(angle)
+    )
+    return table.to(torch.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_table(days: tuple[float, ...], d_h: int, period: float, device: torch.device) -> Tensor:
+    """``(T, d_h)`` float32 table of one date grid, cached per (days, width, period, device).
+
+    Built outside inference mode so that the cached tensor can also serve training.
+    The returned tensor is shared: never modify it in place.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return _sinusoid_table(torch.tensor(days, dtype=torch.float64, device=device), d_h, period)
+
+
 def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float = 1000.0) -> Tensor:
     """Sinusoidal encoding of acquisition days, shared by all attention heads.
 
@@ -48,25 +77,26 @@ def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float =
     repeated ``n_head`` times along the last dimension to width ``d_model``, so every head
     sees the same encoding of time (Garnot & Landrieu 2020, Sec. 3, after Vaswani et al.
     2017, "Attention is all you need", with the day offset in place of the sequence
-    index).
+    index). The angles are computed in float64 once per distinct day value, then cast.
 
     Args:
-        days: ``(B, T)`` int or float tensor, days since the reference date (any
-            values, irregular spacing allowed).
+        days: ``(B, T)`` or ``(T,)`` int or float tensor, days since the reference date
+            (any values, irregular spacing allowed).
         d_model: model width ``D``; must be a positive multiple of ``n_head``.
         n_head: number of heads ``H``.
         period: period of the sinusoids, in days (named ``T`` in the paper, 1000).
 
     Returns:
-        ``(B, T, D)`` float32 tensor on the device of ``days``, values in ``[-1, 1]``.
+        ``(B, T, D)`` (or ``(T, D)`` for 1-D ``days``) float32 tensor on the device of
+        ``days``, values in ``[-1, 1]``.
 
     Raises:
-        ValueError: if ``days`` is not 2-D, or ``d_model`` is not a positive multiple of
-            ``n_head``, or ``period`` is not positive.
+        ValueError: if ``days`` is not 1-D or 2-D, or ``d_model`` is not a positive
+            multiple of ``n_head``, or ``period`` is not positive.
     """
-    if days.ndim != 2:
+    if days.ndim not in (1, 2):
         raise ValueError(
-            f"positional_encoding: `days` must have shape (B, T), got {tuple(days.shape)}"
+            f"positional_encoding: `days` must have shape (B, T) or (T,), got {tuple(days.shape)}"
         )
     if n_head <= 0 or d_model <= 0 or d_model % n_head != 0:
         raise ValueError(
@@ -75,17 +105,9 @@ def positional_encoding(days: Tensor, d_model: int, n_head: int, period: float =
         )
     if not period > 0:
         raise ValueError(f"positional_encoding: period must be > 0, got {period}")
-    d_h = d_model // n_head
-    i = torch.arange(d_h, device=days.device, dtype=torch.float64)
-    # Denominators in float64 (period**(...) spans many orders of magnitude), angles in
-    # float64 as well: days can reach thousands, where float32 sin loses digits.
-    denom = torch.pow(torch.tensor(period, dtype=torch.float64, device=days.device),
-                      2.0 * torch.div(i, 2, rounding_mode="floor") / d_h)
-    angle = days.to(torch.float64).unsqueeze(-1) / denom  # (B, T, d_h)
-    table = torch.where(
-        (torch.arange(d_h, device=days.device) % 2 == 0), torch.sin(angle), torch.cos(angle)
-    )
-    return table.to(torch.float32).repeat(1, 1, n_head)  # (B, T, D)
+    values, inverse = torch.unique(days, return_inverse=True)
+    table = _sinusoid_table(values, d_model // n_head, period)[inverse]  # (..., T, d_h)
+    return table.repeat(*([1] * (table.ndim - 1)), n_head)  # (..., T, D)
 
 
 class LTAE(nn.Module):
@@ -267,12 +289,20 @@ class LTAE(nn.Module):
         Args:
             x: ``(B, T, C)`` float32, normalised reflectances / spectral indices
                 (unitless); values at invalid dates are ignored.
-            days: ``(B, T)`` int64 or float, days since the reference date.
+            days: ``(B, T)`` int64 or float, days since the reference date (finite at
+                valid dates); an expanded ``(T,)`` grid (``days.expand(B, -1)``) is the
+                cheapest form when all pixels share their dates.
             mask: ``(B, T)`` bool, True where the observation is valid.
 
         Returns:
             ``(B, D)`` float32 features, ``D = out_dim = mlp[-1]``. Also sets
             :attr:`attention_weights` to the ``(B, H, T)`` attention of this call.
+
+        Note:
+            Cost: the date encoding is computed once per date grid (cached) and the
+            attention from the ``C`` input channels (:meth:`_attend`), so the work and
+            memory per pixel are ``O(T * (C + H) + D)``, with no ``(B, T, D)`` tensor. Under
+            autocast the attention stays float32; only the MLP follows the autocast dtype.
 
         Raises:
             ValueError: if ``x`` is not 3-D or its channel count differs from
@@ -280,31 +310,113 @@ class LTAE(nn.Module):
                 ``x`` is not floating point or ``mask`` is not bool.
         """
         check_forward_inputs("LTAE", x, days, mask, self.in_channels)
-        B, T, _ = x.shape
         valid = mask.unsqueeze(-1)  # (B, T, 1)
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        z = self.in_norm(x.float())  # (B, T, C)
+        table = self._date_table(days, mask)  # (T, D/H) shared, or (B, T, D/H)
+        with torch.autocast(x.device.type, enabled=False):  # small float32 terms, see _attend
+            out = self._attend(z, table, mask)  # (B, D)
+        return self.out_norm(self.dropout(self.mlp(out)))  # (B, out_dim)
+
+    def _date_table(self, days: Tensor, mask: Tensor) -> Tensor:
+        """Encoding of the days, one head wide: ``(T, D/H)`` or ``(B, T, D/H)`` float32.
+
+        When every row of ``days`` is the same (map inference, store batches), the table of
+        that one date grid is computed once and cached (:func:`_shared_table`); the days of
+        invalid dates then keep their value instead of 0, which changes nothing: those
+        dates get zero attention (non-finite float days are replaced by 0 so that a NaN
+        cannot leak through ``0 * NaN``). Otherwise each row's days, zeroed at invalid
+        dates, are looked up in a table of their distinct values.
+        """
+        b = days.shape[0]
+        d_h = self.d_model // self.n_head
+        if b > 0 and (
+            b == 1 or days.stride(0) == 0 or torch.equal(days, days[:1].expand_as(days))
+        ):
+            row = days[0]
+            if row.is_floating_point():
+                row = torch.where(torch.isfinite(row), row, torch.zeros((), dtype=row.dtype,
+                                                                        device=row.device))
+            return _shared_table(tuple(row.tolist()), d_h, self.period, days.device)
         days = torch.where(mask, days, torch.zeros((), dtype=days.dtype, device=days.device))
+        values, inverse = torch.unique(days, return_inverse=True)
+        return _sinusoid_table(values, d_h, self.period)[inverse]  # (B, T, d_h)
 
-        z = self.in_out_norm(self.inconv(self.in_norm(x.float())))  # (B, T, D)
-        if self.series_scale is not None and self.series_shift is not None:
-            z = self._series_norm(z, valid)
-        z = z + positional_encoding(days, self.d_model, self.n_head, self.period)
+    def _attend(self, x: Tensor, table: Tensor, mask: Tensor) -> Tensor:
+        """Attention pooling of steps 1-3, without any ``(B, T, D)`` tensor.
 
-        k = self.key(z).view(B, T, self.n_head, self.d_k)  # (B, T, H, d_k)
-        scores = torch.einsum("hd,bthd->bht", self.query, k) / math.sqrt(self.d_k)
-        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))  # (B, H, T)
-        # An all-invalid pixel would give softmax(-inf, ..., -inf) = NaN: give it finite
-        # scores, then zero its weights (no NaN in the forward or backward pass).
-        any_valid = mask.any(dim=1).view(B, 1, 1)  # (B, 1, 1)
-        scores = scores.masked_fill(~any_valid, 0.0)
-        attn = torch.softmax(scores, dim=-1) * any_valid  # (B, H, T)
+        ``LayerNorm(inconv(x))`` is ``z = rs * (Wc x + bc) * g + beta`` where ``Wc``, ``bc``
+        are the projection's weight and bias centred over the ``D`` outputs and
+        ``rs = 1 / sqrt(var + eps)`` with ``var = |Wc x + bc|^2 / D``, a quadratic form in
+        ``x``. The scores ``q_h . k_{h,t}`` are a linear map of ``z`` with ``H`` outputs (the
+        master query folded into the key weights), and the pooled values
+        ``sum_t a_{h,t} z_{t,h}`` are linear in ``z``: both are computed from ``[rs x, rs,
+        1]`` (``C + 2`` numbers per date) and the date table, so the work per date is
+        ``O(C * (C + H))`` instead of ``O(D * H * d_k)`` and nothing of width ``D`` is made
+        per date. The result equals the direct computation up to float32 rounding
+        (tests/test_ltae_fast.py). When ``in_out_norm`` is not a plain ``LayerNorm(D)``
+        (``projection_norm`` ``"series"`` or None), the projected dates are computed
+        directly (same scores and pooling, with a ``(B, T, D)`` tensor).
+
+        Args:
+            x: ``(B, T, C)`` float32, zero at invalid dates, after ``in_norm``.
+            table: ``(T, D/H)`` or ``(B, T, D/H)`` float32, from :meth:`_date_table`.
+            mask: ``(B, T)`` bool, True where the observation is valid.
+
+        Returns:
+            ``(B, D)`` float32, the heads' concatenated weighted sums; sets
+            :attr:`attention_weights`.
+        """
+        B, T, C = x.shape
+        H, D = self.n_head, self.d_model
+        d_h = D // H
+        norm = self.in_out_norm
+        # master queries folded into the key projection, scaled: (H, D) and (H,)
+        wq = torch.einsum("hj,hjd->hd", self.query, self.key.weight.view(H, self.d_k, D))
+        wq = wq / math.sqrt(self.d_k)
+        qb = (self.query * self.key.bias.view(H, self.d_k)).sum(-1) / math.sqrt(self.d_k)
+        # the date table is the same for every head: its score weights, (H, d_h)
+        scores_pe = (table @ wq.view(H, H, d_h).sum(1).T).transpose(-1, -2)  # ([B,] H, T)
+        fast = (type(norm) is nn.LayerNorm and tuple(norm.normalized_shape) == (D,)
+                and type(self.inconv) is nn.Linear and self.inconv.bias is not None)
+        if fast:
+            assert isinstance(norm, nn.LayerNorm)  # checked by `fast`
+            ones = torch.ones(D, dtype=x.dtype, device=x.device)
+            g = norm.weight if norm.weight is not None else ones
+            beta = norm.bias if norm.bias is not None else torch.zeros_like(ones)
+            wc = self.inconv.weight - self.inconv.weight.mean(0, keepdim=True)  # (D, C)
+            bc = self.inconv.bias - self.inconv.bias.mean()  # (D,)
+            wcb = torch.cat([wc, bc[:, None]], 1)  # (D, C+1)
+            gram = wcb.T @ wcb / D  # (C+1, C+1): var = [x, 1] gram [x, 1]
+            xg = torch.addmm(gram[C:, :C].mul(2.0), x.reshape(-1, C), gram[:C, :C])  # (BT, C)
+            var = (xg.view(B, T, C) * x).sum(-1) + gram[C, C]  # (B, T)
+            rs = torch.rsqrt(var.clamp_min(0.0) + norm.eps).unsqueeze(-1)  # (B, T, 1)
+            xt = torch.cat([x * rs, rs, torch.ones_like(rs)], -1)  # (B, T, C+2)
+            wqg = wq * g  # (H, D)
+            w_s = torch.cat([wqg @ wc, (wqg @ bc)[:, None], (wq @ beta + qb)[:, None]], 1)
+            scores = torch.baddbmm(scores_pe, w_s.expand(B, H, C + 2), xt.transpose(1, 2))
+        else:
+            z = norm(self.inconv(x))  # (B, T, D)
+            if self.series_scale is not None:  # projection_norm="series"
+                z = self._series_norm(z, mask.unsqueeze(-1))
+            scores = torch.baddbmm(scores_pe, (wq).expand(B, H, D), z.transpose(1, 2))
+            scores = scores + qb.view(1, H, 1)  # (B, H, T)
+        # An all-invalid pixel would give softmax(-inf, ..., -inf) = NaN: its scores stay
+        # finite and its weights are zeroed (no NaN in the forward or backward pass).
+        any_valid = mask.any(dim=1, keepdim=True)  # (B, 1)
+        scores.masked_fill_((~mask & any_valid).unsqueeze(1), float("-inf"))  # fresh tensor
+        attn = torch.softmax(scores, dim=-1) * any_valid.unsqueeze(-1)  # (B, H, T)
         self.attention_weights = attn.detach()
         attn = self.attention_dropout(attn)  # identity in eval mode or with p = 0
-
-        v = z.view(B, T, self.n_head, self.d_model // self.n_head)  # (B, T, H, D/H)
-        out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)  # (B, D)
-
-        return self.out_norm(self.dropout(self.mlp(out)))  # (B, out_dim)
+        pooled_pe = attn @ table  # (B, H, d_h)
+        if not fast:
+            pooled = torch.bmm(attn, z).view(B, H, H, d_h).diagonal(0, 1, 2)  # (B, d_h, H)
+            return (pooled.transpose(1, 2) + pooled_pe).reshape(B, D)
+        xa = torch.bmm(attn, xt)  # (B, H, C+2): sums of a * rs * x, a * rs, a
+        g_h, b_h = (g * bc).view(H, 1, d_h), beta.view(H, 1, d_h)
+        w_v = torch.cat([(g[:, None] * wc).view(H, d_h, C).transpose(1, 2), g_h, b_h], 1)
+        pooled = torch.baddbmm(pooled_pe.transpose(0, 1), xa.transpose(0, 1), w_v)  # (H, B, d_h)
+        return pooled.transpose(0, 1).reshape(B, D)
 
     def _series_norm(self, z: Tensor, valid: Tensor, eps: float = 1e-5) -> Tensor:
         """Normalise each pixel's ``(T, D)`` projection over its valid dates and channels.

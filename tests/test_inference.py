@@ -8,7 +8,7 @@ import rasterio
 import torch
 
 from i2dl.errors import ConfigError
-from i2dl.inference import classify_raster, resolve_device
+from i2dl.inference import classify_raster, resolve_batch_size, resolve_device
 from i2dl.io.raster import open_time_series
 from i2dl.prepare import prepare
 from i2dl.store import read_info
@@ -106,3 +106,26 @@ def test_cuda_matches_cpu(make_cfg, tiny_dataset, tmp_path) -> None:
         b = classify_raster(series, info, predict, tmp_path / "gpu", torch.device("cuda"),
                             amp=False, progress=False)
     np.testing.assert_array_equal(_read(a.classif)[0], _read(b.classif)[0])
+
+
+def test_resolve_batch_size_auto_per_device(monkeypatch) -> None:
+    """auto: a few thousand pixels on the CPU (fewer for long series), large on CUDA."""
+    cpu = torch.device("cpu")
+    sizes = [resolve_batch_size("auto", cpu, t, threads=1) for t in (6, 24, 70, 300)]
+    assert sizes == [32768, 8192, 2048, 1024]  # powers of two within CPU_BATCH_RANGE
+    assert resolve_batch_size(" AUTO ", cpu, 24, threads=2) == 16384
+    assert resolve_batch_size("auto", cpu, 24, threads=64) == 32768
+    assert resolve_batch_size("auto", cpu, 24) in (8192, 16384, 32768)  # torch's threads
+    # CUDA from free memory, without a GPU: 80 GiB free -> the cap, 1 GiB free -> less
+    cuda = torch.device("cuda", 0)
+    for free, want in ((80 * 2**30, 65536), (2**30, 4096), (12 * 2**30, 16384)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, f=free: (f, 80 * 2**30))
+        assert resolve_batch_size("auto", cuda, 24) == want
+    assert resolve_batch_size(777, cpu, 24) == 777
+    assert resolve_batch_size(np.int64(5), cpu, 24) == 5
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, "big", "4096", 2.5, None])
+def test_resolve_batch_size_rejects_bad_values(bad) -> None:
+    with pytest.raises(ConfigError, match="infer.batch_size"):
+        resolve_batch_size(bad, torch.device("cpu"), 24)

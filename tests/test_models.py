@@ -165,12 +165,18 @@ def test_ltae_uses_positional_encoding_with_its_period():
     assert net.period == 500.0
     x, days, _ = _inputs(3, 4, 2)
     mask = torch.ones(3, 4, dtype=torch.bool)
-    captured = {}
-    net.key.register_forward_hook(lambda m, inp, out: captured.setdefault("z", inp[0]))
-    net(x, days, mask)
-    z0 = net.in_out_norm(net.inconv(net.in_norm(x)))
-    pe = positional_encoding(days, SMALL["d_model"], SMALL["n_head"], 500.0)
-    torch.testing.assert_close(captured["z"], z0 + pe)
+    b, t, h = 3, 4, SMALL["n_head"]
+    d_k = SMALL["d_k"]
+    with torch.no_grad():
+        got = net(x, days, mask)
+        z = net.in_out_norm(net.inconv(net.in_norm(x)))
+        z = z + positional_encoding(days, SMALL["d_model"], h, 500.0)
+        k = net.key(z).view(b, t, h, d_k)
+        attn = torch.softmax(torch.einsum("hd,bthd->bht", net.query, k) / d_k**0.5, dim=-1)
+        pooled = torch.einsum("bht,bthc->bhc", attn, z.view(b, t, h, -1)).reshape(b, -1)
+        torch.testing.assert_close(got, net.out_norm(net.mlp(pooled)))
+        net.period = 1000.0
+        assert not torch.allclose(net(x, days, mask), got)
 
 
 def test_ltae_single_channel_input_is_used():

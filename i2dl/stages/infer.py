@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                     maps,
                     device,
                     chunk_size=int(icfg.chunk_size),
-                    batch_size=int(icfg.batch_size),
+                    batch_size=icfg.batch_size,
                     amp=bool(icfg.amp),
                     write_proba=bool(icfg.write_proba),
                     region_index=region_index,
