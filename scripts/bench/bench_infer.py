@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--variants", default="before:before:32768,after:lean:auto",
                     help="comma-separated NAME:FORWARD:BATCH, FORWARD in {lean, before}")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu", help="torch device of infer: cpu, cuda")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +156,8 @@ def main() -> None:
                "threads": torch.get_num_threads(), "size": args.size, "dates": args.dates,
                "bands": args.bands, "chunk": args.chunk}
     n_px = args.size * args.size
-    cpu = torch.device("cpu")
+    cpu = torch.device(args.device)
+    machine["device"] = torch.cuda.get_device_name(cpu) if cpu.type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         stack = Path(tmp) / "stack.tif"
         t0 = time.perf_counter()
@@ -173,13 +175,15 @@ def main() -> None:
             class_names=[f"class{i}" for i in range(1, k + 1)],
             mean=np.full(args.bands, 2000.0, np.float32),
             std=np.full(args.bands, 1000.0, np.float32),
+            offset=np.full(args.bands, 2000.0, np.float32),
+            scale=np.full(args.bands, 1000.0, np.float32),
             crs="", transform=(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0),
             width=args.size, height=args.size, attrs={},
         )
         torch.manual_seed(0)
         model_cfg = OmegaConf.load(ROOT / "configs/model/ltae.yaml")
         assert isinstance(model_cfg, DictConfig)
-        model = build_classifier(model_cfg, DataDims(args.bands, args.dates, k))
+        model = build_classifier(model_cfg, DataDims(args.bands, args.dates, k)).to(cpu)
         encoder = model.encoder  # type: ignore[attr-defined]
         lean_forward = encoder.forward
         windows = block_windows(args.size, args.size, args.chunk)
