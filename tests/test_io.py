@@ -399,3 +399,32 @@ def test_io_does_not_import_features() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("i2dl.features")]
     assert not offenders
+
+
+def test_integer_stack_reads_like_the_same_values_stored_as_float(tmp_path: Path) -> None:
+    """The integer read path (native read, nodata on integers, one cast) and the float path
+    (NaN/inf scan) give the same values and validity, tiled and compressed, in a window."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    t, c, h, w = 4, 3, 50, 60
+    a = rng.integers(-5, 100, (t * c, h, w)).astype(np.int16)
+    a[a < 0] = -9999
+    dates = tmp_path / "dates.txt"
+    dates.write_text("".join(f"{dt.date(2020, 1, 1 + i).isoformat()}\n" for i in range(t)))
+    out = {}
+    for dtype in ("int16", "float32"):
+        path = tmp_path / f"stack_{dtype}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=t * c,
+                           dtype=dtype, nodata=-9999, crs="EPSG:32631",
+                           transform=from_origin(0, 0, 10, 10), tiled=True, blockxsize=16,
+                           blockysize=16, compress="deflate") as dst:
+            dst.write(a.astype(dtype))
+        with open_time_series(path, dates, ["a", "b", "c"]) as series:
+            out[dtype] = series.read(Window(3, 5, 40, 30))
+    (xi, vi), (xf, vf) = out["int16"], out["float32"]
+    assert xi.dtype == np.float32 and xi.shape == (30, 40, t, c)
+    np.testing.assert_array_equal(vi, vf)
+    np.testing.assert_array_equal(xi, xf)
+    expected = a.reshape(t, c, h, w)[:, :, 5:35, 3:43].transpose(2, 3, 0, 1)
+    np.testing.assert_array_equal(vi, (expected != -9999).all(axis=-1))

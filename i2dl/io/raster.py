@@ -28,6 +28,10 @@ from i2dl.io.sensors.base import RasterReader
 
 log = logging.getLogger(__name__)
 
+#: GDAL's GTiff ``NUM_THREADS`` open option of the time-series stacks: the compressed
+#: tiles or strips of one window read are decoded by this many threads (``ALL_CPUS``).
+READ_THREADS = "ALL_CPUS"
+
 _DATE_RE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 
 
@@ -202,7 +206,8 @@ class TimeSeriesRaster(RasterReader):
 
     def _open(self, path: Path) -> Any:
         if path not in self._handles:
-            self._handles[path] = rasterio.open(path)
+            # GTiff NUM_THREADS: the tiles or strips of one window are decoded in parallel
+            self._handles[path] = rasterio.open(path, num_threads=READ_THREADS)
         return self._handles[path]
 
     def close(self) -> None:
@@ -227,16 +232,29 @@ class TimeSeriesRaster(RasterReader):
                 strips or tiles); the file and the window are named.
         """
         src = self._open(self.path)
-        data = read_checked(src, self.path, window, out_dtype="float32")  # (T*C, H, W)
         t, c = self.n_dates, self.n_channels
-        h, w = data.shape[1:]
-        x = np.ascontiguousarray(data.reshape(t, c, h, w).transpose(2, 3, 0, 1))
-        finite = np.isfinite(x)
-        if not finite.all():  # +-inf is missing exactly like NaN: never a value
-            x[~finite] = np.nan
-        invalid = ~finite.all(axis=-1)
-        if self.nodata is not None and not np.isnan(self.nodata):
-            invalid |= (x == self.nodata).any(axis=-1)
+        if np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            # integer stack: read natively, nodata on the integers (no NaN or inf exists),
+            # then one cast-and-transpose copy into the (H, W, T, C) float32 layout
+            raw = read_checked(src, self.path, window)  # (T*C, H, W)
+            h, w = raw.shape[1:]
+            cube = raw.reshape(t, c, h, w)
+            if self.nodata is not None and not np.isnan(self.nodata):
+                invalid = (cube == self.nodata).any(axis=1).transpose(1, 2, 0)  # (H, W, T)
+            else:
+                invalid = np.zeros((h, w, t), dtype=bool)
+            x = np.empty((h, w, t, c), dtype=np.float32)
+            x[...] = cube.transpose(2, 3, 0, 1)
+        else:
+            data = read_checked(src, self.path, window, out_dtype="float32")  # (T*C, H, W)
+            h, w = data.shape[1:]
+            x = np.ascontiguousarray(data.reshape(t, c, h, w).transpose(2, 3, 0, 1))
+            finite = np.isfinite(x)
+            if not finite.all():  # +-inf is missing exactly like NaN: never a value
+                x[~finite] = np.nan
+            invalid = ~finite.all(axis=-1)
+            if self.nodata is not None and not np.isnan(self.nodata):
+                invalid |= (x == self.nodata).any(axis=-1)
         for spec in self.masks:
             mask_src = self._open(spec.path)
             m = read_checked(mask_src, spec.path, window)  # (T or 1, H, W)
