@@ -153,3 +153,15 @@ def tiny_dataset(tmp_path: Path) -> dict:
         "transform": transform,
         "overrides": overrides,
     }
+
+
+@pytest.fixture
+def fork_safe_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single-threaded GDAL decoding, for tests whose child processes are forked.
+
+    The readers decode GeoTIFF tiles with GDAL's worker-thread pool (``NUM_THREADS``);
+    earlier tests start that pool in the pytest process, and a forked child that uses it
+    can deadlock (the pool's threads do not exist in the child). Real runs do not fork
+    after reading a raster (kill tests of the CLI use subprocesses).
+    """
+    monkeypatch.setattr("i2dl.io.raster.READ_THREADS", "1")

@@ -55,7 +55,8 @@ def test_target_lock_excludes_a_second_writer(tmp_path: Path) -> None:
         pass
 
 
-def test_two_processes_preparing_one_store_build_it_once(make_cfg, tiny_dataset, tmp_path):
+def test_two_processes_preparing_one_store_build_it_once(make_cfg, tiny_dataset, tmp_path,
+                                                         fork_safe_reads):
     """Two processes prepare the same store at once: one builds, the other waits, reuses."""
     from i2dl import prepare as prepare_module
 

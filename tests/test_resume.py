@@ -131,7 +131,8 @@ def _kill_9_at(fn: object, target: str, n: int, flag: Path, timeout: float = 120
     assert proc.exitcode == -signal.SIGKILL
 
 
-def test_kill_9_in_each_stage_then_rerun_equals_uninterrupted(make_cfg, tiny_dataset, tmp_path):
+def test_kill_9_in_each_stage_then_rerun_equals_uninterrupted(make_cfg, tiny_dataset, tmp_path,
+                                                              fork_safe_reads):
     """kill -9 mid-prepare, mid-fit, mid-infer; the next run ends as an uninterrupted one."""
     # one thread: a forked child must not enter the parent's OpenMP pool (it can hang),
     # and the reference and the resumed fit then compute alike (bit-exact)
