@@ -505,9 +505,9 @@ def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard")
             an outlier (a cloud missed by the mask, a saturated band) cannot stretch.
 
     Returns:
-        ``{"method", "mean", "std", "q02", "q98", "offset", "scale"}``, each statistic a
-        list of C floats (JSON, the store's ``norm`` attribute). A constant channel gets
-        scale 1.
+        ``{"method", "mean", "std", "offset", "scale"}`` (and ``"q02"``, ``"q98"`` with
+        ``quantile``), each statistic a list of C floats (JSON, the store's ``norm``
+        attribute). A constant channel gets scale 1.
 
     Raises:
         ConfigError: no valid observation in the learn split.
@@ -524,19 +524,14 @@ def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard")
         )
     mean = obs.mean(axis=0, dtype=np.float64)
     std = obs.std(axis=0, dtype=np.float64)
-    q02, q98 = np.quantile(obs, [0.02, 0.98], axis=0).astype(np.float64)
-    offset, scale = (mean, std.copy()) if method == "standard" else (q02, q98 - q02)
-    scale[~(scale > 0)] = 1.0
-
-    def floats(v: np.ndarray) -> list[float]:
-        return v.astype(np.float32).tolist()
-
-    return {
-        "method": method,
-        **{k: floats(v) for k, v in (("mean", mean), ("std", np.where(std > 0, std, 1.0)),
-                                      ("q02", q02), ("q98", q98), ("offset", offset),
-                                      ("scale", scale))},
-    }
+    stats = {"mean": mean, "std": np.where(std > 0, std, 1.0)}
+    if method == "quantile":  # a sort of every learn observation: only when used
+        q02, q98 = np.quantile(obs, [0.02, 0.98], axis=0).astype(np.float64)
+        stats.update(q02=q02, q98=q98, offset=q02, scale=q98 - q02)
+    else:
+        stats.update(offset=mean, scale=std.copy())
+    stats["scale"][~(stats["scale"] > 0)] = 1.0
+    return {"method": method, **{k: v.astype(np.float32).tolist() for k, v in stats.items()}}
 
 
 def _counts(codes: np.ndarray, split: np.ndarray, polygon_id: np.ndarray) -> dict[str, Any]:

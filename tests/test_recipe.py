@@ -23,6 +23,7 @@ from models import LTAE, ClassifierHead, SITSClassifier
 from models.augment import SeriesAugmentation, drop_dates, jitter, shift_days
 from models.schedule import warmup_cosine, warmup_cosine_factor
 from tests.test_models import _Toy
+from tests.test_networks import _inputs as random_inputs
 
 SMALL = dict(d_model=32, n_head=4, d_k=8, mlp=(32, 16), dropout=0.0)
 SMALL_HEAD = dict(hidden=[16], batch_norm=True, dropout=0.0)
@@ -35,13 +36,8 @@ def _clf(n_classes: int = 3, c: int = 2, **kw) -> SITSClassifier:
                           n_classes, **kw)
 
 
-def _inputs(b: int, t: int, c: int, seed: int = 0, p_invalid: float = 0.3):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, c, generator=g)
-    days = torch.sort(torch.randint(0, 365, (b, t), generator=g), dim=1).values
-    mask = torch.rand(b, t, generator=g) > p_invalid
-    mask[:, 0] = True
-    return x, days, mask
+#: random (x, days, mask), 30 % invalid dates by default
+_inputs = functools.partial(random_inputs, p_invalid=0.3)
 
 
 def _batch(b: int = 8, t: int = 6, c: int = 2, k: int = 3, seed: int = 0) -> dict:
