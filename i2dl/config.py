@@ -201,6 +201,11 @@ def config_checks() -> tuple[Check, ...]:
               lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto"),
         _int("infer.chunk_size", 1, example="512"),
         Check("infer.device", "auto, cpu, cuda or cuda:N", _device, "auto"),
+        _int("infer.reader_threads", 1, example="2"),
+        _int("infer.read_ahead", 0, example="2"),
+        _choice("infer.engine", ["dask", "local"], "local"),
+        _int("infer.dask.n_workers", 1, example="4"),
+        _int("infer.dask.threads_per_worker", 1, example="1"),
         _int("features_map.chunk_size", 1, example="512"),
     )
 

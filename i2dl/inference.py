@@ -5,9 +5,11 @@ read with its validity masks, normalised with the sample store's statistics (exa
 the datamodule does for training), sent to the device in large batches (pinned memory and
 bfloat16 autocast on CUDA) and written to tiled, DEFLATE-compressed GeoTIFF windows
 (:func:`i2dl.io.geotiff.geotiff_profile`). Reading the next window overlaps computing the
-current one (one reader thread). Outputs are written under temporary names and renamed at
-the end (:func:`i2dl.io.files.atomic_path`): a map that exists is complete. Tile maps are
-merged by :func:`i2dl.io.geotiff.mosaic`.
+current one (reader threads, ``infer.reader_threads`` and ``infer.read_ahead``) and a
+writer thread writes finished windows while the next ones are computed; the windows can
+also be computed on a Dask cluster (:mod:`i2dl.cluster`). Outputs are written under
+temporary names and renamed at the end (:func:`i2dl.io.files.atomic_path`): a map that
+exists is complete. Tile maps are merged by :func:`i2dl.io.geotiff.mosaic`.
 
 Resume (``resume_key``): each finished window is also saved to
 ``<out>/.infer-partial/w<i>.npz`` (atomically), with ``state.json`` holding the key of the
@@ -25,11 +27,14 @@ A pixel with no valid acquisition date is nodata in every product.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +215,192 @@ def _open_partial(
     }
 
 
+#: ``engine(windows, todo) -> iterator of (i, arrays)``: the maps of the windows ``todo``
+#: (indices into ``windows``), in any order; ``arrays`` as :meth:`WindowClassifier.__call__`.
+WindowEngine = Callable[[list[Window], list[int]], Iterator[tuple[int, dict[str, np.ndarray]]]]
+
+
+def class_dtype(codes: np.ndarray) -> str:
+    """``uint8`` when every class code fits, else ``uint16``."""
+    return "uint8" if int(np.max(codes)) <= 255 else "uint16"
+
+
+@dataclass
+class WindowClassifier:
+    """Classify the pixels of one window: what every engine (threads, Dask) runs per window.
+
+    Attributes:
+        info: the sample store's attributes (normalisation, days, class codes).
+        predict: the model's probability function, or region id -> function.
+        device: where the model runs.
+        batch_size: pixels per forward pass (resolved, an int).
+        amp: bfloat16 autocast on CUDA.
+        write_proba: also return the (K, h, w) probabilities.
+        region_index: (height, width) int region of every pixel (-1 = none), required
+            when ``predict`` is a mapping.
+    """
+
+    info: StoreInfo
+    predict: PredictFn | Mapping[int, PredictFn]
+    device: torch.device
+    batch_size: int
+    amp: bool = True
+    write_proba: bool = False
+    region_index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.predict, Mapping) and self.region_index is None:
+            raise ConfigError(
+                "one model per region needs the region of every pixel (region_index)"
+            )
+        self.codes = np.asarray(self.info.class_codes, dtype=np.int64)
+        self.dtype = class_dtype(self.codes)
+        self.days = torch.from_numpy(self.info.days).to(self.device)
+        self.use_amp = self.amp and self.device.type == "cuda"
+        self.pin = self.device.type == "cuda"
+
+    def __call__(self, win: Window, x: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Classify one window.
+
+        Args:
+            win: the window (its offsets select the region ids).
+            x: (h, w, T, C) float32 values.
+            valid: (h, w, T) bool, True = valid observation.
+
+        Returns:
+            ``classif`` (h, w) class codes (0 = nodata), ``confidence`` (h, w) float32,
+            ``has_data`` (h, w) bool, and with ``write_proba`` ``proba`` (K, h, w) float32.
+        """
+        info, k = self.info, len(self.codes)
+        h, w = x.shape[:2]
+        flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
+        flat_valid = valid.reshape(h * w, info.n_dates)
+        has_data = flat_valid.any(axis=1)
+        if not isinstance(self.predict, Mapping):
+            groups = [(self.predict, np.flatnonzero(has_data))]
+        else:
+            assert self.region_index is not None  # checked in __post_init__
+            r0, c0 = int(win.row_off), int(win.col_off)
+            reg = self.region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
+            has_data &= reg >= 0
+            groups = [
+                (self.predict[int(r)], np.flatnonzero(has_data & (reg == r)))
+                for r in np.unique(reg[has_data]) if int(r) in self.predict
+            ]
+            has_data &= np.isin(reg, list(self.predict))
+        proba = np.zeros((h * w, k), dtype=np.float32)
+        for fn, idx in groups:
+            for b0 in range(0, len(idx), self.batch_size):
+                sel = idx[b0 : b0 + self.batch_size]
+                proba[sel] = _predict_batch(
+                    fn, info, flat_x[sel], flat_valid[sel], self.days, self.device, self.pin,
+                    self.use_amp,
+                )
+        best = proba.argmax(axis=1)
+        out: dict[str, np.ndarray] = {
+            "classif": np.where(has_data, self.codes[best], 0).astype(self.dtype).reshape(h, w),
+            "confidence": np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
+            .reshape(h, w),
+            "has_data": has_data.reshape(h, w),
+        }
+        if self.write_proba:
+            out["proba"] = proba.T.reshape(k, h, w)
+        return out
+
+
+def read_windows(
+    series: TimeSeriesSource,
+    windows: list[Window],
+    todo: list[int],
+    reader_threads: int = 1,
+    read_ahead: int = 2,
+    open_reader: Callable[[], TimeSeriesSource] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Read the windows ``todo`` in order, ``read_ahead`` of them ahead of the consumer.
+
+    With ``read_ahead = 0`` each window is read when asked for, in the calling thread.
+    Otherwise ``reader_threads`` threads read the next windows while the caller computes;
+    with more than one thread each thread reads through its own handle opened by
+    ``open_reader`` (rasterio datasets must not be shared between threads), closed at the
+    end. Memory held by the windows read ahead: ``read_ahead`` windows of
+    ``chunk_size² x T x C x 4`` bytes (plus the masks), whatever the raster's size.
+
+    Yields:
+        ``(i, x, valid)``: the window index, (h, w, T, C) float32 and (h, w, T) bool.
+
+    Raises:
+        ConfigError: ``reader_threads > 1`` without ``open_reader``, or bad counts.
+        InputDataError: a window cannot be read (the file and window are named).
+    """
+    if reader_threads < 1 or read_ahead < 0:
+        raise ConfigError(
+            f"infer.reader_threads must be >= 1 and infer.read_ahead >= 0, got "
+            f"{reader_threads} and {read_ahead}"
+        )
+    if read_ahead == 0:
+        for i in todo:
+            yield (i, *read_series_window(series, windows[i]))
+        return
+    if reader_threads > 1 and open_reader is None:
+        raise ConfigError(
+            f"{reader_threads} reader threads need a way to open one reader per thread "
+            "(open_reader); use infer.reader_threads=1"
+        )
+    local = threading.local()
+    opened: list[TimeSeriesSource] = []
+    lock = threading.Lock()
+
+    def read(i: int) -> tuple[np.ndarray, np.ndarray]:
+        if reader_threads == 1:
+            return read_series_window(series, windows[i])
+        src = getattr(local, "src", None)
+        if src is None:
+            assert open_reader is not None  # checked above
+            src = local.src = open_reader()
+            with lock:
+                opened.append(src)
+        return read_series_window(src, windows[i])
+
+    pending: deque[tuple[int, Future[tuple[np.ndarray, np.ndarray]]]] = deque()
+    queue = iter(todo)
+    try:
+        with ThreadPoolExecutor(max_workers=reader_threads,
+                                thread_name_prefix="i2dl-read") as pool:
+            try:
+                for i in itertools.islice(queue, read_ahead + 1):
+                    pending.append((i, pool.submit(read, i)))
+                while pending:
+                    i, future = pending.popleft()
+                    x, valid = future.result()
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending.append((nxt, pool.submit(read, nxt)))
+                    yield i, x, valid
+            finally:
+                for _, future in pending:
+                    future.cancel()
+    finally:
+        for src in opened:
+            src.close()
+
+
+def local_engine(
+    series: TimeSeriesSource,
+    classify: WindowClassifier,
+    reader_threads: int = 1,
+    read_ahead: int = 2,
+    open_reader: Callable[[], TimeSeriesSource] | None = None,
+) -> WindowEngine:
+    """Windows read ahead by threads (:func:`read_windows`), classified in this process."""
+
+    def run(windows: list[Window], todo: list[int]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for i, x, valid in read_windows(series, windows, todo, reader_threads, read_ahead,
+                                        open_reader):
+            yield i, classify(windows[i], x, valid)
+
+    return run
+
+
 def classify_raster(
     series: TimeSeriesSource,
     info: StoreInfo,
@@ -223,8 +414,17 @@ def classify_raster(
     progress: bool = True,
     region_index: np.ndarray | None = None,
     resume_key: str | None = None,
+    reader_threads: int = 1,
+    read_ahead: int = 2,
+    open_reader: Callable[[], TimeSeriesSource] | None = None,
+    engine: WindowEngine | None = None,
 ) -> InferenceResult:
     """Classify every pixel of a time series, chunk by chunk.
+
+    Reading, computing and writing overlap: reader threads read the next windows
+    (:func:`read_windows`), this thread classifies, a writer thread writes the finished
+    windows to the GeoTIFFs (at most two windows wait for it). The maps do not depend on
+    the threads, the read-ahead or the engine (tests compare them bit for bit).
 
     Args:
         series: the opened raster (same dates and channels as the store).
@@ -245,13 +445,20 @@ def classify_raster(
             None = no resume. With a key, finished windows are kept in
             ``<out_dir>/.infer-partial/`` and a run interrupted with the same key computes
             only the windows not done yet (see the module's docstring).
+        reader_threads: threads reading windows ahead (:func:`read_windows`).
+        read_ahead: windows read ahead of the one computed (0 = read in this thread).
+        open_reader: opens another reader of the same series, one per reader thread
+            (needed when ``reader_threads > 1``).
+        engine: computes the windows elsewhere (e.g. :func:`i2dl.cluster.dask_engine`);
+            None = :func:`local_engine` in this process. ``predict`` and ``region_index``
+            are then unused (the engine classifies).
 
     Returns:
         The written maps.
 
     Raises:
         ConfigError: the raster's dates or channels differ from the store's, or a bad
-            ``batch_size`` or ``chunk_size``.
+            ``batch_size``, ``chunk_size``, ``reader_threads`` or ``read_ahead``.
         InputDataError: a window of the raster cannot be read (damaged strips or tiles:
             the file and window are named), or no pixel has a valid observation (all NaN
             or nodata); no map is left under its final name.
@@ -262,75 +469,36 @@ def classify_raster(
             f"but the model was trained on {info.n_dates} x {info.n_channels}: infer needs the "
             "same acquisition dates and bands as the sample store"
         )
-    batch_size = resolve_batch_size(batch_size, device, info.n_dates)
-    single: PredictFn | None = None if isinstance(predict, Mapping) else predict
-    predicts = predict if isinstance(predict, Mapping) else None
-    if predicts is not None and region_index is None:
-        raise ConfigError("one model per region needs the region of every pixel (region_index)")
+    if engine is None:
+        classify = WindowClassifier(
+            info, predict, device, resolve_batch_size(batch_size, device, info.n_dates), amp,
+            write_proba, region_index,
+        )
+        engine = local_engine(series, classify, reader_threads, read_ahead, open_reader)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     codes = np.asarray(info.class_codes, dtype=np.int64)
     k = len(codes)
-    class_dtype = "uint8" if codes.max() <= 255 else "uint16"
+    dtype = class_dtype(codes)
     names = {"classif": "classif.tif", "confidence": "confidence.tif"}
     if write_proba:
         names["proba"] = "proba.tif"
     final = {key: out_dir / name for key, name in names.items()}
     grid = (series.width, series.height)
     profiles = {
-        "classif": geotiff_profile(*grid, 1, class_dtype, series.crs, series.transform, 0),
+        "classif": geotiff_profile(*grid, 1, dtype, series.crs, series.transform, 0),
         "confidence": geotiff_profile(*grid, 1, "float32", series.crs, series.transform, 0.0),
         "proba": geotiff_profile(*grid, k, "float32", series.crs, series.transform, 0.0),
     }
-    days = torch.from_numpy(info.days).to(device)
     windows = block_windows(series.width, series.height, chunk_size, "infer.chunk_size")
-    use_amp = amp and device.type == "cuda"
-    pin = device.type == "cuda"
     n_pixels = n_nodata = 0
-
-    def compute(win: Window, x: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-        """Classify one window: classif (h, w), confidence (h, w), proba (K, h, w)."""
-        h, w = x.shape[:2]
-        flat_x = x.reshape(h * w, info.n_dates, info.n_channels)
-        flat_valid = valid.reshape(h * w, info.n_dates)
-        has_data = flat_valid.any(axis=1)
-        if single is not None:
-            groups = [(single, np.flatnonzero(has_data))]
-        else:
-            assert predicts is not None and region_index is not None  # checked above
-            r0, c0 = int(win.row_off), int(win.col_off)
-            reg = region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
-            has_data &= reg >= 0
-            groups = [
-                (predicts[int(r)], np.flatnonzero(has_data & (reg == r)))
-                for r in np.unique(reg[has_data]) if int(r) in predicts
-            ]
-            has_data &= np.isin(reg, list(predicts))
-        proba = np.zeros((h * w, k), dtype=np.float32)
-        for fn, idx in groups:
-            for b0 in range(0, len(idx), batch_size):
-                sel = idx[b0 : b0 + batch_size]
-                proba[sel] = _predict_batch(
-                    fn, info, flat_x[sel], flat_valid[sel], days, device, pin, use_amp
-                )
-        best = proba.argmax(axis=1)
-        out: dict[str, np.ndarray] = {
-            "classif": np.where(has_data, codes[best], 0).astype(class_dtype).reshape(h, w),
-            "confidence": np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
-            .reshape(h, w),
-            "has_data": has_data.reshape(h, w),
-        }
-        if write_proba:
-            out["proba"] = proba.T.reshape(k, h, w)
-        return out
-
     partial = out_dir / PARTIAL_DIR
     with target_lock(final["classif"]):
         for path in final.values():  # temporaries of killed runs of the other maps
             remove_orphans(path)
         done = set()
         if resume_key is not None:
-            done = _open_partial(partial, resume_key, windows, names, k, class_dtype)
+            done = _open_partial(partial, resume_key, windows, names, k, dtype)
             if done:
                 log.info("resuming the maps in %s: %d of %d windows already done", out_dir,
                          len(done), len(windows))
@@ -344,42 +512,45 @@ def classify_raster(
                 )
                 for key, path in final.items()
             }
-            with ThreadPoolExecutor(max_workers=1) as reader, \
+
+            def write(win: Window, arrays: Mapping[str, np.ndarray]) -> None:
+                for key, dst in dsts.items():
+                    data = arrays[key]
+                    dst.write(data if data.ndim == 3 else data[None], window=win)
+
+            def saved(i: int) -> dict[str, np.ndarray]:
+                with np.load(partial / f"w{i}.npz") as npz:
+                    return {name: npz[name] for name in npz.files}
+
+            results = itertools.chain(((i, saved(i)) for i in sorted(done)),
+                                      engine(windows, todo))
+            writes: deque[Future[None]] = deque()
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="i2dl-write") as writer, \
                     Progress(disable=not progress) as bar:
                 task = bar.add_task("classifying chunks", total=len(windows))
-                ahead = iter(todo)
-                nxt = next(ahead, None)
-                future = (
-                    reader.submit(read_series_window, series, windows[nxt])
-                    if nxt is not None else None
-                )
-                for i, win in enumerate(windows):
-                    if i in done:
-                        with np.load(partial / f"w{i}.npz") as saved:
-                            arrays = {name: saved[name] for name in saved.files}
-                    else:
-                        assert future is not None  # one read is submitted per window to do
-                        x, valid = future.result()
-                        nxt = next(ahead, None)
-                        if nxt is not None:
-                            future = reader.submit(read_series_window, series, windows[nxt])
-                        arrays = compute(win, x, valid)
-                        if resume_key is not None:
+                try:
+                    for i, arrays in results:
+                        if resume_key is not None and i not in done:
+                            # saved here, not by the writer: a window counted as done is on disk
                             with atomic_path(partial / f"w{i}.npz") as tmp, open(tmp, "xb") as fh:
                                 np.savez(fh, **arrays)  # type: ignore[arg-type]
-                    dsts["classif"].write(arrays["classif"][None], window=win)
-                    dsts["confidence"].write(arrays["confidence"][None], window=win)
-                    if write_proba:
-                        dsts["proba"].write(arrays["proba"], window=win)
-                    n_pixels += int(arrays["has_data"].sum())
-                    n_nodata += int((~arrays["has_data"]).sum())
-                    bar.advance(task)
+                        writes.append(writer.submit(write, windows[i], arrays))
+                        while len(writes) > 2:
+                            writes.popleft().result()
+                        n_pixels += int(arrays["has_data"].sum())
+                        n_nodata += int((~arrays["has_data"]).sum())
+                        bar.advance(task)
+                    while writes:
+                        writes.popleft().result()
+                finally:
+                    for future in writes:
+                        future.cancel()
             if write_proba:
                 dsts["proba"].descriptions = tuple(
                     f"proba_{c}_{n}" for c, n in zip(codes, info.class_names, strict=True)
                 )
             if n_pixels == 0:  # raised inside the stack: no map is renamed into place
-                where = " inside an eco-region" if single is None else ""
+                where = " inside an eco-region" if isinstance(predict, Mapping) else ""
                 raise InputDataError(
                     f"no pixel of {series.path}{where} has a valid observation (every value "
                     "NaN, the nodata value or masked by data.masks): the map would be empty. "
@@ -401,4 +572,3 @@ def classify_raster(
         n_nodata=n_nodata,
         device=str(device),
     )
-

@@ -5,15 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from i2dl.errors import StoreError
+from i2dl.cluster import dask_client, dask_engine
+from i2dl.errors import ConfigError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
-from i2dl.inference import InferenceResult, PredictFn, classify_raster, resolve_device
+from i2dl.inference import (
+    InferenceResult,
+    PredictFn,
+    WindowClassifier,
+    classify_raster,
+    local_engine,
+    resolve_batch_size,
+    resolve_device,
+)
 from i2dl.io.geotiff import mosaic
+from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.layout import (
     FINAL_DIR,
     MAPS_DIR,
@@ -27,6 +39,8 @@ from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
 from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.stages.evaluate import load_models
+from i2dl.store import StoreInfo
+from models import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,94 @@ def resume_key(cfg: DictConfig, out: Path, device: str, tile: str | None) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class TileJob:
+    """Everything needed to classify the windows of one tile, in plain (picklable) values.
+
+    Used by the local engine and sent to Dask workers (:mod:`i2dl.cluster`), which open the
+    tile and load the model(s) from the run folder themselves.
+
+    Attributes:
+        run: the run folder (holds the trained model(s)).
+        data: the ``data`` config, resolved to plain containers.
+        sampling: the ``sampling`` config (eco-region file and field).
+        tile: the tile, or None for a single raster.
+        ckpt: ``infer.ckpt``; device: ``infer.device``; batch_size: ``infer.batch_size``;
+        amp: ``infer.amp``; write_proba: ``infer.write_proba``.
+    """
+
+    run: str
+    data: dict[str, Any]
+    sampling: dict[str, Any]
+    tile: str | None
+    ckpt: str
+    device: str
+    batch_size: int | str
+    amp: bool
+    write_proba: bool
+    key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        payload = json.dumps(
+            {k: v for k, v in self.__dict__.items() if k != "key"}, sort_keys=True, default=str
+        )
+        object.__setattr__(self, "key", hashlib.sha256(payload.encode()).hexdigest())
+
+    def open(self) -> TimeSeriesSource:
+        """Open the tile's time series (a new reader: one per thread)."""
+        return open_source(self.data, self.tile)
+
+    def classifier(
+        self,
+        series: TimeSeriesSource,
+        loaded: tuple[dict[int | None, Classifier], StoreInfo] | None = None,
+    ) -> WindowClassifier:
+        """The tile's window classifier: model(s) on the device, eco-region of each pixel.
+
+        Args:
+            series: the opened tile (its grid places the eco-regions).
+            loaded: the run's models and store info when already loaded; None loads them.
+
+        Raises:
+            StoreError: no trained model in the run folder.
+        """
+        models, info = loaded or load_models(Path(self.run), self.ckpt)
+        device = resolve_device(self.device)
+        predicts = {r: m.to(device).predict_proba for r, m in models.items()}
+        region_index = None
+        predict: PredictFn | dict[int, PredictFn]
+        if None in predicts:
+            predict = predicts[None]
+        else:
+            predict = {int(r): p for r, p in predicts.items() if r is not None}
+            regions = read_regions(
+                self.sampling["region_file"], self.sampling["region_field"], series.crs
+            )
+            region_index = rasterize_regions(
+                regions, series.transform, series.width, series.height
+            )
+        return WindowClassifier(
+            info, predict, device, resolve_batch_size(self.batch_size, device, info.n_dates),
+            self.amp, self.write_proba, region_index,
+        )
+
+
+def _engine_context(icfg: DictConfig) -> Any:
+    """A Dask client for ``infer.engine=dask``, nothing for ``local``."""
+    engine = str(icfg.get("engine", "local"))
+    if engine == "local":
+        return nullcontext(None)
+    if engine != "dask":
+        raise ConfigError(f"infer.engine={engine!r}: use local or dask")
+    dcfg = icfg.get("dask") or {}
+    return dask_client(
+        dcfg.get("address") or None,
+        int(dcfg.get("n_workers", 2)),
+        int(dcfg.get("threads_per_worker", 1)),
+        bool(dcfg.get("processes", True)),
+    )
+
+
 def run(cfg: DictConfig) -> InferenceResult | None:
     """Classify the data's raster(s) by block windows with the trained model(s).
 
@@ -90,51 +192,53 @@ def run(cfg: DictConfig) -> InferenceResult | None:
         icfg = cfg.infer
         models, info = load_models(out, icfg.ckpt)
         device = resolve_device(str(icfg.device))
-        predicts = {r: m.to(device).predict_proba for r, m in models.items()}
-        predict: PredictFn | dict[int, PredictFn] = (
-            predicts[None] if None in predicts
-            else {int(r): p for r, p in predicts.items() if r is not None}
-        )
         tiles: list[str | None] = list(data_tiles(cfg.data)) or [None]
         multi = len(tiles) > 1
         results = {}
-        for tile in tiles:
-            maps = out / MAPS_DIR / tile if multi and tile else out / MAPS_DIR
-            with open_source(cfg.data, tile) as series:
-                region_index = None
-                if None not in predicts:
-                    regions = read_regions(
-                        cfg.sampling.region_file, cfg.sampling.region_field, series.crs
-                    )
-                    region_index = rasterize_regions(
-                        regions, series.transform, series.width, series.height
-                    )
-                results[tile] = classify_raster(
-                    series,
-                    info,
-                    predict,
-                    maps,
-                    device,
-                    chunk_size=int(icfg.chunk_size),
-                    batch_size=icfg.batch_size,
-                    amp=bool(icfg.amp),
-                    write_proba=bool(icfg.write_proba),
-                    region_index=region_index,
-                    resume_key=(
-                        resume_key(cfg, out, str(device), tile)
-                        if icfg.get("resume", True) else None
-                    ),
+        plain = {name: OmegaConf.to_container(cfg[name], resolve=True)
+                 for name in ("data", "sampling")}
+        with ExitStack() as stack:
+            client = stack.enter_context(_engine_context(icfg))
+            for tile in tiles:
+                maps = out / MAPS_DIR / tile if multi and tile else out / MAPS_DIR
+                job = TileJob(
+                    str(out), plain["data"], plain["sampling"], tile,  # type: ignore[arg-type]
+                    str(icfg.ckpt), str(icfg.device), icfg.batch_size, bool(icfg.amp),
+                    bool(icfg.write_proba),
                 )
-            preview = write_map_preview(
-                results[tile].classif, maps / "classif_preview.png", info.class_codes,
-                info.class_names,
-            )
-            log.info("map preview: %s", preview)
-            products = write_map_products(
-                results[tile].classif, info.class_codes, info.class_names,
-                colour_table=cfg.data.get("colour_table") or None,
-            )
-            log.info("map products: %s", ", ".join(str(p) for p in products.values()))
+                with job.open() as series:
+                    if client is None:
+                        engine = local_engine(
+                            series, job.classifier(series, (models, info)),
+                            int(icfg.get("reader_threads", 1)), int(icfg.get("read_ahead", 2)),
+                            job.open,
+                        )
+                    else:
+                        engine = dask_engine(client, job)
+                    results[tile] = classify_raster(
+                        series,
+                        info,
+                        {} if None not in models else models[None].predict_proba,
+                        maps,
+                        device,
+                        chunk_size=int(icfg.chunk_size),
+                        write_proba=bool(icfg.write_proba),
+                        resume_key=(
+                            resume_key(cfg, out, str(device), tile)
+                            if icfg.get("resume", True) else None
+                        ),
+                        engine=engine,
+                    )
+                preview = write_map_preview(
+                    results[tile].classif, maps / "classif_preview.png", info.class_codes,
+                    info.class_names,
+                )
+                log.info("map preview: %s", preview)
+                products = write_map_products(
+                    results[tile].classif, info.class_codes, info.class_names,
+                    colour_table=cfg.data.get("colour_table") or None,
+                )
+                log.info("map products: %s", ", ".join(str(p) for p in products.values()))
         if not results:
             raise StoreError(f"data {cfg.data.get('name')}: no tile to classify")
         if not multi:
