@@ -107,6 +107,11 @@ CPU_BATCH_RANGE = (1024, 32768)
 #: bounds of ``auto`` on CUDA, pixels; within them, a quarter of the free device memory
 #: for about 8 live ``(B, T, width)`` float32 activations
 CUDA_BATCH_RANGE = (4096, 65536)
+#: ``infer.batch_size: auto`` for scikit-learn models: pixels per ``predict_proba`` call.
+#: Each call starts ``n_jobs`` workers over the trees, so small batches spend their time
+#: starting them (scripts/bench/bench_sklearn_infer.py, docs/benchmarks.md); the features
+#: of 2^18 pixels x 240 dates-bands are 240 MB of float32.
+SKLEARN_BATCH_SIZE = 2**18
 
 
 def resolve_batch_size(

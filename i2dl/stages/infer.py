@@ -16,6 +16,7 @@ from i2dl.cluster import dask_client, dask_engine
 from i2dl.errors import ConfigError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
 from i2dl.inference import (
+    SKLEARN_BATCH_SIZE,
     InferenceResult,
     PredictFn,
     WindowClassifier,
@@ -40,7 +41,7 @@ from i2dl.products import write_map_products
 from i2dl.sampling.regions import rasterize_regions, read_regions
 from i2dl.stages.evaluate import load_models
 from i2dl.store import StoreInfo
-from models import Classifier
+from models import Classifier, SklearnClassifier
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,13 @@ class TileJob:
             region_index = rasterize_regions(
                 regions, series.transform, series.width, series.height
             )
+        if self.batch_size == "auto" and all(isinstance(m, SklearnClassifier)
+                                             for m in models.values()):
+            batch_size = SKLEARN_BATCH_SIZE
+        else:
+            batch_size = resolve_batch_size(self.batch_size, device, info.n_dates)
         return WindowClassifier(
-            info, predict, device, resolve_batch_size(self.batch_size, device, info.n_dates),
-            self.amp, self.write_proba, region_index,
+            info, predict, device, batch_size, self.amp, self.write_proba, region_index
         )
 
 

@@ -11,8 +11,12 @@ Writes a synthetic Sentinel-2-like stack in a temporary folder: ``--size`` pixel
 - ``infer``: :func:`i2dl.inference.classify_raster` on the CPU with the default LTAE
   config (``configs/model/ltae.yaml``, randomly initialised, 10 classes), writing
   ``classif.tif`` and ``confidence.tif``, for each variant of ``--variants``:
-  ``NAME:FORWARD:BATCH`` with FORWARD ``lean`` (models/ltae.py) or ``before`` (the
-  former forward, copied below) and BATCH ``auto`` or pixels.
+  ``NAME:FORWARD:BATCH[:READERS]`` with FORWARD ``lean`` (models/ltae.py) or ``before``
+  (the former forward, copied below), BATCH ``auto`` or pixels, and READERS the reader
+  threads (``infer.reader_threads``; 0 = serial: each window read in turn, no overlap;
+  default 1: one thread reads ahead while the model computes);
+- ``read_floor_threads``: with a variant of READERS > 1, the windows read by that many
+  threads, each with its own dataset (the parallel read floor).
 
 Each line of output is JSON: seconds, pixels per second, ``ratio`` = infer px/s over
 read-floor px/s (issue 11 asks for >= 1/3 on the CPU), and the peak RSS of the step
@@ -20,7 +24,7 @@ read-floor px/s (issue 11 asks for >= 1/3 on the CPU), and the peak RSS of the s
 where Linux allows it). The last lines print the command for a full Sentinel-2 tile.
 
 Usage: python scripts/bench/bench_infer.py [--size 512] [--dates 24] [--bands 10]
-    [--chunk 512] [--repeat 3] [--variants before:before:32768,after:lean:auto]
+    [--chunk 512] [--repeat 3] [--variants serial:lean:auto:0,after:lean:auto:1,...]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import tempfile
 import time
 import types
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,7 @@ import rasterio
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from torch import Tensor
 
 from i2dl.build import DataDims, build_classifier
@@ -141,17 +147,21 @@ def main() -> None:
     ap.add_argument("--bands", type=int, default=10)
     ap.add_argument("--chunk", type=int, default=512, help="infer.chunk_size")
     ap.add_argument("--repeat", type=int, default=3, help="A/B rounds; medians reported")
-    ap.add_argument("--variants", default="before:before:32768,after:lean:auto",
-                    help="comma-separated NAME:FORWARD:BATCH, FORWARD in {lean, before}")
+    ap.add_argument("--variants", default="serial:lean:auto:0,after:lean:auto:1,"
+                    "threads:lean:auto:2",
+                    help="comma-separated NAME:FORWARD:BATCH[:READERS], FORWARD in "
+                    "{lean, before}")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu", help="torch device of infer: cpu, cuda")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
+    variants = [v if len(v) != 3 else (*v, "1") for v in variants]
     for v in variants:
-        if len(v) != 3 or v[1] not in ("lean", "before"):
-            ap.error(f"--variants: {':'.join(v)!r} is not NAME:lean|before:BATCH")
+        if len(v) != 4 or v[1] not in ("lean", "before") or not v[3].isdigit():
+            ap.error(f"--variants: {':'.join(v)!r} is not NAME:lean|before:BATCH[:READERS]")
+    max_readers = max(int(v[3]) for v in variants)
     machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "size": args.size, "dates": args.dates,
                "bands": args.bands, "chunk": args.chunk}
@@ -198,7 +208,16 @@ def main() -> None:
                 for w in windows:
                     series.read(w)
 
-        def infer(forward: str, batch: str) -> Callable[[], object]:
+        def read_floor_threads() -> None:
+            def read(part: list[Window]) -> None:
+                with rasterio.open(stack) as src:
+                    for w in part:
+                        src.read(window=w)
+
+            with ThreadPoolExecutor(max_readers) as pool:
+                list(pool.map(read, [windows[i::max_readers] for i in range(max_readers)]))
+
+        def infer(forward: str, batch: str, readers: int) -> Callable[[], object]:
             def run() -> None:
                 encoder.forward = (lean_forward if forward == "lean"
                                    else types.MethodType(_former_forward, encoder))
@@ -206,12 +225,18 @@ def main() -> None:
                     classify_raster(series, info, model.predict_proba, Path(tmp) / "maps", cpu,
                                     chunk_size=args.chunk,
                                     batch_size=batch if batch == "auto" else int(batch),
-                                    progress=False)
+                                    progress=False, reader_threads=max(1, readers),
+                                    read_ahead=0 if readers == 0 else 2,
+                                    open_reader=lambda: open_time_series(stack, dates_file,
+                                                                         bands))
             return run
 
         steps: dict[str, Callable[[], object]] = {"read_floor": read_floor,
                                                   "read_i2dl": read_i2dl}
-        steps.update({name: infer(fwd, batch) for name, fwd, batch in variants})
+        if max_readers > 1:
+            steps["read_floor_threads"] = read_floor_threads
+        steps.update({name: infer(fwd, batch, int(readers))
+                      for name, fwd, batch, readers in variants})
         times: dict[str, list[float]] = {s: [] for s in steps}
         rss: dict[str, list[float]] = {s: [] for s in steps}
         for _ in range(args.repeat):
@@ -223,10 +248,11 @@ def main() -> None:
         for name in steps:
             sec = statistics.median(times[name])
             extra: dict[str, object] = {}
-            for vname, fwd, batch in variants:
+            for vname, fwd, batch, readers in variants:
                 if vname == name:
-                    extra = {"forward": fwd, "batch_size": resolve_batch_size(
-                        batch if batch == "auto" else int(batch), cpu, args.dates)}
+                    extra = {"forward": fwd, "readers": int(readers),
+                             "batch_size": resolve_batch_size(
+                                 batch if batch == "auto" else int(batch), cpu, args.dates)}
             print(json.dumps({
                 "step": name, "seconds": round(sec, 3), "runs": [round(t, 2) for t in times[name]],
                 "px_per_s": round(n_px / sec), "ratio_to_read_floor": round(floor / sec, 3),
@@ -237,7 +263,7 @@ def main() -> None:
     print(f"# extrapolated to a full tile ({FULL_TILE}^2 px, {args.dates} dates) with "
           f"'{infer_name}': {per_px * FULL_TILE**2 / 3600:.2f} h of infer on this machine")
     print(f"# full tile: python scripts/bench/bench_infer.py --size {FULL_TILE} --dates 70 "
-          f"--bands 10 --chunk 1024 --repeat 1 --variants after:lean:auto  (stack "
+          f"--bands 10 --chunk 1024 --repeat 1 --variants after:lean:auto:2  (stack "
           f"{FULL_TILE**2 * 70 * 10 * 2 / 2**30:.0f} GiB uncompressed in $TMPDIR)")
 
 
