@@ -18,6 +18,7 @@ and ``y``, the class index in [0, K) (position of the code in ``StoreInfo.class_
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,11 @@ class StoreBlockDataset(IterableDataset):
             (one-pass readers: evaluation, scikit-learn fits). Each DataLoader worker
             holds its own copy.
 
+    Under DDP (``world_size > 1``) each rank reads the same chunk order and keeps every
+    ``world_size``-th row of it (a disjoint share); the learn split is truncated to the
+    same number of rows on every rank (at most ``world_size - 1`` rows left out per epoch
+    and worker), so that every rank runs the same number of steps.
+
     Raises:
         ConfigError: batch_size or block_chunks < 1, cache_mb < 0.
     """
@@ -71,8 +77,12 @@ class StoreBlockDataset(IterableDataset):
         block_chunks: int = 8,
         region: int | None = None,
         cache_mb: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in 0..world_size-1 ({world_size})")
         if batch_size < 1 or block_chunks < 1:
             raise ConfigError(
                 f"datamodule.batch_size ({batch_size}) and block_chunks ({block_chunks}) "
@@ -93,9 +103,13 @@ class StoreBlockDataset(IterableDataset):
         x = store_array(group, "X")
         self.chunk_len = int(x.chunks[0])
         self.n_total = int(x.shape[0])
-        self.n_samples = int(
-            self._selected(read_array(group, "split"), read_array(group, "region")).sum()
-        )
+        selected = self._selected(read_array(group, "split"), read_array(group, "region"))
+        self.n_samples = int(selected.sum())
+        n_chunks = -(-self.n_total // self.chunk_len)
+        #: selected rows per store chunk
+        self._chunk_rows = np.bincount(np.flatnonzero(selected) // self.chunk_len,
+                                       minlength=n_chunks)
+        self.rank, self.world_size = rank, world_size
         self._codes = np.asarray(self.info.class_codes, dtype=np.int64)  # sorted
         series_mb = self.n_samples * int(np.prod(x.shape[1:])) * 4 / 2**20
         # chunk id -> its selected rows, normalised (None: no selected row); None = no cache
@@ -104,8 +118,11 @@ class StoreBlockDataset(IterableDataset):
         )
 
     def __len__(self) -> int:
-        """Number of batches in one epoch (one worker)."""
-        return -(-self.n_samples // self.batch_size)
+        """Number of batches in one epoch (one worker; this rank's share under DDP)."""
+        n = self.n_samples
+        if self.world_size > 1:
+            n = n // self.world_size if self.shuffle else -(-n // self.world_size)
+        return -(-n // self.batch_size)
 
     def _selected(self, split: np.ndarray, region: np.ndarray) -> np.ndarray:
         sel = split == self.split
@@ -136,6 +153,11 @@ class StoreBlockDataset(IterableDataset):
         worker = get_worker_info()
         if worker is not None:
             order = order[worker.id :: worker.num_workers]
+        # several processes (DDP): every rank draws the same order and keeps the rows at
+        # positions rank, rank + world, ... of its stream; training truncates every rank to
+        # the same count so that all ranks run the same number of steps
+        world, seen = self.world_size, 0
+        limit = int(self._chunk_rows[order].sum()) // world if self.shuffle else None
         # the store is opened only when some chunk of this epoch is not in memory yet
         in_memory = self._cache is not None and all(int(c) in self._cache for c in order)
         group = None if in_memory else open_store(self.store_path)
@@ -148,6 +170,15 @@ class StoreBlockDataset(IterableDataset):
             if self.shuffle:
                 perm = rng.permutation(len(block["y"]))
                 block = {k: v[perm] for k, v in block.items()}
+            if world > 1:
+                pos = seen + np.arange(len(block["y"]))
+                seen += len(block["y"])
+                keep = pos % world == self.rank
+                if limit is not None:
+                    keep &= pos // world < limit
+                block = {k: v[keep] for k, v in block.items()}
+                if not len(block["y"]):
+                    continue
             if carry:
                 block = {k: np.concatenate([carry[0][k], block[k]]) for k in block}
                 carry = []
@@ -208,15 +239,64 @@ class StoreBlockDataset(IterableDataset):
         }
 
 
+#: ``datamodule.num_workers: auto`` on CUDA: DataLoader workers, at most this many (and
+#: one core left to the training process)
+AUTO_WORKERS_CUDA = 8
+
+
+def loader_settings(
+    num_workers: int | str, pin_memory: bool | str, on_cuda: bool, cpus: int | None = None
+) -> tuple[int, bool]:
+    """Resolve ``datamodule.num_workers`` and ``pin_memory`` for the device that trains.
+
+    ``auto`` on CUDA: ``min(AUTO_WORKERS_CUDA, cpus - 1)`` workers (at least 1), kept
+    alive between epochs (``persistent_workers``), and pinned host memory, so that the
+    next batches are read and copied while the GPU computes; on the CPU: no worker (the
+    store streams at a few % of an epoch, docs/benchmarks.md, and workers would take
+    the cores that compute) and no pinning. Integers and booleans are used as given.
+
+    Args:
+        num_workers: an int >= 0 or ``auto``.
+        pin_memory: a bool or ``auto``.
+        on_cuda: the trainer's root device is CUDA.
+        cpus: usable CPU cores; None = ``len(os.sched_getaffinity(0))``.
+
+    Returns:
+        ``(num_workers, pin_memory)``.
+
+    Raises:
+        ConfigError: a value that is neither ``auto`` nor of the right type.
+    """
+    if num_workers == "auto":
+        if cpus is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+        workers = max(1, min(AUTO_WORKERS_CUDA, cpus - 1)) if on_cuda else 0
+    elif isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0:
+        workers = num_workers
+    else:
+        raise ConfigError(
+            f"datamodule.num_workers must be auto or an int >= 0, got {num_workers!r}"
+        )
+    if pin_memory == "auto":
+        pin = on_cuda
+    elif isinstance(pin_memory, bool):
+        pin = pin_memory
+    else:
+        raise ConfigError(f"datamodule.pin_memory must be auto, true or false, got {pin_memory!r}")
+    return workers, pin
+
+
 class PixelSeriesDataModule(L.LightningDataModule):
     """Learn/val pixel series from a sample store (iota2's pixel-based deep learning input).
 
     Args:
         store_path: the sample store (set by the pipeline after ``prepare``).
         batch_size: training and validation batch size.
-        num_workers: DataLoader worker processes (0 = read in the main process).
+        num_workers: DataLoader worker processes (0 = read in the main process), or
+            ``auto``: :func:`loader_settings` (workers on CUDA, none on the CPU).
         block_chunks: Zarr chunks read at once per worker.
-        pin_memory: pin host memory (useful on CUDA).
+        pin_memory: pin host memory, or ``auto``: True when training on CUDA.
         region: train and validate on this region only (one model per eco-region).
         cache_mb: keep a split in memory after its first epoch when its series take at
             most this many MiB (per DataLoader worker); 0 = stream every epoch. Small
@@ -231,9 +311,9 @@ class PixelSeriesDataModule(L.LightningDataModule):
         self,
         store_path: str | Path | None = None,
         batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         block_chunks: int = 8,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
         region: int | None = None,
         cache_mb: float = 512.0,
     ) -> None:
@@ -278,15 +358,28 @@ class PixelSeriesDataModule(L.LightningDataModule):
             block_chunks=self.block_chunks,
             region=self.region,
             cache_mb=self.cache_mb,
+            **self._ranks(),
         )
 
+    def _ranks(self) -> dict[str, int]:
+        """This process's rank and the number of processes of the attached trainer."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {"rank": 0, "world_size": 1}
+        return {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size)}
+
+    def _on_cuda(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, split: int, shuffle: bool) -> DataLoader:
+        workers, pin = loader_settings(self.num_workers, self.pin_memory, self._on_cuda())
         return DataLoader(
             self.dataset(split, shuffle),
             batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from i2dl import ddp
 from i2dl.config import (
     CONFIG_DIR,
     CONFIG_NAME,
@@ -28,6 +30,9 @@ from i2dl.config import (
 from i2dl.errors import I2dlError
 
 log = logging.getLogger(__name__)
+
+#: the stage being run, inherited by the processes Lightning's DDP launcher starts
+STAGE_ENV = "I2DL_STAGE"
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,9 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
 
     saved = sys.argv
     sys.argv = [f"i2dl {stage}", *args]
+    # Lightning's DDP launcher re-runs `python -m i2dl <sys.argv[1:]>` in its child
+    # processes: they find the stage here (see main)
+    os.environ[STAGE_ENV] = stage
     try:
         _entry()
     finally:
@@ -194,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         Exit status (0 success or help, 2 usage error; ``report``'s own status).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(STAGE_ENV) in STAGES and ddp.is_worker() and (
+            not args or args[0] not in STAGES):
+        args = [os.environ[STAGE_ENV], *args]  # a DDP child process started by Lightning
     if not args or args[0] not in STAGES:
         if args and args[0] not in ("-h", "--help"):
             print(f"unknown stage {args[0]!r}", file=sys.stderr)

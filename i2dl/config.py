@@ -188,7 +188,10 @@ def config_checks() -> tuple[Check, ...]:
         Check("objective", "null or one of " + ", ".join(sorted(OBJECTIVES)),
               lambda v: v is None or v in OBJECTIVES, "selection_f1"),
         _int("datamodule.batch_size", 1, example="256"),
-        _int("datamodule.num_workers", 0, example="0"),
+        Check("datamodule.num_workers", "auto (workers on CUDA, none on the CPU) or an integer "
+              ">= 0", lambda v: v == "auto" or (_is_int(v) and v >= 0), "auto"),
+        Check("datamodule.pin_memory", "auto (on CUDA), true or false",
+              lambda v: v == "auto" or isinstance(v, bool), "auto"),
         _int("datamodule.block_chunks", 1, example="8"),
         _number("datamodule.cache_mb", 0, example="512"),
         _int("trainer.max_epochs", 1, example="30"),

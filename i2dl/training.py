@@ -149,6 +149,8 @@ def fit_network(
                 ckpt_path=str(resume_from) if resume_from is not None else None)
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt else ""
+    if trainer.global_rank != 0:  # DDP: rank 0 writes the curves and reports the best
+        return Path(best)
     if not best:
         raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
     curves = write_learning_curves(model_dir / TB_DIR, model_dir / LEARNING_CURVES)

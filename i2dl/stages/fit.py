@@ -15,6 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from i2dl import ddp
 from i2dl.build import DataDims, build_classifier, save_model_spec
 from i2dl.errors import ConfigError, StoreError
 from i2dl.layout import (
@@ -226,6 +227,8 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
             no learn or val pixel.
     """
     out = run_dir(cfg)
+    if ddp.is_worker():
+        return follow_rank_zero(cfg, store)
     with stage_logging(out, "fit"):
         store = Path(store) if store is not None else existing_store(cfg)
         info = read_info(store)
@@ -251,15 +254,48 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
         return {f"region_{r}": str(p) for r, p in best.items()}
 
 
+def follow_rank_zero(cfg: DictConfig, store: Path | None = None) -> dict[str, str] | Path:
+    """A DDP process of rank > 0: train with rank 0, as rank 0 planned (:mod:`i2dl.ddp`).
+
+    Writes nothing in the run folder but its own log (``logs/fit_rank<r>.log``).
+
+    Returns:
+        What :func:`run` returns (rank 0's checkpoint paths).
+
+    Raises:
+        ConfigError: rank 0's plan does not come (see :func:`i2dl.ddp.wait_for_rank_zero`).
+    """
+    out = run_dir(cfg)
+    with stage_logging(out, f"fit_rank{ddp.process_rank()}"):
+        store = Path(store) if store is not None else existing_store(cfg)
+        info = read_info(store)
+        dirs = model_dirs(out, info.attrs.get("regions"))
+        best = {}
+        for region, model_dir in dirs.items():
+            state = ddp.wait_for_rank_zero(model_dir)
+            log.info("DDP rank %d follows rank 0's fit of %s (launch %s)", ddp.process_rank(),
+                     model_dir, state.get("launch"))
+            if cfg.seed is not None:
+                L.seed_everything(int(cfg.seed), workers=True)
+            plan = FitPlan("resume" if state.get("resume_from") else "fresh",
+                           str(state.get("fingerprint")), "rank 0's plan")
+            best[region] = fit_one(cfg, store, info, model_dir, region, plan, state)
+        if list(best) == [None]:
+            return best[None]
+        return {f"region_{r}": str(p) for r, p in best.items()}
+
+
 def fit_one(
     cfg: DictConfig, store: Path, info: StoreInfo, model_dir: Path, region: int | None,
-    plan: FitPlan,
+    plan: FitPlan, follow: dict[str, Any] | None = None,
 ) -> Path:
     """Build and train one model (all samples, or one region's) into ``model_dir``.
 
     ``<model_dir>/fit_state.json`` says ``running`` (with the fit fingerprint) from before
     the first epoch until the best checkpoint is chosen, then ``done``: a fit killed in
     between is resumed by the next run of the same config (``plan.action == "resume"``).
+    It also names the launch and the checkpoint resumed from, which the other DDP
+    processes follow (``follow``: rank 0's state; then nothing is written).
 
     Returns:
         Path of the best checkpoint or the saved scikit-learn model.
@@ -302,12 +338,22 @@ def fit_one(
         info.n_dates, info.n_channels, info.n_classes, info.class_codes, n_learn,
         n_selection, n_val,
     )
+    if follow is not None:
+        if not isinstance(classifier, SITSClassifier):
+            raise ConfigError(
+                f"trainer=ddp trains deep models; {cfg.model.get('name')} is fitted by "
+                "scikit-learn in one process: drop trainer=ddp"
+            )
+        resume = follow.get("resume_from")
+        return fit_network(cfg, classifier, datamodule, model_dir, region,
+                           Path(resume) if resume else None)
     save_model_spec(model_dir, cfg.model, dims, store, region, n_params)
     state: dict[str, Any] = {
         "fingerprint": plan.fingerprint,
         "status": "running",
         "store": str(store),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "launch": ddp.new_launch(),
     }
     resume_from = None
     if plan.action == "resume":
@@ -315,6 +361,7 @@ def fit_one(
         state["started"] = previous.get("started", state["started"])
         state["resumed"] = int(previous.get("resumed", 0)) + 1
         resume_from = model_dir / CHECKPOINT_DIR / "last.ckpt"
+    state["resume_from"] = str(resume_from) if resume_from is not None else None
     write_fit_state(model_dir, state)
     if isinstance(classifier, SITSClassifier):
         best = fit_network(cfg, classifier, datamodule, model_dir, region, resume_from)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from i2dl import ddp
 from i2dl.aggregate import aggregate, write_results
 from i2dl.config import OBJECTIVES
 from i2dl.errors import ConfigError
@@ -53,6 +54,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     runs = int(cfg.get("runs", 1) or 1)
     kfold = cfg.get("kfold")
+    if "ddp" in str(cfg.trainer.get("strategy", "")) and (runs > 1 or kfold is not None):
+        raise ConfigError(
+            f"trainer=ddp trains one model with several processes; runs={runs} and "
+            f"kfold={kfold} are not supported with it: sweep seeds or folds as a multirun "
+            "(-m seed=1,2,3 or sampling.fold=0,1,2 with hydra/launcher=slurm)"
+        )
+    if ddp.is_worker():  # a DDP process of rank > 0: only prepare (reuse) and fit
+        store = prepare.run(cfg)
+        best = fit.run(cfg, store=store)
+        return {"ddp_rank": ddp.process_rank(), "best": str(best)}
     if runs < 1:
         raise ConfigError(f"runs must be >= 1, got {runs}")
     if kfold is not None and (isinstance(kfold, bool) or int(kfold) < 2 or runs > 1):
