@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from rasterio.windows import Window
 from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError, StoreError
@@ -32,8 +33,8 @@ from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
 from i2dl.io.table import read_pixel_table
-from i2dl.io.vector import rasterize_polygons, read_reference
-from i2dl.sampling.regions import rasterize_regions, read_regions
+from i2dl.io.vector import burn_window, read_reference
+from i2dl.sampling.regions import read_regions
 from i2dl.sampling.selection import (
     class_statistics,
     select_samples,
@@ -45,8 +46,9 @@ from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, verify_store, write_st
 
 log = logging.getLogger(__name__)
 
-#: Pixels read at a time (window side) while extracting samples.
-EXTRACT_BLOCK = 1024
+#: Window side (pixels) of the blocks in which polygons are burnt and samples read; only
+#: the bounding box of the labelled pixels of a block is read (see _extract).
+EXTRACT_BLOCK = 256
 
 
 def _source_files(cfg: DictConfig) -> list[Path]:
@@ -334,24 +336,13 @@ def _samples_from_raster(
         if sampling.get("region_file"):
             regions = read_regions(sampling.region_file, sampling.region_field, first.crs)
         parts, n_labelled = [], 0
+        codes = np.arange(len(ref.polygons))
         for t, src in enumerate(sources):
-            poly_index = rasterize_polygons(ref.polygons, src.transform, src.width, src.height)
-            if regions is not None:
-                region_index = rasterize_regions(regions, src.transform, src.width, src.height)
-                outside = (poly_index >= 0) & (region_index < 0)
-                if outside.any():
-                    log.info("tile %s: %d labelled pixel(s) in no region dropped",
-                             tiles[t] if tiles else "-", int(outside.sum()))
-                poly_index = np.where(region_index >= 0, poly_index, -1)
-            n_labelled += int((poly_index >= 0).sum())
-            part = _extract(src, poly_index)
+            part, n_tile = _extract(src, ref.polygons, codes, regions, tiles[t] if tiles else "-")
+            n_labelled += n_tile
             if part is None:
                 continue
             part["tile"] = np.full(len(part["X"]), t, dtype=np.int32)
-            part["region"] = (
-                region_index[part["row"], part["col"]].astype(np.int32)
-                if regions is not None else np.zeros(len(part["X"]), dtype=np.int32)
-            )
             parts.append(part)
         if not parts and n_labelled:
             files = ", ".join(str(s.path) for s in sources)
@@ -439,35 +430,74 @@ def _samples_from_table(
     return arrays, attrs, {}
 
 
-def _extract(series: Any, poly_index: np.ndarray) -> dict[str, np.ndarray] | None:
-    """Read the series of every pixel covered by a polygon, block by block."""
+def _extract(
+    series: Any,
+    polygons: Any,
+    rows: np.ndarray,
+    regions: Any | None,
+    tile: str,
+) -> tuple[dict[str, np.ndarray] | None, int]:
+    """Read the series of every pixel whose centre a polygon covers, block by block.
+
+    The grid is cut into ``EXTRACT_BLOCK`` windows; in each, only the polygons (and
+    eco-regions) that reach it are burnt (:func:`i2dl.io.vector.burn_window`), and only
+    the bounding box of its labelled pixels is read. Time and memory follow the labelled
+    pixels, not the grid: no whole-grid array is made, and blocks without a polygon cost
+    a spatial-index query.
+
+    Args:
+        series: the opened time series.
+        polygons: reference polygons in the series' CRS.
+        rows: (P,) value burnt for each polygon (its row in ``polygons``).
+        regions: eco-regions (``region`` column) or None.
+        tile: the tile's name, for messages.
+
+    Returns:
+        ``(arrays, n_labelled)``: ``X``, ``mask``, ``row``, ``col``, ``_poly_row`` and
+        ``region`` of the labelled pixels with a valid date (None if there is none), and
+        the number of labelled pixels (inside a region when there are regions).
+    """
     parts: list[dict[str, np.ndarray]] = []
-    n_no_valid = 0
+    n_no_valid = n_outside = n_labelled = 0
     windows = block_windows(series.width, series.height, EXTRACT_BLOCK)
     for win in track(windows, description="extracting samples", disable=len(windows) < 4):
-        r0, c0 = int(win.row_off), int(win.col_off)
-        sub = poly_index[r0 : r0 + int(win.height), c0 : c0 + int(win.width)]
+        sub = burn_window(polygons, rows, series.transform, win)
         rr, cc = np.nonzero(sub >= 0)
         if len(rr) == 0:
             continue
-        x, valid = read_series_window(series, win)
-        x, valid = x[rr, cc], valid[rr, cc]
+        if regions is not None:
+            reg = burn_window(regions, regions["region"].to_numpy(), series.transform, win)
+            inside = reg[rr, cc] >= 0
+            n_outside += int((~inside).sum())
+            rr, cc = rr[inside], cc[inside]
+            if len(rr) == 0:
+                continue
+        n_labelled += len(rr)
+        r_lo, c_lo = int(rr.min()), int(cc.min())
+        r0, c0 = int(win.row_off) + r_lo, int(win.col_off) + c_lo
+        crop = Window(c0, r0, int(cc.max()) - c_lo + 1, int(rr.max()) - r_lo + 1)
+        x, valid = read_series_window(series, crop)
+        x, valid = x[rr - r_lo, cc - c_lo], valid[rr - r_lo, cc - c_lo]
         keep = valid.any(axis=1)
         n_no_valid += int((~keep).sum())
         parts.append(
             {
                 "X": x[keep],
                 "mask": valid[keep],
-                "row": (rr[keep] + r0).astype(np.int32),
-                "col": (cc[keep] + c0).astype(np.int32),
+                "row": (rr[keep] + int(win.row_off)).astype(np.int32),
+                "col": (cc[keep] + int(win.col_off)).astype(np.int32),
                 "_poly_row": sub[rr, cc][keep],
+                "region": (reg[rr, cc][keep].astype(np.int32) if regions is not None
+                           else np.zeros(int(keep.sum()), dtype=np.int32)),
             }
         )
+    if n_outside:
+        log.info("tile %s: %d labelled pixel(s) in no region dropped", tile, n_outside)
     if n_no_valid:
         log.info("%d labelled pixel(s) with no valid acquisition date dropped", n_no_valid)
     if not any(len(p["X"]) for p in parts):
-        return None
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return None, n_labelled
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, n_labelled
 
 
 #: ``store.normalization`` choices: name -> what ``(x - offset) / scale`` uses per channel.
