@@ -241,8 +241,10 @@ class WindowClassifier:
         batch_size: pixels per forward pass (resolved, an int).
         amp: bfloat16 autocast on CUDA.
         write_proba: also return the (K, h, w) probabilities.
-        region_index: (height, width) int region of every pixel (-1 = none), required
-            when ``predict`` is a mapping.
+        region_index: (height, width) int region of every pixel (-1 = none), or a
+            function ``window -> (h, w)`` regions of that window (e.g. a
+            :func:`i2dl.io.vector.burn_window` of the eco-regions: no whole-grid array);
+            required when ``predict`` is a mapping.
     """
 
     info: StoreInfo
@@ -251,7 +253,7 @@ class WindowClassifier:
     batch_size: int
     amp: bool = True
     write_proba: bool = False
-    region_index: np.ndarray | None = None
+    region_index: np.ndarray | Callable[[Window], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, Mapping) and self.region_index is None:
@@ -285,8 +287,11 @@ class WindowClassifier:
             groups = [(self.predict, np.flatnonzero(has_data))]
         else:
             assert self.region_index is not None  # checked in __post_init__
-            r0, c0 = int(win.row_off), int(win.col_off)
-            reg = self.region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
+            if callable(self.region_index):
+                reg = self.region_index(win).reshape(-1)
+            else:
+                r0, c0 = int(win.row_off), int(win.col_off)
+                reg = self.region_index[r0 : r0 + h, c0 : c0 + w].reshape(-1)
             has_data &= reg >= 0
             groups = [
                 (self.predict[int(r)], np.flatnonzero(has_data & (reg == r)))
@@ -417,7 +422,7 @@ def classify_raster(
     amp: bool = True,
     write_proba: bool = False,
     progress: bool = True,
-    region_index: np.ndarray | None = None,
+    region_index: np.ndarray | Callable[[Window], np.ndarray] | None = None,
     resume_key: str | None = None,
     reader_threads: int = 1,
     read_ahead: int = 2,
@@ -444,8 +449,9 @@ def classify_raster(
         write_proba: also write ``proba.tif``.
         progress: show a progress bar of chunks done.
         region_index: (height, width) int region id of every pixel (-1 = no region:
-            nodata), required when ``predict`` is a mapping; each region's pixels are
-            classified by its own model only.
+            nodata), or a function of the window (see :class:`WindowClassifier`),
+            required when ``predict`` is a mapping; each region's pixels are classified
+            by its own model only.
         resume_key: what the maps depend on (model checkpoints, store, raster, device);
             None = no resume. With a key, finished windows are kept in
             ``<out_dir>/.infer-partial/`` and a run interrupted with the same key computes

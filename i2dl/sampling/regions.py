@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
-from i2dl.io.vector import burn_polygons
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +76,3 @@ def read_regions(path: str | Path, region_field: str, crs: Any) -> gpd.GeoDataFr
             "one region at most"
         )
     return out
-
-
-def rasterize_regions(
-    regions: gpd.GeoDataFrame, transform: Any, width: int, height: int
-) -> np.ndarray:
-    """Region id of each pixel centre (:func:`i2dl.io.vector.burn_polygons`).
-
-    Args:
-        regions: from :func:`read_regions`, in the grid's CRS.
-        transform: affine transform of the grid.
-        width: grid width in pixels.
-        height: grid height in pixels.
-
-    Returns:
-        (height, width) int64, the region id, -1 outside every region.
-    """
-    return burn_polygons(regions.geometry, regions["region"], transform, width, height)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from i2dl.inference import (
 )
 from i2dl.io.geotiff import mosaic
 from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.vector import burn_window
 from i2dl.layout import (
     FINAL_DIR,
     MAPS_DIR,
@@ -38,7 +40,7 @@ from i2dl.layout import (
 )
 from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
-from i2dl.sampling.regions import rasterize_regions, read_regions
+from i2dl.sampling.regions import read_regions
 from i2dl.stages.evaluate import load_models
 from i2dl.store import StoreInfo
 from models import Classifier, SklearnClassifier
@@ -131,7 +133,7 @@ class TileJob:
         models, info = loaded or load_models(Path(self.run), self.ckpt)
         device = resolve_device(self.device)
         predicts = {r: m.to(device).predict_proba for r, m in models.items()}
-        region_index = None
+        region_index: Any = None
         predict: PredictFn | dict[int, PredictFn]
         if None in predicts:
             predict = predicts[None]
@@ -140,8 +142,8 @@ class TileJob:
             regions = read_regions(
                 self.sampling["region_file"], self.sampling["region_field"], series.crs
             )
-            region_index = rasterize_regions(
-                regions, series.transform, series.width, series.height
+            region_index = functools.partial(
+                burn_window, regions, regions["region"].to_numpy(), series.transform
             )
         if self.batch_size == "auto" and all(isinstance(m, SklearnClassifier)
                                              for m in models.values()):
