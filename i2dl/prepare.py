@@ -28,7 +28,7 @@ from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
-from i2dl.io.files import target_lock
+from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
@@ -42,7 +42,7 @@ from i2dl.sampling.selection import (
     write_class_statistics,
 )
 from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, verify_store, write_store
+from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, RowsView, verify_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,22 @@ def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
         if reusable:
             log.info("reusing up-to-date sample store %s (verified)", path)
             return path
+    spool_target = path.with_name(path.name + ".spool")
+    remove_orphans(spool_target)  # spools of killed runs
+    spool = SampleSpool(temporary_name(spool_target))
+    try:
+        return _build_store(cfg, path, fingerprint, spool)
+    finally:
+        spool.remove()
+
+
+def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpool) -> Path:
+    """Extract, split, select and write the samples of ``cfg`` to the store ``path``."""
     data, sampling = cfg.data, cfg.sampling
     if data.get("table"):
         arrays, attrs, label_names = _samples_from_table(data)
     else:
-        arrays, attrs, label_names = _samples_from_raster(data, sampling)
+        arrays, attrs, label_names = _samples_from_raster(data, sampling, spool)
 
     pairs = np.unique(np.stack([arrays["polygon_id"], arrays["code"]]), axis=1)
     if pairs.shape[1] != len(np.unique(arrays["polygon_id"])):
@@ -186,13 +197,18 @@ def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
     arrays.setdefault("region", np.zeros(len(arrays["code"]), dtype=np.int32))
     arrays["split"] = _split(arrays, sampling)
     arrays.setdefault("tile", np.zeros(len(arrays["code"]), dtype=np.int32))
-    arrays, stats = _select(arrays, sampling, label_names)
+    x_all = arrays.pop("X")
+    arrays, stats, keep = _select(arrays, sampling, label_names)
+    rows = np.flatnonzero(keep)
+    on_disk = isinstance(x_all, np.memmap)
 
     codes = sorted(int(c) for c in np.unique(arrays["code"]))
     nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
     names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
     learn = arrays["split"] == LEARN
-    norm = learn_statistics(arrays["X"][learn], arrays["mask"][learn], normalization_method(cfg))
+    x_learn = RowsView(x_all, rows[learn]) if on_disk else x_all[rows[learn]]
+    norm = learn_statistics(x_learn, arrays["mask"][learn], normalization_method(cfg))
+    arrays["X"] = RowsView(x_all, rows) if on_disk else x_all[rows]  # type: ignore[assignment]
     attrs.update(
         {
             "fingerprint": fingerprint,
@@ -217,12 +233,13 @@ def class_statistics_path(store: Path) -> Path:
 
 def _select(
     arrays: dict[str, np.ndarray], sampling: DictConfig, label_names: dict[int, str]
-) -> tuple[dict[str, np.ndarray], Any]:
+) -> tuple[dict[str, np.ndarray], Any, np.ndarray]:
     """Sample selection on the learn pixels, per region (val pixels are all kept).
 
     Returns:
-        The arrays reduced to the selected learn pixels + all val pixels, and the
-        class statistics table (iota2 ``class_statistics.csv``).
+        The arrays reduced to the selected learn pixels + all val pixels, the class
+        statistics table (iota2 ``class_statistics.csv``), and the (N,) bool mask of the
+        kept samples.
     """
     sel = selection_from_config(sampling, class_names=label_names)
     learn = arrays["split"] == LEARN
@@ -240,7 +257,7 @@ def _select(
         log.info("sample selection (%s, %s): %d of %d learn pixels kept", sel["strategy"],
                  sel["sampler"], int(keep[learn].sum()), int(learn.sum()))
         arrays = {k: v[keep] for k, v in arrays.items()}
-    return arrays, stats
+    return arrays, stats, keep
 
 
 def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
@@ -289,8 +306,51 @@ def _bounds(src: Any) -> tuple[float, float, float, float]:
     return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
+class SampleSpool:
+    """The (N, T, C) float32 series of the samples, appended to a file as they are read.
+
+    ``prepare`` holds only the small per-sample arrays (mask, row, col, polygon) in
+    memory; the series go to this file (beside the store, named as a temporary of it so
+    that a killed run's spool is removed by the next one) and are read back as a
+    :class:`numpy.memmap`, then written to the store by slices.
+
+    Args:
+        path: the file to create (must not exist).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fh: Any = None
+        self.n = 0
+
+    def append(self, x: np.ndarray) -> None:
+        """Append (n, T, C) samples."""
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "xb")  # noqa: SIM115 (closed by array/remove)
+        self._fh.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        self.n += len(x)
+
+    def array(self, n_dates: int, n_channels: int) -> np.ndarray:
+        """Every appended sample: (N, T, C) float32, a read-only memmap (N > 0)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self.n == 0:
+            return np.zeros((0, n_dates, n_channels), dtype=np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="r",
+                         shape=(self.n, n_dates, n_channels))
+
+    def remove(self) -> None:
+        """Close and delete the file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
 def _samples_from_raster(
-    data: DictConfig, sampling: DictConfig
+    data: DictConfig, sampling: DictConfig, spool: SampleSpool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
     """Rasterise the reference polygons and extract the labelled pixels' series.
 
@@ -338,11 +398,12 @@ def _samples_from_raster(
         parts, n_labelled = [], 0
         codes = np.arange(len(ref.polygons))
         for t, src in enumerate(sources):
-            part, n_tile = _extract(src, ref.polygons, codes, regions, tiles[t] if tiles else "-")
+            part, n_tile = _extract(src, ref.polygons, codes, regions, tiles[t] if tiles else "-",
+                                    spool)
             n_labelled += n_tile
             if part is None:
                 continue
-            part["tile"] = np.full(len(part["X"]), t, dtype=np.int32)
+            part["tile"] = np.full(len(part["mask"]), t, dtype=np.int32)
             parts.append(part)
         if not parts and n_labelled:
             files = ", ".join(str(s.path) for s in sources)
@@ -358,6 +419,7 @@ def _samples_from_raster(
                 "the polygons may be smaller than a pixel or outside every region"
             )
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        arrays["X"] = spool.array(first.n_dates, first.n_channels)
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
         arrays["code"] = ref.polygons["code"].to_numpy()[rows_poly]
@@ -436,6 +498,7 @@ def _extract(
     rows: np.ndarray,
     regions: Any | None,
     tile: str,
+    spool: SampleSpool,
 ) -> tuple[dict[str, np.ndarray] | None, int]:
     """Read the series of every pixel whose centre a polygon covers, block by block.
 
@@ -451,9 +514,10 @@ def _extract(
         rows: (P,) value burnt for each polygon (its row in ``polygons``).
         regions: eco-regions (``region`` column) or None.
         tile: the tile's name, for messages.
+        spool: receives the series ``X`` of the samples, in sample order.
 
     Returns:
-        ``(arrays, n_labelled)``: ``X``, ``mask``, ``row``, ``col``, ``_poly_row`` and
+        ``(arrays, n_labelled)``: ``mask``, ``row``, ``col``, ``_poly_row`` and
         ``region`` of the labelled pixels with a valid date (None if there is none), and
         the number of labelled pixels (inside a region when there are regions).
     """
@@ -480,9 +544,9 @@ def _extract(
         x, valid = x[rr - r_lo, cc - c_lo], valid[rr - r_lo, cc - c_lo]
         keep = valid.any(axis=1)
         n_no_valid += int((~keep).sum())
+        spool.append(x[keep])
         parts.append(
             {
-                "X": x[keep],
                 "mask": valid[keep],
                 "row": (rr[keep] + int(win.row_off)).astype(np.int32),
                 "col": (cc[keep] + int(win.col_off)).astype(np.int32),
@@ -495,7 +559,7 @@ def _extract(
         log.info("tile %s: %d labelled pixel(s) in no region dropped", tile, n_outside)
     if n_no_valid:
         log.info("%d labelled pixel(s) with no valid acquisition date dropped", n_no_valid)
-    if not any(len(p["X"]) for p in parts):
+    if not any(len(p["mask"]) for p in parts):
         return None, n_labelled
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, n_labelled
 
@@ -522,11 +586,19 @@ def normalization_method(cfg: DictConfig) -> str:
     return method
 
 
-def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard") -> dict[str, Any]:
+#: learn samples read at a time by :func:`learn_statistics`
+STAT_ROWS = 65536
+
+
+def learn_statistics(
+    x: np.ndarray | RowsView, valid: np.ndarray, method: str = "standard"
+) -> dict[str, Any]:
     """Per-channel statistics over the valid observations of the learn split.
 
     Args:
-        x: (N, T, C) float32 unscaled series of the learn pixels.
+        x: (N, T, C) float32 unscaled series of the learn pixels (an array, or a
+            :class:`i2dl.store.RowsView` read ``STAT_ROWS`` rows at a time: memory does not
+            grow with N, except for ``quantile``, which sorts every observation).
         valid: (N, T) bool, True = valid observation.
         method: ``standard`` or ``quantile`` (:data:`NORMALIZATIONS`): which statistics
             become the ``offset`` and ``scale`` of :meth:`i2dl.store.StoreInfo.normalise`.
@@ -544,19 +616,34 @@ def learn_statistics(x: np.ndarray, valid: np.ndarray, method: str = "standard")
         InputDataError: a valid observation is not finite (the readers mark NaN and
             +-inf invalid, so this is a guard: never an inf mean or a NaN std).
     """
-    obs = x[valid]  # (M, C)
-    if len(obs) == 0:
+    n_channels = x.shape[-1]
+    count, mean, m2 = 0, np.zeros(n_channels), np.zeros(n_channels)
+    kept = []  # the observations, for the quantiles only
+    for s0 in range(0, len(x), STAT_ROWS):
+        obs = np.asarray(x[s0 : s0 + STAT_ROWS])[valid[s0 : s0 + STAT_ROWS]]  # (m, C)
+        if not len(obs):
+            continue
+        if not np.isfinite(obs).all():
+            raise InputDataError(
+                "the learn split has non-finite values (NaN or +-inf) at valid observations; "
+                "mark them invalid (nodata, masks) in the input data"
+            )
+        # Chan et al. (1979) pairwise merge of (count, mean, sum of squared deviations)
+        mu = obs.mean(axis=0, dtype=np.float64)
+        dev = ((obs - mu) ** 2).sum(axis=0, dtype=np.float64)
+        total = count + len(obs)
+        delta = mu - mean
+        mean = mean + delta * len(obs) / total
+        m2 = m2 + dev + delta**2 * count * len(obs) / total
+        count = total
+        if method == "quantile":
+            kept.append(obs)
+    if count == 0:
         raise ConfigError("the learn split has no valid observation: cannot normalise")
-    if not np.isfinite(obs).all():
-        raise InputDataError(
-            "the learn split has non-finite values (NaN or +-inf) at valid observations; "
-            "mark them invalid (nodata, masks) in the input data"
-        )
-    mean = obs.mean(axis=0, dtype=np.float64)
-    std = obs.std(axis=0, dtype=np.float64)
+    std = np.sqrt(m2 / count)
     stats = {"mean": mean, "std": np.where(std > 0, std, 1.0)}
     if method == "quantile":  # a sort of every learn observation: only when used
-        q02, q98 = np.quantile(obs, [0.02, 0.98], axis=0).astype(np.float64)
+        q02, q98 = np.quantile(np.concatenate(kept), [0.02, 0.98], axis=0).astype(np.float64)
         stats.update(q02=q02, q98=q98, offset=q02, scale=q98 - q02)
     else:
         stats.update(offset=mean, scale=std.copy())

@@ -134,9 +134,13 @@ class StoreInfo:
         return out.astype(np.float32, copy=False)
 
 
+#: bytes of one array written at a time by :func:`write_store`
+WRITE_BYTES = 64 * 2**20
+
+
 def write_store(
     path: str | Path,
-    arrays: Mapping[str, np.ndarray],
+    arrays: Mapping[str, Any],
     attrs: Mapping[str, Any],
     samples_per_chunk: int = 4096,
 ) -> Path:
@@ -144,7 +148,9 @@ def write_store(
 
     Args:
         path: destination folder (``*.zarr``); an existing store there is replaced.
-        arrays: every array of :data:`ARRAY_DTYPES`, same first dimension N.
+        arrays: every array of :data:`ARRAY_DTYPES`, same first dimension N: numpy
+            arrays, or array-likes with ``shape``, ``len`` and slicing along N (e.g.
+            :class:`RowsView` of a spool on disk), written by slices.
         attrs: JSON-serialisable attributes.
         samples_per_chunk: samples per Zarr chunk along N (config
             ``store.samples_per_chunk``), >= 1.
@@ -171,15 +177,20 @@ def write_store(
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for name, dtype in ARRAY_DTYPES.items():
-            data = np.ascontiguousarray(arrays[name], dtype=dtype)
-            chunks = (max(1, min(samples_per_chunk, n)),) + data.shape[1:]
+            data = arrays[name]
+            shape = (n, *data.shape[1:])
+            chunk = max(1, min(samples_per_chunk, n))
             zarray = group.create_array(
-                name, shape=data.shape, dtype=dtype, chunks=chunks,
+                name, shape=shape, dtype=dtype, chunks=(chunk, *shape[1:]),
                 compressors=ZstdCodec(level=0, checksum=True),
                 config={"write_empty_chunks": True},  # a missing chunk is then damage
             )
-            if n:
-                zarray[...] = data
+            # whole chunks of about WRITE_BYTES at a time: an array on disk (memmap, rows
+            # of a spool) is never loaded whole
+            row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+            step = chunk * max(1, WRITE_BYTES // (chunk * row_bytes))
+            for s0 in range(0, n, step):
+                zarray[s0 : s0 + step] = np.ascontiguousarray(data[s0 : s0 + step], dtype=dtype)
         group.attrs.update(
             {"format": STORE_FORMAT, "version": STORE_VERSION, "n_samples": n, **attrs}
         )
@@ -380,3 +391,30 @@ def verify_store(path: str | Path) -> StoreInfo:
                         f"{entry.get(f'{nm}_pixels')} were written"
                     )
     return info
+
+
+class RowsView:
+    """Rows ``rows`` of an (N, ...) array, gathered slice by slice (never all at once).
+
+    Lets :func:`write_store` and the learn statistics read the selected samples of a
+    spool on disk (:class:`numpy.memmap`) in bounded memory.
+
+    Args:
+        base: the (N, ...) array (a memmap).
+        rows: (M,) int row indices into ``base``, increasing.
+    """
+
+    def __init__(self, base: Any, rows: np.ndarray) -> None:
+        self.base = base
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Rows ``key`` (a slice) as an in-memory array."""
+        if not isinstance(key, slice):
+            raise TypeError("RowsView is read by slices")
+        return np.asarray(self.base[self.rows[key]])

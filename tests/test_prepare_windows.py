@@ -68,7 +68,10 @@ def test_block_extraction_equals_a_whole_raster_computation(
     make_cfg, irregular, monkeypatch, block
 ) -> None:
     monkeypatch.setattr(prepare_module, "EXTRACT_BLOCK", block)
-    got = _samples(prepare(make_cfg(*irregular["overrides"])))
+    monkeypatch.setattr(prepare_module, "STAT_ROWS", 7)  # statistics merged over chunks
+    store = prepare(make_cfg(*irregular["overrides"]))
+    got = _samples(store)
+    assert [p.name for p in store.parent.iterdir() if "spool" in p.name] == []
     # independent: burn every polygon on the whole grid (pixel centres, last one wins)
     gdf = irregular["gdf"]
     burnt = rasterize([(g, i + 1) for i, g in enumerate(gdf.geometry)], out_shape=(H, W),
@@ -87,6 +90,13 @@ def test_block_extraction_equals_a_whole_raster_computation(
         assert g_code == code, key
         np.testing.assert_array_equal(g_valid, valid)
         np.testing.assert_array_equal(g_x[valid], series[valid].astype(np.float32))
+    # the learn statistics (merged chunk by chunk) equal numpy's over the learn samples
+    group = open_store(store)
+    learn = read_array(group, "split") == 0
+    obs = read_array(group, "X")[learn][read_array(group, "mask")[learn]]
+    norm = group.attrs["norm"]
+    np.testing.assert_allclose(norm["mean"], obs.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(norm["std"], obs.std(axis=0), rtol=1e-5)
 
 
 def test_burn_window_equals_the_whole_grid_burn(irregular) -> None:
