@@ -33,6 +33,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+from i2dl.features.backend import array_module, ndimage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class ChunkData:
         band_names: the C channel names.
         dates: the T dates of the array.
         valid: (H, W, T) bool validity, or None when not given (gap-filled data).
+        xp: the array module of :attr:`array` (``numpy``, or ``cupy`` when the features
+            are computed on the GPU): write functions with ``xp.`` instead of ``np.``
+            and they run on both (:mod:`i2dl.features.backend`).
+        ndimage: ``scipy.ndimage`` or ``cupyx.scipy.ndimage`` to match ``xp`` (spatial
+            filters: ``data.ndimage.uniform_filter(...)``).
 
     Besides :meth:`get`, iota2-style getters work: ``data.get_interpolated_Sentinel2_B4()``
     and ``data.get_raw_Sentinel2_NDVI()`` return ``data.get("B4")`` and
@@ -67,6 +73,8 @@ class ChunkData:
         self.band_names = [str(b) for b in band_names]
         self.dates = list(dates)
         self.valid = valid
+        self.xp = array_module(array)
+        self.ndimage = ndimage(self.xp)
         self._lower = {b.lower(): i for i, b in enumerate(self.band_names)}
 
     @property
@@ -216,7 +224,8 @@ def apply_external(
     """Call the user's functions on one chunk and stack their features.
 
     Args:
-        x: (H, W, T, C) float32, the chunk.
+        x: (H, W, T, C) float32, the chunk: a NumPy array, or a CuPy array to run the
+            functions on the GPU (the features are then CuPy too).
         band_names: the C channel names.
         dates: the T dates.
         functions: ``(function, kwargs)`` pairs from :func:`load_functions`; each is
@@ -232,7 +241,8 @@ def apply_external(
             T = len(dates), or a function's output is not ``(array (H, W, F) or (H, W),
             F names)`` (the message names the function).
     """
-    x = np.asarray(x)
+    xp = array_module(x)
+    x = xp.asarray(x)
     if x.ndim != 4 or x.shape[3] != len(band_names) or x.shape[2] != len(dates):
         raise InputDataError(
             f"apply_external expects x (H, W, T, C) with T = {len(dates)} dates and "
@@ -250,7 +260,7 @@ def apply_external(
                 f"external feature function {label} must return (array, names), got "
                 f"{type(result).__name__}"
             )
-        arr, fnames = np.asarray(result[0]), result[1]
+        arr, fnames = xp.asarray(result[0]), result[1]
         fnames = [fnames] if isinstance(fnames, str) else [str(n) for n in fnames]
         if arr.ndim == 2:
             arr = arr[..., None]
@@ -266,8 +276,8 @@ def apply_external(
     if duplicated:
         log.warning("external features: several features are named %s", duplicated)
     if not arrays:
-        return np.zeros((h, w, 0), dtype=np.float32), []
-    return np.concatenate(arrays, axis=-1), names
+        return xp.zeros((h, w, 0), dtype=np.float32), []
+    return xp.concatenate(arrays, axis=-1), names
 
 
 def padded_window(

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from i2dl.errors import ConfigError, InputDataError
+from i2dl.features.backend import array_module
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +66,22 @@ def normalized_index(a: np.ndarray, b: np.ndarray, epsilon: float = EPSILON) -> 
     """``(a - b) / (a + b)``, 0 where ``|a + b| < epsilon`` (iota2's ``normalized_index``).
 
     Args:
-        a: float32 reflectances (the first band of the difference).
-        b: float32 reflectances, same shape as ``a``.
+        a: float32 reflectances (the first band of the difference), a NumPy or CuPy
+            array (computed with its own module, :mod:`i2dl.features.backend`).
+        b: float32 reflectances, same shape and module as ``a``.
         epsilon: smallest denominator kept.
 
     Returns:
         float32 array of the same shape.
     """
+    xp = array_module(a)
     a = a.astype(np.float32, copy=False)
     b = b.astype(np.float32, copy=False)
     den = a + b
-    small = np.abs(den) < epsilon
+    small = xp.abs(den) < epsilon
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = (a - b) / np.where(small, np.float32(1), den)
-    return np.where(small, np.float32(0), out).astype(np.float32, copy=False)
+        out = (a - b) / xp.where(small, np.float32(1), den)
+    return xp.where(small, np.float32(0), out).astype(np.float32, copy=False)
 
 
 def compute_indices(
@@ -94,7 +97,8 @@ def compute_indices(
 
     Args:
         x: (..., C) float32, reflectances of the C bands named ``band_names`` (e.g.
-            (H, W, T, C) for a time series chunk, or (N, T, C)).
+            (H, W, T, C) for a time series chunk, or (N, T, C)); a NumPy array, or a CuPy
+            array to compute on the GPU (the result is of the same module).
         band_names: the C band names (``["B2", "B3", "B4", "B8", "B11"]``; Sen2Cor
             ``B02``/``B08`` spellings match too).
         indices: index names, out of ``"NDVI"``, ``"NDWI"``, ``"Brightness"``
@@ -120,7 +124,8 @@ def compute_indices(
         InputDataError: ``x``'s last axis is not ``len(band_names)``.
     """
     names = [str(b) for b in band_names]
-    x = np.asarray(x)
+    xp = array_module(x)
+    x = xp.asarray(x)
     if x.ndim < 1 or x.shape[-1] != len(names):
         raise InputDataError(
             f"compute_indices: x has shape {x.shape} but band_names gives {len(names)} "
@@ -161,11 +166,11 @@ def compute_indices(
     for idx in wanted:
         needed = INDEX_ROLES[idx]
         if needed is None:  # Brightness
-            value = np.sqrt(np.sum(np.square(xf, dtype=np.float32), axis=-1, dtype=np.float32))
+            value = xp.sqrt(xp.sum(xp.square(xf, dtype=np.float32), axis=-1, dtype=np.float32))
         else:
             value = normalized_index(band(idx, needed[0]), band(idx, needed[1]))
             if index_factor != 1:
                 value = value * np.float32(index_factor)
         out.append(value[..., None].astype(np.float32, copy=False))
         out_names.append(idx)
-    return np.concatenate(out, axis=-1), out_names
+    return xp.concatenate(out, axis=-1), out_names

@@ -109,6 +109,7 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
             gapfilling=_plain(data.get("gapfilling")),
             indices=_plain(data.get("indices")) or (),
             keep_bands=bool(data.get("keep_bands", True)),
+            device=str(data.get("features_device", "cpu")),
             user_features=user,
             external=external,
             start_date=start,

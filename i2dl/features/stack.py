@@ -38,6 +38,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from i2dl.errors import ConfigError
+from i2dl.features.backend import device_module, to_module, to_numpy
 from i2dl.features.external import apply_external
 from i2dl.features.gapfill import gapfill, regular_grid
 from i2dl.features.indices import compute_indices
@@ -124,9 +125,13 @@ class FeatureStack(RasterReader):
             :func:`i2dl.features.external.load_functions`, or None.
         start_date, end_date: limits of the date grid.
         path: name used in messages.
+        device: where indices and external features are computed (``data.features_device``):
+            ``cpu`` (NumPy), ``cuda`` (CuPy) or ``auto``; see :mod:`i2dl.features.backend`.
+            Reading and gap-filling stay on the CPU; the features come back as NumPy.
 
     Raises:
-        ConfigError: no sensor, unknown reference, or several sensors without gap-filling.
+        ConfigError: no sensor, unknown reference, several sensors without gap-filling,
+            or ``device=cuda`` without CuPy and a GPU.
     """
 
     def __init__(
@@ -141,7 +146,9 @@ class FeatureStack(RasterReader):
         start_date: dt.date | None = None,
         end_date: dt.date | None = None,
         path: str | Path = "sensors",
+        device: str = "cpu",
     ) -> None:
+        self.xp = device_module(device)
         if not sensors:
             raise ConfigError("data.sensors is empty: declare at least one sensor")
         self.sensors = dict(sensors)
@@ -219,8 +226,9 @@ class FeatureStack(RasterReader):
         ref = self.sensors[self.reference]
         x, valid = read_on_grid(src, ref, window)
         if self.indices:
-            x, _ = compute_indices(x, list(src.band_names), self.indices, self.keep_bands,
-                                   sensor=INDEX_SENSOR.get(name, "sentinel2"))
+            x, _ = compute_indices(to_module(x, self.xp), list(src.band_names), self.indices,
+                                   self.keep_bands, sensor=INDEX_SENSOR.get(name, "sentinel2"))
+            x = to_numpy(x)
         if self.gapfill:
             x, valid = gapfill(
                 x, valid, days_since(src.dates, self._origin), days_since(self.dates, self._origin)
@@ -244,8 +252,9 @@ class FeatureStack(RasterReader):
         """External features of a window (computed on the padded window, then cropped)."""
         big, ri, ci = self._padded(window)
         x, _ = self._dynamic(big)
-        feats, names = apply_external(x, self._dynamic_names(), self.dates, self.functions)
-        return feats[ri : ri + int(window.height), ci : ci + int(window.width)], names
+        feats, names = apply_external(to_module(x, self.xp), self._dynamic_names(), self.dates,
+                                      self.functions)
+        return to_numpy(feats[ri : ri + int(window.height), ci : ci + int(window.width)]), names
 
     def _dynamic_names(self) -> list[str]:
         return [n for s in self.sensors for n in self._sensor_channels(s)]
@@ -285,8 +294,9 @@ class FeatureStack(RasterReader):
             statics.append(feats)
             valid = valid & fvalid[..., None]
         if self.functions:
-            feats, _ = apply_external(xb, self._dynamic_names(), self.dates, self.functions)
-            statics.append(feats[ri : ri + h, ci : ci + w])
+            feats, _ = apply_external(to_module(xb, self.xp), self._dynamic_names(), self.dates,
+                                      self.functions)
+            statics.append(to_numpy(feats[ri : ri + h, ci : ci + w]))
         if statics:
             s = np.concatenate(statics, axis=-1).astype(np.float32)
             s = np.broadcast_to(s[:, :, None, :], (*x.shape[:3], s.shape[-1]))
