@@ -69,6 +69,10 @@ STAGES: dict[str, Stage] = {
         Stage("features-map", "i2dl.stages.features_map",
               "feature time series (bands, indices, gap-filled dates, user and external "
               "features) per chunk, per tile, and their mosaic -> final/"),
+        Stage("zonal-stats", "i2dl.zonal",
+              "per-polygon class rates, majority, mean confidence and raster statistics of a "
+              "map: python -m i2dl zonal-stats map=... zones=... out=...gpkg|.csv",
+              hydra=False),
         Stage("report", "i2dl.stages.report",
               "aggregate runs (mean +- std, 95% interval, summed confusion matrix) and "
               "compare experiments: python -m i2dl report DIR [DIR ...] [--out DIR]",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from i2dl.errors import ConfigError, PackageShadowedError
@@ -207,6 +207,9 @@ def config_checks() -> tuple[Check, ...]:
         _int("infer.reader_threads", 1, example="2"),
         _int("infer.read_ahead", 0, example="2"),
         _choice("infer.engine", ["dask", "local"], "local"),
+        Check("infer.uncertainty", "a list of entropy, margin, least",
+              lambda v: isinstance(v, list | tuple | ListConfig)
+              and all(k in ("entropy", "margin", "least") for k in v), "[entropy]"),
         _int("infer.dask.n_workers", 1, example="4"),
         _int("infer.dask.threads_per_worker", 1, example="1"),
         _int("features_map.chunk_size", 1, example="512"),

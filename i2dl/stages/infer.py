@@ -38,6 +38,7 @@ from i2dl.layout import (
     stage_logging,
     trained_model_dirs,
 )
+from i2dl.map_quality import write_uncertainty
 from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
 from i2dl.sampling.regions import read_regions
@@ -197,6 +198,12 @@ def run(cfg: DictConfig) -> InferenceResult | None:
             log.info("data %s has no raster (data.raster): no map to write", cfg.data.get("name"))
             return None
         icfg = cfg.infer
+        kinds = list(icfg.get("uncertainty") or [])
+        if kinds and not icfg.write_proba:
+            raise ConfigError(
+                f"infer.uncertainty={kinds} is computed from the probability map: add "
+                "infer.write_proba=true"
+            )
         models, info = load_models(out, icfg.ckpt)
         device = resolve_device(str(icfg.device))
         tiles: list[str | None] = list(data_tiles(cfg.data)) or [None]
@@ -236,6 +243,11 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                         ),
                         engine=engine,
                     )
+                if kinds:
+                    proba = results[tile].proba
+                    assert proba is not None  # write_proba checked above
+                    for kind, path in write_uncertainty(proba, maps, kinds).items():
+                        log.info("uncertainty (%s): %s", kind, path)
                 preview = write_map_preview(
                     results[tile].classif, maps / "classif_preview.png", info.class_codes,
                     info.class_names,

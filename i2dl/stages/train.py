@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import rasterio
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl import ddp
 from i2dl.aggregate import aggregate, write_results
 from i2dl.config import OBJECTIVES
-from i2dl.errors import ConfigError
+from i2dl.errors import ConfigError, InputDataError
 from i2dl.fusion import fuse_maps
+from i2dl.io.files import atomic_path
 from i2dl.layout import (
     FINAL_DIR,
     METRICS_JSON,
@@ -27,6 +30,8 @@ from i2dl.layout import (
     versions,
     write_json,
 )
+from i2dl.map_quality import area_adjusted_accuracy, map_class_pixels
+from i2dl.report import CONFUSION_CSV
 from i2dl.stages import evaluate, fit, infer, prepare
 from i2dl.store import read_info
 
@@ -150,6 +155,42 @@ def with_objective(cfg: DictConfig, result: dict[str, Any], run_dirs: list[Path]
     return result
 
 
+def area_adjusted_report(out: Path, info: Any, classif: Path) -> dict[str, Any] | None:
+    """Olofsson et al. (2014) area and accuracy estimates from the map and the val pixels.
+
+    Writes ``report/area_adjusted.csv`` (:func:`i2dl.map_quality.area_adjusted_accuracy`:
+    strata = the map's classes, counts = the val confusion matrix transposed, areas in
+    hectares from the map's pixel size when its CRS is projected in metres, else in
+    pixels). The val pixels come from polygons, not from a stratified random sample of the
+    map, so the figures are indicative (said in the file's note column).
+
+    Returns:
+        ``{"oa", "oa_se", "oa_ci95", "area_unit", "csv"}``, or ``{"skipped": reason}``
+        when a mapped class has fewer than 2 val pixels.
+    """
+    cm = pd.read_csv(out / REPORT_DIR / CONFUSION_CSV, index_col=0).to_numpy()
+    pixels = map_class_pixels(classif, info.class_codes)
+    with rasterio.open(classif) as src:
+        metres = bool(src.crs and src.crs.is_projected and src.crs.linear_units == "metre")
+        px_area = abs(src.transform.a * src.transform.e) / 1e4 if metres else 1.0
+    labels = [f"{c} {n}" for c, n in zip(info.class_codes, info.class_names, strict=True)]
+    try:
+        table, overall = area_adjusted_accuracy(cm.T, pixels, px_area, labels)
+    except InputDataError as exc:
+        log.warning("area-adjusted accuracy skipped: %s", exc)
+        return {"skipped": str(exc)}
+    unit = "ha" if metres else "pixels"
+    table["area_unit"] = unit
+    table["note"] = ("val pixels of polygons, not a stratified random sample of the map: "
+                     "indicative (Olofsson et al. 2014 assume a probability sample)")
+    path = out / REPORT_DIR / "area_adjusted.csv"
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("area-adjusted OA %.4f +- %.4f (95 %%), areas in %s: %s", overall["oa"],
+             overall["oa_ci95"], unit, path)
+    return {**{k: round(v, 6) for k, v in overall.items()}, "area_unit": unit, "csv": str(path)}
+
+
 def train_one(cfg: DictConfig) -> dict[str, Any]:
     """One run of the main job in ``cfg.paths.output_dir``; writes ``summary.json``.
 
@@ -173,6 +214,7 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
         maps = infer.run(cfg)
         timings["infer"] = time.perf_counter() - t0
         info = read_info(store)
+        area = area_adjusted_report(out, info, maps.classif) if maps else None
         counts = info.attrs["counts"]
         classes = zip(info.class_codes, info.class_names, strict=True)
         summary: dict[str, Any] = {
@@ -194,6 +236,7 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             "confidence_map": str(maps.confidence) if maps else None,
             "proba_map": str(maps.proba) if maps and maps.proba else None,
             "infer_device": maps.device if maps else None,
+            "area_adjusted": area,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "versions": versions(),
         }

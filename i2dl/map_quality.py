@@ -1,0 +1,223 @@
+"""Map quality: uncertainty maps and area-adjusted accuracy with confidence intervals.
+
+Uncertainty (sits' ``sits_uncertainty``) from a probability map ``p`` (K classes per
+pixel, summing to 1):
+
+- ``entropy``: ``-sum_k p_k ln p_k`` (nats; 0 = certain, ``ln K`` = uniform);
+- ``margin``: ``1 - (p_(1) - p_(2))``, one minus the gap between the two largest
+  probabilities (0 = certain, 1 = a tie);
+- ``least``: least confidence, ``1 - p_(1)`` (0 = certain, ``1 - 1/K`` = uniform).
+
+Area-adjusted accuracy (Olofsson et al. 2014, "Good practices for estimating area and
+assessing accuracy of land change", Remote Sensing of Environment 148:42-57, eq. 1-10;
+sits ``sits_accuracy`` with a map): the map classes are the strata; with ``W_i`` the
+mapped proportion of class ``i`` and ``n_ij`` the samples mapped ``i`` and labelled ``j``
+in the reference, the estimated proportions are ``p_ij = W_i n_ij / n_i.``. From them:
+area of each reference class ``A * p_.j`` with its standard error, user's and producer's
+accuracies and overall accuracy with theirs, and 95 % intervals (± 1.96 SE). These
+estimators assume the validation samples are a stratified random sample of the map; the
+val polygons of a run are not, so the figures are indicative there (documented in the
+report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+
+from i2dl.errors import ConfigError, InputDataError
+from i2dl.io.files import atomic_path
+from i2dl.io.geotiff import block_windows, geotiff_profile
+
+#: the uncertainty measures, name -> what it is
+UNCERTAINTY = {
+    "entropy": "-sum p ln p (nats)",
+    "margin": "1 - (largest - second largest probability)",
+    "least": "1 - largest probability (least confidence)",
+}
+#: z of the two-sided 95 % interval
+Z95 = 1.96
+
+
+def uncertainty(proba: np.ndarray, kind: str) -> np.ndarray:
+    """Per-pixel uncertainty of class probabilities.
+
+    Args:
+        proba: (K, ...) float probabilities, class axis first (as ``proba.tif`` bands).
+        kind: ``entropy``, ``margin`` or ``least`` (:data:`UNCERTAINTY`).
+
+    Returns:
+        (...) float32, 0 for a certain pixel; higher is less certain.
+
+    Raises:
+        ConfigError: unknown ``kind``, or fewer than 2 classes for ``margin``.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if kind == "entropy":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        return (-terms.sum(axis=0)).astype(np.float32)
+    if kind == "least":
+        return (1.0 - p.max(axis=0)).astype(np.float32)
+    if kind == "margin":
+        if p.shape[0] < 2:
+            raise ConfigError("the margin uncertainty needs at least 2 classes")
+        top2 = np.sort(p, axis=0)[-2:]
+        return (1.0 - (top2[1] - top2[0])).astype(np.float32)
+    raise ConfigError(f"unknown uncertainty {kind!r}; use one of {sorted(UNCERTAINTY)}")
+
+
+def write_uncertainty(
+    proba_path: str | Path, out_dir: str | Path, kinds: Sequence[str] = ("entropy",),
+    chunk_size: int = 512,
+) -> dict[str, Path]:
+    """Uncertainty maps of a probability map, window by window.
+
+    Args:
+        proba_path: ``proba.tif`` (one float band per class; nodata 0 where every band is 0).
+        out_dir: folder of ``uncertainty_<kind>.tif`` (float32, nodata -1 where the
+            probability map has no data).
+        kinds: measures of :data:`UNCERTAINTY`.
+        chunk_size: window side, pixels.
+
+    Returns:
+        kind -> written path.
+
+    Raises:
+        ConfigError: unknown kind. InputDataError: the file is not readable.
+    """
+    for kind in kinds:
+        if kind not in UNCERTAINTY:
+            raise ConfigError(f"unknown uncertainty {kind!r}; use one of {sorted(UNCERTAINTY)}")
+    out_dir = Path(out_dir)
+    written = {}
+    try:
+        src = rasterio.open(proba_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputDataError(f"cannot open the probability map {proba_path}: {exc}") from None
+    with src:
+        profile = geotiff_profile(src.width, src.height, 1, "float32", src.crs, src.transform,
+                                  -1.0)
+        for kind in kinds:
+            path = out_dir / f"uncertainty_{kind}.tif"
+            with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+                for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+                    p = src.read(window=win)
+                    value = uncertainty(p, kind)
+                    value[~(p > 0).any(axis=0)] = -1.0
+                    dst.write(value[None], window=win)
+                dst.set_band_description(1, f"{kind}: {UNCERTAINTY[kind]}")
+            written[kind] = path
+    return written
+
+
+def area_adjusted_accuracy(
+    counts: np.ndarray, map_pixels: np.ndarray, pixel_area: float = 1.0,
+    labels: Sequence[Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Olofsson et al. (2014) stratified estimates of area and accuracy.
+
+    Args:
+        counts: (K, K) sample counts, rows = MAP class, columns = REFERENCE class (the
+            paper's error matrix; note that i2dl's confusion matrices are the transpose:
+            rows = reference).
+        map_pixels: (K,) pixels mapped as each class (the strata sizes).
+        pixel_area: area of one pixel (e.g. 0.01 ha for 10 m pixels); areas are in
+            that unit.
+        labels: K class labels for the table; default 0..K-1.
+
+    Returns:
+        A table with one row per class: ``map_area``, ``area`` (adjusted, of the
+        reference class), ``area_se``, ``area_ci95``, ``users_accuracy``, ``users_se``,
+        ``producers_accuracy``, ``producers_se``, ``n_samples`` (mapped as the class);
+        and ``{"oa", "oa_se", "oa_ci95"}``.
+
+    Raises:
+        InputDataError: shapes differ, negative counts, or a mapped class with fewer than
+            2 samples (its variance is undefined; sample more, or merge the class).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    big_n = np.asarray(map_pixels, dtype=np.float64)
+    k = len(big_n)
+    if n.shape != (k, k) or (n < 0).any() or (big_n < 0).any():
+        raise InputDataError(
+            f"area-adjusted accuracy needs a ({k}, {k}) matrix of non-negative sample "
+            f"counts and {k} mapped pixel counts; got {n.shape}"
+        )
+    n_i = n.sum(axis=1)  # samples per map class
+    mapped = big_n > 0
+    if (n_i[mapped] < 2).any():
+        bad = [labels[int(i)] if labels else int(i) for i in np.flatnonzero(mapped & (n_i < 2))]
+        raise InputDataError(
+            f"map classes {bad} have fewer than 2 validation samples: their area and "
+            "accuracy variances are undefined; collect more samples or merge the classes"
+        )
+    total = big_n.sum()
+    w = big_n / total
+    share = np.divide(n, n_i[:, None], out=np.zeros_like(n), where=n_i[:, None] > 0)
+    p = w[:, None] * share  # estimated proportions p_ij
+    p_ref = p.sum(axis=0)  # p_.j
+    denom = np.maximum(n_i - 1, 1)[:, None]
+    var_p_ref = (w[:, None] ** 2 * share * (1 - share) / denom).sum(axis=0)
+    diag = np.diag(p)
+    users = np.diag(share)
+    producers = np.divide(diag, p_ref, out=np.full(k, np.nan), where=p_ref > 0)
+    var_users = users * (1 - users) / np.maximum(n_i - 1, 1)
+    # producer's accuracy variance, Olofsson et al. (2014) eq. 7, with N_i. = map pixels
+    n_hat_ref = (big_n[:, None] * share).sum(axis=0)  # estimated reference pixels
+    var_producers = np.full(k, np.nan)
+    for j in range(k):
+        if n_hat_ref[j] <= 0:
+            continue
+        own = big_n[j] ** 2 * (1 - producers[j]) ** 2 * var_users[j]
+        others = sum(
+            big_n[i] ** 2 * share[i, j] * (1 - share[i, j]) / max(n_i[i] - 1, 1)
+            for i in range(k) if i != j
+        )
+        var_producers[j] = (own + producers[j] ** 2 * others) / n_hat_ref[j] ** 2
+    oa = float(diag.sum())
+    oa_se = float(np.sqrt((w**2 * var_users).sum()))
+    area = p_ref * total * pixel_area
+    area_se = np.sqrt(var_p_ref) * total * pixel_area
+    table = pd.DataFrame({
+        "class": list(labels) if labels is not None else list(range(k)),
+        "map_area": big_n * pixel_area,
+        "area": area,
+        "area_se": area_se,
+        "area_ci95": Z95 * area_se,
+        "users_accuracy": users,
+        "users_se": np.sqrt(var_users),
+        "producers_accuracy": producers,
+        "producers_se": np.sqrt(var_producers),
+        "n_samples": n_i.astype(int),
+    })
+    return table, {"oa": oa, "oa_se": oa_se, "oa_ci95": Z95 * oa_se}
+
+
+def map_class_pixels(classif_path: str | Path, codes: Sequence[int],
+                     chunk_size: int = 1024) -> np.ndarray:
+    """Pixels of each class code in a classification map, counted window by window.
+
+    Args:
+        classif_path: the classification map (class codes, nodata 0).
+        codes: the K class codes, increasing.
+        chunk_size: window side, pixels.
+
+    Returns:
+        (K,) int64 counts in ``codes`` order (nodata 0 and other codes not counted).
+    """
+    codes_arr = np.asarray(codes, dtype=np.int64)
+    out = np.zeros(len(codes_arr), dtype=np.int64)
+    with rasterio.open(classif_path) as src:
+        for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+            values, counts = np.unique(src.read(1, window=win), return_counts=True)
+            idx = np.searchsorted(codes_arr, values)
+            ok = (idx < len(codes_arr)) & (codes_arr[np.minimum(idx, len(codes_arr) - 1)]
+                                           == values)
+            np.add.at(out, idx[ok], counts[ok])
+    return out
