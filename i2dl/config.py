@@ -207,6 +207,10 @@ def config_checks() -> tuple[Check, ...]:
         _int("infer.reader_threads", 1, example="2"),
         _int("infer.read_ahead", 0, example="2"),
         _choice("infer.engine", ["dask", "local"], "local"),
+        Check("infer.smoothing.window_size", "an odd integer >= 3",
+              lambda v: _is_int(v) and v >= 3 and v % 2 == 1, "7"),
+        Check("infer.smoothing.smoothness", "a number > 0",
+              lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0, "20"),
         Check("infer.uncertainty", "a list of entropy, margin, least",
               lambda v: isinstance(v, list | tuple | ListConfig)
               and all(k in ("entropy", "margin", "least") for k in v), "[entropy]"),

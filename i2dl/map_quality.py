@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
+import scipy.ndimage
+from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.files import atomic_path
@@ -221,3 +223,112 @@ def map_class_pixels(classif_path: str | Path, codes: Sequence[int],
                                            == values)
             np.add.at(out, idx[ok], counts[ok])
     return out
+
+
+#: probabilities are clipped to [EPS, 1 - EPS] before the logit of the smoothing
+EPS = 1e-6
+
+
+def bayes_smooth(proba: np.ndarray, window_size: int = 7, smoothness: float = 20.0,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+    """Sits' Bayesian smoothing of class probabilities (Camara et al., sits ``sits_smooth``).
+
+    For each class and pixel, the logit ``x = ln(p / (1 - p))`` is taken as the
+    likelihood of a Gaussian whose prior is the pixel's neighbourhood: mean ``m`` and
+    variance ``s2`` of the logits of the valid pixels in the ``window_size`` square
+    around it (the pixel included). The posterior mean ``(s2 * x + smoothness * m) /
+    (s2 + smoothness)`` replaces the logit: a pixel that agrees with its neighbours is
+    unchanged (a constant cube is left as is), an isolated one is pulled towards them the
+    more the larger ``smoothness`` (the prior variance of a pixel's logit). The
+    posteriors go back through the logistic function and are renormalised to sum to 1.
+
+    Args:
+        proba: (K, H, W) probabilities.
+        window_size: odd neighbourhood side, pixels (>= 3).
+        smoothness: > 0, the pixel's variance in logit units; larger = smoother.
+        valid: (H, W) bool, pixels with data; None = any probability > 0. Invalid pixels
+            are left out of every neighbourhood and returned as zeros.
+
+    Returns:
+        (K, H, W) float32 smoothed probabilities.
+
+    Raises:
+        ConfigError: an even or too small window, or ``smoothness <= 0``.
+    """
+    if window_size < 3 or window_size % 2 == 0:
+        raise ConfigError(f"smoothing window_size must be odd and >= 3, got {window_size}")
+    if not smoothness > 0:
+        raise ConfigError(f"smoothing smoothness must be > 0, got {smoothness}")
+    p = np.asarray(proba, dtype=np.float64)
+    ok = np.asarray((p > 0).any(axis=0) if valid is None else valid, dtype=bool)
+    w = ok.astype(np.float64)
+    kernel = np.ones((window_size, window_size))
+    # direct sums over the window (correlate, not running sums): a pixel's result depends
+    # only on its window, so windows with a halo give exactly the whole-map result
+    count = scipy.ndimage.correlate(w, kernel, mode="constant", cval=0.0)
+    x = np.log(np.clip(p, EPS, 1 - EPS) / (1 - np.clip(p, EPS, 1 - EPS))) * w
+    out = np.zeros_like(p)
+    safe = np.maximum(count, 1)
+    for k in range(p.shape[0]):
+        mean = scipy.ndimage.correlate(x[k], kernel, mode="constant", cval=0.0) / safe
+        sq = scipy.ndimage.correlate(x[k] ** 2, kernel, mode="constant", cval=0.0) / safe
+        var = np.maximum(sq - mean**2, 0.0)
+        post = (var * x[k] + smoothness * mean) / (var + smoothness)
+        out[k] = 1 / (1 + np.exp(-post))
+    out /= np.maximum(out.sum(axis=0, keepdims=True), EPS)
+    out[:, ~ok] = 0
+    return out.astype(np.float32)
+
+
+def write_smoothed(
+    proba_path: str | Path, out_dir: str | Path, codes: Sequence[int], window_size: int = 7,
+    smoothness: float = 20.0, chunk_size: int = 512,
+) -> dict[str, Path]:
+    """Smooth a probability map window by window (with a halo) and label it.
+
+    Each window is read with ``window_size // 2`` pixels around it (clipped at the map's
+    edges), smoothed (:func:`bayes_smooth`) and cropped: no seam between windows, the
+    result equals smoothing the whole map at once.
+
+    Args:
+        proba_path: ``proba.tif`` (one band per class, in ``codes`` order).
+        out_dir: folder of ``proba_smooth.tif`` and ``classif_smooth.tif`` (class of
+            highest smoothed probability, nodata 0).
+        codes: the K class codes.
+        window_size: see :func:`bayes_smooth`.
+        smoothness: see :func:`bayes_smooth`.
+        chunk_size: window side, pixels.
+
+    Returns:
+        ``{"proba": path, "classif": path}``.
+    """
+    out_dir = Path(out_dir)
+    codes_arr = np.asarray(codes, dtype=np.int64)
+    dtype = "uint8" if codes_arr.max() <= 255 else "uint16"
+    halo = window_size // 2
+    paths = {"proba": out_dir / "proba_smooth.tif", "classif": out_dir / "classif_smooth.tif"}
+    with rasterio.open(proba_path) as src:
+        if src.count != len(codes_arr):
+            raise InputDataError(
+                f"{proba_path} has {src.count} bands but there are {len(codes_arr)} classes"
+            )
+        prof_p = geotiff_profile(src.width, src.height, src.count, "float32", src.crs,
+                                 src.transform, 0.0)
+        prof_c = geotiff_profile(src.width, src.height, 1, dtype, src.crs, src.transform, 0)
+        with atomic_path(paths["proba"]) as tmp_p, atomic_path(paths["classif"]) as tmp_c, \
+                rasterio.open(tmp_p, "w", **prof_p) as dp, \
+                rasterio.open(tmp_c, "w", **prof_c) as dc:
+            for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+                r0 = max(0, int(win.row_off) - halo)
+                c0 = max(0, int(win.col_off) - halo)
+                r1 = min(src.height, int(win.row_off + win.height) + halo)
+                c1 = min(src.width, int(win.col_off + win.width) + halo)
+                big = src.read(window=Window(c0, r0, c1 - c0, r1 - r0))
+                sm = bayes_smooth(big, window_size, smoothness)
+                ri, ci = int(win.row_off) - r0, int(win.col_off) - c0
+                sm = sm[:, ri : ri + int(win.height), ci : ci + int(win.width)]
+                has = (sm > 0).any(axis=0)
+                labels = np.where(has, codes_arr[sm.argmax(axis=0)], 0).astype(dtype)
+                dp.write(sm, window=win)
+                dc.write(labels[None], window=win)
+    return paths

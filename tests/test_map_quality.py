@@ -12,8 +12,10 @@ from rasterio.transform import from_origin
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.map_quality import (
     area_adjusted_accuracy,
+    bayes_smooth,
     map_class_pixels,
     uncertainty,
+    write_smoothed,
     write_uncertainty,
 )
 
@@ -110,7 +112,8 @@ def test_train_writes_area_adjusted_report_and_uncertainty(make_cfg, tiny_datase
     from tests.conftest import FAST
 
     cfg = make_cfg(*tiny_dataset["overrides"], *FAST, "+experiment=rf", "infer.write_proba=true",
-                   "infer.uncertainty=[entropy,least]")
+                   "infer.uncertainty=[entropy,least]", "infer.smoothing.enabled=true",
+                   "infer.smoothing.window_size=3", "infer.chunk_size=8")
     summary = train.run(cfg)
     run = tmp_path / "run"
     table = pd.read_csv(run / "report" / "area_adjusted.csv")
@@ -132,6 +135,8 @@ def test_train_writes_area_adjusted_report_and_uncertainty(make_cfg, tiny_datase
             got = src.read(1)
         has = classif > 0
         np.testing.assert_allclose(got[has], uncertainty(proba, kind)[has], rtol=1e-5)
+    with rasterio.open(run / "maps" / "proba_smooth.tif") as src:
+        np.testing.assert_array_equal(src.read(), bayes_smooth(proba, 3, 20.0))
 
 
 def test_uncertainty_needs_the_probability_map(make_cfg, tiny_dataset):
@@ -140,3 +145,45 @@ def test_uncertainty_needs_the_probability_map(make_cfg, tiny_dataset):
     cfg = make_cfg(*tiny_dataset["overrides"], "infer.uncertainty=[margin]")
     with pytest.raises(ConfigError, match="write_proba"):
         infer.run(cfg)
+
+
+def test_smoothing_of_a_constant_cube_is_the_identity() -> None:
+    proba = np.empty((3, 12, 15))
+    proba[:] = np.array([0.6, 0.3, 0.1])[:, None, None]
+    np.testing.assert_allclose(bayes_smooth(proba, 5, 20.0), proba, rtol=1e-6)
+
+
+def test_smoothing_corrects_an_isolated_pixel() -> None:
+    proba = np.empty((2, 15, 15))
+    proba[0], proba[1] = 0.8, 0.2
+    proba[:, 7, 7] = [0.3, 0.7]  # one noisy pixel in a uniform field of class 0
+    out = bayes_smooth(proba, 5, 20.0)
+    assert out[:, 7, 7].argmax() == 0 and proba[:, 7, 7].argmax() == 1
+    assert out[:, 0, 0].argmax() == 0  # the field keeps its class
+    np.testing.assert_allclose(out.sum(axis=0), 1, rtol=1e-5)
+    # a small smoothness keeps the pixel's own evidence
+    assert bayes_smooth(proba, 5, 1e-3)[:, 7, 7].argmax() == 1
+    with pytest.raises(ConfigError, match="odd"):
+        bayes_smooth(proba, 4)
+
+
+def test_smoothing_by_windows_equals_the_whole_map(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    raw = rng.random((3, 29, 31)).astype(np.float32)
+    proba = raw / raw.sum(axis=0)
+    proba[:, 3:6, 4:9] = 0  # nodata: left out of the neighbourhoods
+    path = tmp_path / "proba.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=31, height=29, count=3,
+                       dtype="float32", crs="EPSG:32633",
+                       transform=from_origin(0, 290, 10, 10)) as dst:
+        dst.write(proba)
+    chunked = write_smoothed(path, tmp_path / "a", [2, 5, 9], 5, 10.0, chunk_size=8)
+    whole = bayes_smooth(proba, 5, 10.0)
+    with rasterio.open(chunked["proba"]) as src:
+        got = src.read()
+    np.testing.assert_array_equal(got, whole)  # no seam: bit-identical
+    with rasterio.open(chunked["classif"]) as src:
+        labels = src.read(1)
+    want = np.where((whole > 0).any(axis=0), np.array([2, 5, 9])[whole.argmax(axis=0)], 0)
+    np.testing.assert_array_equal(labels, want)
+    assert labels[4, 5] == 0

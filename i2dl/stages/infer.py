@@ -38,7 +38,7 @@ from i2dl.layout import (
     stage_logging,
     trained_model_dirs,
 )
-from i2dl.map_quality import write_uncertainty
+from i2dl.map_quality import write_smoothed, write_uncertainty
 from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
 from i2dl.sampling.regions import read_regions
@@ -199,10 +199,12 @@ def run(cfg: DictConfig) -> InferenceResult | None:
             return None
         icfg = cfg.infer
         kinds = list(icfg.get("uncertainty") or [])
-        if kinds and not icfg.write_proba:
+        smoothing = icfg.get("smoothing") or {}
+        smooth = bool(smoothing.get("enabled", False))
+        if (kinds or smooth) and not icfg.write_proba:
             raise ConfigError(
-                f"infer.uncertainty={kinds} is computed from the probability map: add "
-                "infer.write_proba=true"
+                f"infer.uncertainty={kinds} / infer.smoothing.enabled={smooth} are computed "
+                "from the probability map: add infer.write_proba=true"
             )
         models, info = load_models(out, icfg.ckpt)
         device = resolve_device(str(icfg.device))
@@ -248,6 +250,14 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                     assert proba is not None  # write_proba checked above
                     for kind, path in write_uncertainty(proba, maps, kinds).items():
                         log.info("uncertainty (%s): %s", kind, path)
+                if smooth:
+                    proba = results[tile].proba
+                    assert proba is not None  # write_proba checked above
+                    smoothed = write_smoothed(
+                        proba, maps, info.class_codes, int(smoothing.get("window_size", 7)),
+                        float(smoothing.get("smoothness", 20.0)), int(icfg.chunk_size),
+                    )
+                    log.info("Bayesian smoothing: %s", ", ".join(map(str, smoothed.values())))
                 preview = write_map_preview(
                     results[tile].classif, maps / "classif_preview.png", info.class_codes,
                     info.class_names,
