@@ -17,7 +17,7 @@ from i2dl import ddp
 from i2dl.aggregate import aggregate, write_results
 from i2dl.config import OBJECTIVES
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.fusion import fuse_maps
+from i2dl.fusion import fuse_maps, mass_of_belief
 from i2dl.io.files import atomic_path
 from i2dl.layout import (
     FINAL_DIR,
@@ -109,8 +109,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         maps = [str(s.get("classif_map") or "") for s in summaries]
         if cfg.get("fusion", False) and all(maps):
             codes = [c["code"] for c in summaries[0]["classes"]]
-            fused, agreement = fuse_maps([Path(m) for m in maps], codes, out / FINAL_DIR)
-            agg["fusion"] = {"classif": str(fused), "agreement": str(agreement)}
+            method = str(cfg.get("fusion_method", "majority_voting"))
+            mob = None
+            if method == "dempster_shafer":
+                mob = np.stack([
+                    mass_of_belief(pd.read_csv(d / REPORT_DIR / CONFUSION_CSV,
+                                               index_col=0).to_numpy(),
+                                   str(cfg.get("fusion_mob", "precision")))
+                    for d in run_dirs
+                ])
+            undecided = cfg.get("fusion_undecided_label")
+            fused, agreement = fuse_maps(
+                [Path(m) for m in maps], codes, out / FINAL_DIR, method=method, mob=mob,
+                undecided_label=None if undecided is None else int(undecided),
+            )
+            agg["fusion"] = {"classif": str(fused), "agreement": str(agreement),
+                             "method": method}
     return with_objective(cfg, agg, run_dirs)
 
 

@@ -1,0 +1,76 @@
+"""Dempster-Shafer fusion and the undecided label, against hand-worked examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from i2dl.errors import ConfigError
+from i2dl.fusion import dempster_shafer, majority_vote, mass_of_belief
+from tests.conftest import FAST
+
+CODES = np.array([1, 2, 3])
+
+
+def test_a_confident_run_outweighs_two_unreliable_ones() -> None:
+    # run 0 says class 1 with precision 0.95; runs 1 and 2 say class 2 with precision 0.6
+    maps = np.array([[[1]], [[2]], [[2]]])
+    mob = np.array([[0.95, 0.9, 0.9], [0.6, 0.6, 0.6], [0.6, 0.6, 0.6]])
+    # by hand, plausibility of each class = product over runs of p (run chose it) or 1 - p:
+    #   class 1: 0.95 * 0.4 * 0.4 = 0.152; class 2: 0.05 * 0.6 * 0.6 = 0.018;
+    #   class 3: 0.05 * 0.4 * 0.4 = 0.008  -> class 1, where the majority says 2
+    fused, agreement = dempster_shafer(maps, CODES, mob)
+    assert fused[0, 0] == 1 and agreement[0, 0] == pytest.approx(1 / 3)
+    assert majority_vote(maps, CODES)[0][0, 0] == 2
+    # equally reliable runs: Dempster-Shafer agrees with the majority
+    fused, _ = dempster_shafer(maps, CODES, np.full((3, 3), 0.8))
+    assert fused[0, 0] == 2
+
+
+def test_ties_get_the_undecided_label_and_nodata_stays() -> None:
+    maps = np.array([[[1, 0]], [[2, 0]]], dtype=np.uint8)  # a 1-vs-2 tie, and nodata
+    mob = np.full((2, 3), 0.7)
+    fused, agreement = dempster_shafer(maps, CODES, mob, undecided_label=255)
+    assert fused.tolist() == [[255, 0]] and agreement[0, 1] == 0
+    assert majority_vote(maps, CODES, undecided_label=255)[0].tolist() == [[255, 0]]
+    assert majority_vote(maps, CODES)[0].tolist() == [[1, 0]]  # no label: smallest code
+
+
+def test_mass_of_belief_from_a_confusion_matrix() -> None:
+    cm = np.array([[8, 2, 0], [1, 6, 3], [0, 0, 10]])  # rows = reference
+    np.testing.assert_allclose(mass_of_belief(cm, "precision"), [8 / 9, 6 / 8, 10 / 13])
+    np.testing.assert_allclose(mass_of_belief(cm, "recall"), [0.8, 0.6, 1.0])
+    np.testing.assert_allclose(mass_of_belief(cm, "accuracy"), [24 / 30] * 3)
+    with pytest.raises(ConfigError, match="fusion_mob"):
+        mass_of_belief(cm, "kappa")
+
+
+def test_runs_fused_by_dempster_shafer(make_cfg, tiny_dataset, tmp_path: Path) -> None:
+    from i2dl.stages.train import run as run_train
+
+    agg = run_train(make_cfg(*tiny_dataset["overrides"], *FAST, "+experiment=rf", "runs=2",
+                             "fusion=true", "fusion_method=dempster_shafer",
+                             "fusion_undecided_label=200"))
+    run = tmp_path / "run"
+    maps, mob = [], []
+    for i in range(2):
+        with rasterio.open(run / f"seed_{i}" / "maps" / "classif.tif") as src:
+            maps.append(src.read(1))
+        cm = pd.read_csv(run / f"seed_{i}" / "report" / "confusion_matrix.csv", index_col=0)
+        mob.append(np.diag(cm.to_numpy()) / cm.to_numpy().sum(axis=0).clip(min=1))
+    maps = np.stack(maps)
+    with rasterio.open(run / "final" / "Classif_Fusion.tif") as f:
+        fused = f.read(1)
+    assert agg["fusion"]["method"] == "dempster_shafer"
+    want, _ = dempster_shafer(maps, CODES, np.array(mob), undecided_label=200)
+    np.testing.assert_array_equal(fused, want)
+    disagree = (maps[0] != maps[1]) & (maps > 0).all(axis=0)
+    # where the two runs disagree, the run with the larger mass for its class wins
+    for r, c in zip(*np.nonzero(disagree), strict=True):
+        p0, p1 = mob[0][maps[0, r, c] - 1], mob[1][maps[1, r, c] - 1]
+        if not np.isclose(p0, p1):
+            assert fused[r, c] == (maps[0, r, c] if p0 > p1 else maps[1, r, c])
