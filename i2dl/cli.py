@@ -69,6 +69,10 @@ STAGES: dict[str, Stage] = {
         Stage("features-map", "i2dl.stages.features_map",
               "feature time series (bands, indices, gap-filled dates, user and external "
               "features) per chunk, per tile, and their mosaic -> final/"),
+        Stage("tiler", "i2dl.tiler",
+              "iota2's features tiler: rasters reprojected onto a tile grid (+ SRTM slope/"
+              "aspect, WorldClim): python -m i2dl tiler [config=FILE] key=value ...",
+              hydra=False),
         Stage("zonal-stats", "i2dl.zonal",
               "per-polygon class rates, majority, mean confidence and raster statistics of a "
               "map: python -m i2dl zonal-stats map=... zones=... out=...gpkg|.csv",

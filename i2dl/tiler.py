@@ -1,0 +1,417 @@
+"""The features tiler (iota2 ``i2_features_to_grid``): user rasters cut onto a tile grid.
+
+Precomputed features must share the footprint and resolution of the tiles they are used
+with (``data.user_features``). The tiler takes a reference grid and writes, for every tile
+of ``list_tile``, every raster of ``features_path`` reprojected and resampled onto it:
+``<output_path>/<tile>/<feature>.tif`` (tiled, DEFLATE, nodata kept), with a log per tile
+and feature in ``<output_path>/logs/FeaturesTiler/tile_<tile>_<feature>.log``.
+
+The grid (exactly one of):
+
+- ``grid`` + ``tile_field``: a vector file with one Polygon per tile (names unique);
+  each tile is the polygon's bounding box in ``proj``, snapped outwards to
+  ``spatial_resolution``;
+- ``rasters_grid_path``: a folder with one raster per tile (``<tile>.tif``) whose grid
+  (CRS, transform, size) is reused as is.
+
+Reading is windowed: each output block of 1024² pixels is read through a GDAL warped VRT
+(:class:`rasterio.vrt.WarpedVRT`) of the source, so a continental source is never read
+whole. Resampling per feature (``resampling: {name: method}``, default ``bilinear``;
+``nearest`` for categorical data).
+
+Extra outputs, as iota2's: ``srtm_path`` (a folder of SRTM ``.hgt`` tiles) gives
+``elevation.tif`` (bilinear; the first tile covering a pixel wins), ``slope.tif`` and
+``aspect.tif`` per tile (Horn 1981 gradients on the tile grid, degrees; aspect clockwise
+from north, the direction the slope faces, -1 where the ground is flat; pixels on the
+tile's edge use the nearest row/column outside, i.e. edge replication); ``worldclim_path``
+(a folder of WorldClim GeoTIFFs) gives one ``worldclim.tif`` stack per tile, one band
+per file in file-name order with the file stem as band description. Sentinel-2 and
+Sentinel-1 angles (``s2_path``, ``s1_dir``) are not implemented: asking for them is an
+error, not a silent no-op.
+
+Command: ``python -m i2dl tiler [config=tiler.yaml] key=value ...`` with the keys of
+``configs/tiler.yaml`` (iota2's names).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from affine import Affine
+from omegaconf import DictConfig, OmegaConf
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from rich.progress import Progress
+
+from i2dl.errors import ConfigError, I2dlError, InputDataError, InputFileNotFoundError
+from i2dl.io.files import atomic_path
+from i2dl.io.geotiff import block_windows, geotiff_profile
+
+log = logging.getLogger(__name__)
+
+#: output block side (pixels) read through the warped VRT at a time
+BLOCK = 1024
+#: raster extensions looked for in the feature, WorldClim and grid folders
+RASTER_EXT = (".tif", ".tiff", ".vrt", ".img", ".jp2")
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "tiler.yaml"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the grid: name, CRS, affine transform and size in pixels."""
+
+    name: str
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+
+
+def grid_from_vector(
+    path: str | Path, tile_field: str, resolution: float, proj: str,
+    list_tile: Sequence[str] | None = None,
+) -> list[Tile]:
+    """Tiles from a vector grid (iota2 ``grid`` + ``tile_field``).
+
+    Args:
+        path: vector file, one Polygon per tile.
+        tile_field: the field holding the tile names.
+        resolution: output pixel size in ``proj`` units (iota2 ``spatial_resolution``).
+        proj: output CRS (iota2 ``proj``, e.g. ``EPSG:32633``).
+        list_tile: tiles to keep, None = all.
+
+    Raises:
+        InputFileNotFoundError: the file cannot be read.
+        InputDataError: missing field, a geometry that is not a Polygon, duplicated names,
+            or a tile of ``list_tile`` not in the grid.
+        ConfigError: ``resolution`` <= 0.
+    """
+    if not resolution or resolution <= 0:
+        raise ConfigError(f"spatial_resolution must be > 0, got {resolution}")
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001 (pyogrio raises several kinds)
+        raise InputFileNotFoundError(f"cannot read the grid {path}: {exc}") from None
+    if tile_field not in gdf.columns:
+        raise InputDataError(f"grid {path} has no field {tile_field!r} (tile_field); fields: "
+                             f"{[c for c in gdf.columns if c != gdf.geometry.name]}")
+    bad = gdf[gdf.geometry.geom_type != "Polygon"]
+    if len(bad):
+        raise InputDataError(
+            f"grid {path}: features {bad.index.tolist()[:10]} are "
+            f"{sorted(set(bad.geometry.geom_type))}, but each tile must be one Polygon "
+            "(no MultiPolygon, point or line)")
+    names = gdf[tile_field].astype(str)
+    dup = sorted(names[names.duplicated()].unique())
+    if dup:
+        raise InputDataError(f"grid {path}: tile names {dup} appear more than once in "
+                             f"{tile_field}; each tile needs a unique name")
+    gdf = gdf.assign(_name=names).to_crs(proj)
+    tiles = []
+    for name, geom in zip(gdf["_name"], gdf.geometry, strict=True):
+        x0, y0, x1, y1 = geom.bounds
+        x0 = math.floor(x0 / resolution) * resolution
+        y1 = math.ceil(y1 / resolution) * resolution
+        width = math.ceil((x1 - x0) / resolution - 1e-9)
+        height = math.ceil((y1 - y0) / resolution - 1e-9)
+        tiles.append(Tile(name, rasterio.crs.CRS.from_user_input(proj),
+                          Affine(resolution, 0, x0, 0, -resolution, y1), width, height))
+    return _select(tiles, list_tile, str(path))
+
+
+def grid_from_rasters(folder: str | Path, list_tile: Sequence[str] | None = None) -> list[Tile]:
+    """Tiles from a folder of rasters (iota2 ``rasters_grid_path``), grids reused.
+
+    One raster per tile, named ``<tile>.<ext>``.
+
+    Raises:
+        InputFileNotFoundError: the folder is missing or holds no raster.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in RASTER_EXT) \
+        if folder.is_dir() else []
+    if not files:
+        raise InputFileNotFoundError(f"rasters_grid_path {folder}: no raster there")
+    tiles = []
+    for f in files:
+        with rasterio.open(f) as src:
+            tiles.append(Tile(f.stem, src.crs, src.transform, src.width, src.height))
+    return _select(tiles, list_tile, str(folder))
+
+
+def _select(tiles: list[Tile], list_tile: Sequence[str] | None, where: str) -> list[Tile]:
+    if not list_tile:
+        return tiles
+    by_name = {t.name: t for t in tiles}
+    missing = [t for t in list_tile if t not in by_name]
+    if missing:
+        raise InputDataError(f"list_tile names {missing} are not tiles of {where}; its tiles: "
+                             f"{sorted(by_name)[:20]}")
+    return [by_name[t] for t in list_tile]
+
+
+def _resampling(name: str) -> Resampling:
+    try:
+        return Resampling[name]
+    except KeyError:
+        raise ConfigError(f"unknown resampling {name!r}; use one of "
+                          f"{[r.name for r in Resampling][:12]}") from None
+
+
+def warp_block(
+    sources: Sequence[Any], tile: Tile, window: Window, resampling: Resampling,
+    nodata: float,
+) -> np.ndarray:
+    """One block of the tile from warped VRTs of the sources (first valid source wins).
+
+    Returns:
+        (bands, h, w) float64, ``nodata`` where no source has data.
+    """
+    out = None
+    for src in sources:
+        with WarpedVRT(src, crs=tile.crs, transform=tile.transform, width=tile.width,
+                       height=tile.height, resampling=resampling, nodata=src.nodata,
+                       src_nodata=src.nodata) as vrt:
+            data = vrt.read(window=window, masked=True).astype(np.float64)
+        filled = data.filled(np.nan)
+        if out is None:
+            out = filled
+        else:
+            out = np.where(np.isnan(out), filled, out)
+    assert out is not None
+    return np.where(np.isnan(out), nodata, out)
+
+
+def write_warped(
+    paths: Sequence[Path], tile: Tile, out_path: Path, resampling: Resampling,
+    descriptions: Sequence[str] | None = None,
+) -> Path:
+    """Warp rasters onto a tile, block by block, into ``out_path`` (atomically).
+
+    ``paths`` are mosaicked (first valid wins) into one output, unless ``descriptions``
+    is given: then each path is one band with that description.
+    """
+    with ExitStackSources(paths) as sources:
+        first = sources[0]
+        nodata = first.nodata if first.nodata is not None else -9999.0
+        dtype = np.dtype(first.dtypes[0])
+        if dtype.kind in "iu" and not np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
+            dtype = np.dtype("float32")
+        count = len(sources) if descriptions is not None else first.count
+        profile = geotiff_profile(tile.width, tile.height, count, dtype.name, tile.crs,
+                                  tile.transform, nodata)
+        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for win in block_windows(tile.width, tile.height, BLOCK, "tiler block"):
+                if descriptions is None:
+                    block = warp_block(sources, tile, win, resampling, nodata)
+                else:
+                    block = np.concatenate([warp_block([s], tile, win, resampling, nodata)
+                                            for s in sources])
+                dst.write(block.astype(dtype), window=win)
+            if descriptions is not None:
+                dst.descriptions = tuple(descriptions)
+    return out_path
+
+
+class ExitStackSources:
+    """Open several rasters for reading, closed together."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self.sources: list[Any] = []
+
+    def __enter__(self) -> list[Any]:
+        try:
+            for p in self.paths:
+                self.sources.append(rasterio.open(p))
+        except rasterio.errors.RasterioIOError as exc:
+            self.__exit__()
+            raise InputFileNotFoundError(f"cannot open {p}: {exc}") from None
+        return self.sources
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.sources:
+            s.close()
+
+
+def slope_aspect(elevation: np.ndarray, xres: float, yres: float,
+                 nodata: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and aspect in degrees by Horn's (1981) 3x3 gradients.
+
+    Args:
+        elevation: (H, W) heights, same unit as the pixel sizes (metres).
+        xres: pixel width.
+        yres: pixel height (positive); rows run southwards.
+        nodata: heights to ignore (the result is -1 there).
+
+    Returns:
+        ``slope`` (H, W) float32 in [0, 90), ``aspect`` (H, W) float32 in [0, 360),
+        clockwise from north, the direction the slope faces (downhill); -1 where flat
+        or nodata. Edge pixels use edge replication.
+    """
+    z = np.asarray(elevation, dtype=np.float64)
+    bad = np.zeros(z.shape, bool) if nodata is None else (z == nodata)
+    zp = np.pad(z, 1, mode="edge")
+    a, b, c = zp[:-2, :-2], zp[:-2, 1:-1], zp[:-2, 2:]
+    d, f = zp[1:-1, :-2], zp[1:-1, 2:]
+    g, h, i = zp[2:, :-2], zp[2:, 1:-1], zp[2:, 2:]
+    dz_east = ((c + 2 * f + i) - (a + 2 * d + g)) / (8 * xres)
+    dz_south = ((g + 2 * h + i) - (a + 2 * b + c)) / (8 * yres)
+    dz_north = -dz_south
+    slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
+    aspect = np.degrees(np.arctan2(-dz_east, -dz_north)) % 360.0
+    flat = np.hypot(dz_east, dz_north) < 1e-12
+    bad_n = bad | np.pad(bad, 1, mode="edge")[:-2, 1:-1] | np.pad(bad, 1, mode="edge")[2:, 1:-1] \
+        | np.pad(bad, 1, mode="edge")[1:-1, :-2] | np.pad(bad, 1, mode="edge")[1:-1, 2:]
+    slope[bad_n] = -1
+    aspect[flat | bad_n] = -1
+    return slope.astype(np.float32), aspect.astype(np.float32)
+
+
+def write_srtm(hgt: Sequence[Path], tile: Tile, out_dir: Path) -> dict[str, Path]:
+    """``elevation.tif``, ``slope.tif``, ``aspect.tif`` of a tile from SRTM ``.hgt`` files."""
+    paths = {"elevation": out_dir / "elevation.tif", "slope": out_dir / "slope.tif",
+             "aspect": out_dir / "aspect.tif"}
+    write_warped(hgt, tile, paths["elevation"], Resampling.bilinear)
+    xres, yres = abs(tile.transform.a), abs(tile.transform.e)
+    profile = geotiff_profile(tile.width, tile.height, 1, "float32", tile.crs, tile.transform,
+                              -1.0)
+    with rasterio.open(paths["elevation"]) as src, \
+            atomic_path(paths["slope"]) as tmp_s, atomic_path(paths["aspect"]) as tmp_a, \
+            rasterio.open(tmp_s, "w", **profile) as ds, rasterio.open(tmp_a, "w", **profile) as da:
+        for win in block_windows(tile.width, tile.height, BLOCK, "tiler block"):
+            r0, c0 = max(0, int(win.row_off) - 1), max(0, int(win.col_off) - 1)
+            r1 = min(tile.height, int(win.row_off + win.height) + 1)
+            c1 = min(tile.width, int(win.col_off + win.width) + 1)
+            z = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            slope, aspect = slope_aspect(z, xres, yres, src.nodata)
+            ri, ci = int(win.row_off) - r0, int(win.col_off) - c0
+            crop = (slice(ri, ri + int(win.height)), slice(ci, ci + int(win.width)))
+            ds.write(slope[crop][None], window=win)
+            da.write(aspect[crop][None], window=win)
+    return paths
+
+
+def _files(folder: str | Path, what: str, suffixes: tuple[str, ...]) -> list[Path]:
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes) \
+        if folder.is_dir() else []
+    if not files:
+        raise InputFileNotFoundError(f"{what} {folder}: no {'/'.join(suffixes)} file there")
+    return files
+
+
+def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]:
+    """Tile the features of ``cfg`` (keys of ``configs/tiler.yaml``).
+
+    Returns:
+        tile -> feature name -> written path.
+
+    Raises:
+        ConfigError: both or neither grid kinds, missing keys, angles asked for.
+        InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
+    """
+    c = OmegaConf.create(dict(cfg)) if not isinstance(cfg, DictConfig) else cfg
+    if bool(c.get("grid")) == bool(c.get("rasters_grid_path")):
+        raise ConfigError("give exactly one grid: grid (+ tile_field, spatial_resolution, "
+                          "proj) or rasters_grid_path; iota2 forbids using both")
+    for key in ("s2_path", "s1_dir"):
+        if c.get(key):
+            raise ConfigError(f"{key}: Sentinel angles are not implemented by i2dl's tiler yet; "
+                              "remove the key")
+    if not c.get("output_path"):
+        raise ConfigError("output_path is required (where <tile>/<feature>.tif go)")
+    tiles_wanted = list(c.get("list_tile") or []) or None
+    if c.get("grid"):
+        missing = [k for k in ("tile_field", "spatial_resolution", "proj") if not c.get(k)]
+        if missing:
+            raise ConfigError(f"a vector grid needs {missing} too")
+        tiles = grid_from_vector(c.grid, c.tile_field, float(c.spatial_resolution), c.proj,
+                                 tiles_wanted)
+    else:
+        tiles = grid_from_rasters(c.rasters_grid_path, tiles_wanted)
+    out = Path(c.output_path)
+    jobs: list[tuple[str, Any]] = []
+    if c.get("features_path"):
+        jobs += [("feature", p) for p in _files(c.features_path, "features_path", RASTER_EXT)]
+    if c.get("srtm_path"):
+        jobs.append(("srtm", _files(c.srtm_path, "srtm_path", (".hgt",))))
+    if c.get("worldclim_path"):
+        jobs.append(("worldclim", _files(c.worldclim_path, "worldclim_path", RASTER_EXT)))
+    if not jobs:
+        raise ConfigError("nothing to tile: set features_path, srtm_path or worldclim_path")
+    per_feature = dict(c.get("resampling") or {})
+    default = _resampling(str(per_feature.pop("default", "bilinear")))
+    logs = out / "logs" / "FeaturesTiler"
+    logs.mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, Path]] = {}
+    with Progress() as bar:
+        task = bar.add_task("tiling", total=len(tiles) * len(jobs))
+        for tile in tiles:
+            done = written.setdefault(tile.name, {})
+            for kind, item in jobs:
+                name = Path(item).stem if kind == "feature" else kind
+                handler = logging.FileHandler(logs / f"tile_{tile.name}_{name}.log", mode="w")
+                handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+                log.addHandler(handler)
+                try:
+                    if kind == "feature":
+                        method = _resampling(str(per_feature.get(name, default.name)))
+                        done[name] = write_warped([item], tile, out / tile.name / f"{name}.tif",
+                                                  method)
+                    elif kind == "srtm":
+                        done.update(write_srtm(item, tile, out / tile.name))
+                    else:
+                        done["worldclim"] = write_warped(
+                            item, tile, out / tile.name / "worldclim.tif", default,
+                            descriptions=[p.stem for p in item])
+                    log.info("tile %s: %s written (%dx%d px, %s)", tile.name, name, tile.width,
+                             tile.height, tile.crs)
+                finally:
+                    log.removeHandler(handler)
+                    handler.close()
+                bar.advance(task)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``python -m i2dl tiler [config=FILE.yaml] key=value ...``.
+
+    Returns:
+        0 on success, 2 on a usage error, 1 on bad input (printed without traceback).
+    """
+    cfg = OmegaConf.load(DEFAULTS)
+    dotlist = []
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"arguments are key=value, got {item!r}; keys: {sorted(cfg)}",
+                  file=sys.stderr)
+            return 2
+        if key == "config":
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(value))
+        elif key.split(".")[0] not in cfg:
+            print(f"unknown key {key!r}; keys: {sorted(cfg)}", file=sys.stderr)
+            return 2
+        else:
+            dotlist.append(item)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    try:
+        written = run_tiler(cfg)  # type: ignore[arg-type]
+    except I2dlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    n = sum(len(v) for v in written.values())
+    print(f"{n} rasters written for {len(written)} tile(s) under {cfg.output_path}")
+    return 0
