@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from rich.progress import track
 
 from i2dl.errors import ConfigError, InputDataError, StoreError
-from i2dl.features.source import data_tiles, open_source, uses_sensors
+from i2dl.features.source import data_tiles, open_source, stack_feature_options, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
@@ -451,7 +451,19 @@ def _samples_from_raster(
 def _samples_from_table(
     data: DictConfig,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
-    """Read a pixel table; dates from ``data.dates_file`` or a count ``data.n_dates``."""
+    """Read a pixel table; dates from ``data.dates_file`` or a count ``data.n_dates``.
+
+    Raises:
+        ConfigError: feature options (indices, gap-filling, user or external features) are
+            set: they work on rasters, not on a table's rows, and are never ignored.
+    """
+    options = stack_feature_options(data)
+    if options:
+        raise ConfigError(
+            f"data.{', data.'.join(options)} compute features from rasters, but "
+            f"{data.table} is a pixel table: remove them (compute the features before "
+            "writing the table), or use a raster"
+        )
     band_names = list(data.get("band_names") or ["band1"])
     if data.get("dates_file"):
         dates = read_dates_file(data.dates_file)

@@ -64,8 +64,35 @@ def open_source(data: Mapping[str, Any], tile: str | None = None) -> TimeSeriesS
         InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
     """
     if not uses_sensors(data):
-        return open_stack(_plain(data), tile)
+        options = stack_feature_options(data)
+        if not options:
+            return open_stack(_plain(data), tile)
+        # a stack with feature options: the stack is the one "sensor" of a feature stack,
+        # so the options are applied, never dropped (no gap-filling unless asked)
+        plain = dict(_plain(data))
+        stack = {k: plain[k] for k in ("raster", "dates_file", "band_names", "masks")
+                 if plain.get(k) is not None}
+        routed = {**plain, "sensors": {"stack": stack},
+                  "gapfilling": plain.get("gapfilling") or {"enabled": False}}
+        return open_feature_stack(routed, tile)
     return open_feature_stack(data, tile)
+
+
+#: ``data`` options that compute features on top of the input series
+FEATURE_OPTIONS = ("indices", "gapfilling", "user_features", "external_features")
+
+
+def stack_feature_options(data: Mapping[str, Any]) -> list[str]:
+    """The feature options a ``data`` config sets (``gapfilling`` only when enabled)."""
+    found = []
+    for key in FEATURE_OPTIONS:
+        value = _plain(data.get(key))
+        if key == "gapfilling":
+            if isinstance(value, Mapping) and value.get("enabled", True):
+                found.append(key)
+        elif value:
+            found.append(key)
+    return found
 
 
 def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> FeatureStack:
@@ -85,7 +112,8 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
     """
     tiles = data_tiles(data)
     tile = tile or (tiles[0] if tiles else None)
-    if tile is None:
+    stack_only = set(_plain(data["sensors"])) == {"stack"}
+    if tile is None and not stack_only:
         raise ConfigError("data.sensors needs data.tile (or data.list_tile): the tile to read")
     start = as_date(data.get("start_date"), "data.start_date")
     end = as_date(data.get("end_date"), "data.end_date")
@@ -95,6 +123,10 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
             sensors[name] = open_sensor(name, opts, tile, start, end)
         user = None
         if data.get("user_features"):
+            if tile is None:
+                raise ConfigError(
+                    "data.user_features reads <root>/<tile>/: set data.tile (the tile folder "
+                    "name) for this stack")
             user = UserFeatures(tile=tile, **_plain(data["user_features"]))
         external = None
         ext = _plain(data.get("external_features"))

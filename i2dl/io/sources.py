@@ -61,7 +61,7 @@ def open_stack(opts: Mapping[str, Any], tile: str | None = None) -> TimeSeriesRa
 def open_sensor(
     name: str,
     opts: Mapping[str, Any] | None,
-    tile: str,
+    tile: str | None,
     start_date: dt.date | None = None,
     end_date: dt.date | None = None,
 ) -> TimeSeriesSource:
@@ -71,7 +71,7 @@ def open_sensor(
         name: the entry's key: a name of :data:`SENSORS`, or ``stack`` (also any name
             whose options hold ``kind: stack``) for a GeoTIFF stack.
         opts: the entry's options (plain containers), passed to the reader.
-        tile: the tile to read.
+        tile: the tile to read (None only for a stack without ``{tile}`` in its paths).
         start_date: first acquisition date kept (sensors only); None: no bound.
         end_date: last acquisition date kept (sensors only); None: no bound.
 
