@@ -20,7 +20,9 @@ only the rest; another key starts over. The folder is removed once the maps are 
 Products (iota2 names in brackets):
 - ``classif.tif`` (Classif_Seed_0.tif): class codes, uint8 or uint16, nodata 0;
 - ``confidence.tif`` (Confidence_Seed_0.tif): max class probability, float32, nodata 0;
-- ``proba.tif`` (optional): one float32 band per class, in class-code order.
+- ``proba.tif`` (optional): one float32 band per class, in class-code order;
+- ``PixelsValidity.tif`` (PixelsValidity.tif): number of valid acquisition dates of each
+  pixel, uint16 (0 = no valid date: nodata in the other maps).
 A pixel with no valid acquisition date is nodata in every product.
 """
 
@@ -67,6 +69,8 @@ class InferenceResult:
 
     Attributes:
         classif, confidence: map paths; proba: path or None.
+        validity: ``PixelsValidity.tif``, valid dates per pixel (None for a mosaic of
+            maps written before it existed).
         n_pixels: pixels classified (with at least one valid date).
         n_nodata: pixels left as nodata.
         device: the torch device used.
@@ -78,6 +82,7 @@ class InferenceResult:
     n_pixels: int
     n_nodata: int
     device: str
+    validity: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -276,7 +281,8 @@ class WindowClassifier:
 
         Returns:
             ``classif`` (h, w) class codes (0 = nodata), ``confidence`` (h, w) float32,
-            ``has_data`` (h, w) bool, and with ``write_proba`` ``proba`` (K, h, w) float32.
+            ``has_data`` (h, w) bool, ``validity`` (h, w) uint16 valid dates per pixel,
+            and with ``write_proba`` ``proba`` (K, h, w) float32.
         """
         info, k = self.info, len(self.codes)
         h, w = x.shape[:2]
@@ -312,6 +318,7 @@ class WindowClassifier:
             "confidence": np.where(has_data, proba.max(axis=1), 0.0).astype(np.float32)
             .reshape(h, w),
             "has_data": has_data.reshape(h, w),
+            "validity": valid.sum(axis=-1).astype(np.uint16),
         }
         if self.write_proba:
             out["proba"] = proba.T.reshape(k, h, w)
@@ -491,7 +498,8 @@ def classify_raster(
     codes = np.asarray(info.class_codes, dtype=np.int64)
     k = len(codes)
     dtype = class_dtype(codes)
-    names = {"classif": "classif.tif", "confidence": "confidence.tif"}
+    names = {"classif": "classif.tif", "confidence": "confidence.tif",
+             "validity": "PixelsValidity.tif"}
     if write_proba:
         names["proba"] = "proba.tif"
     final = {key: out_dir / name for key, name in names.items()}
@@ -499,6 +507,7 @@ def classify_raster(
     profiles = {
         "classif": geotiff_profile(*grid, 1, dtype, series.crs, series.transform, 0),
         "confidence": geotiff_profile(*grid, 1, "float32", series.crs, series.transform, 0.0),
+        "validity": geotiff_profile(*grid, 1, "uint16", series.crs, series.transform, None),
         "proba": geotiff_profile(*grid, k, "float32", series.crs, series.transform, 0.0),
     }
     windows = block_windows(series.width, series.height, chunk_size, "infer.chunk_size")
@@ -582,4 +591,5 @@ def classify_raster(
         n_pixels=n_pixels,
         n_nodata=n_nodata,
         device=str(device),
+        validity=final["validity"],
     )

@@ -112,9 +112,10 @@ def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Pa
 
     (tmp_path / "tiles_src").mkdir()
     root = _cut_tiles(tmp_path / "tiles_src")
-    single = run_train(make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE))
+    single = run_train(make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, "infer.write_proba=true"))
     # the same model maps the two tiles: per-tile maps and a mosaic equal to the single map
-    tiled_cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *_tile_overrides(root))
+    tiled_cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *_tile_overrides(root),
+                         "infer.write_proba=true")
     result = run_infer(tiled_cfg)
     run = tmp_path / "run"
     for tile in ("T1", "T2"):
@@ -125,6 +126,13 @@ def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Pa
         np.testing.assert_array_equal(a.read(), b.read())
     with rasterio.open(single["confidence_map"]) as a, rasterio.open(result.confidence) as b:
         np.testing.assert_allclose(a.read(), b.read(), rtol=1e-6)
+    # the probability map and PixelsValidity are mosaicked too
+    assert result.proba == run / "final" / "Proba_Seed_0.tif"
+    with rasterio.open(single["proba_map"]) as a, rasterio.open(result.proba) as b:
+        np.testing.assert_allclose(a.read(), b.read(), rtol=1e-6)
+    with rasterio.open(run / "maps" / "PixelsValidity.tif") as a, \
+            rasterio.open(run / "final" / "PixelsValidity.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
     # one store from both tiles holds the same pixels as the single-tile store
     store_t = zarr.open_group(str(prepare(tiled_cfg)), mode="r")
     store_s = zarr.open_group(single["store"], mode="r")

@@ -175,10 +175,12 @@ def _engine_context(icfg: DictConfig) -> Any:
 def run(cfg: DictConfig) -> InferenceResult | None:
     """Classify the data's raster(s) by block windows with the trained model(s).
 
-    One tile: ``maps/classif.tif``, ``confidence.tif`` (+ ``proba.tif``). Several tiles
-    (``data.list_tile``): ``maps/<tile>/…`` per tile and the mosaics
-    ``final/Classif_Seed_<seed>.tif`` and ``final/Confidence_Seed_<seed>.tif`` (iota2's
-    names). With eco-regions, each region's pixels are classified by its own model and
+    One tile: ``maps/classif.tif``, ``confidence.tif``, ``PixelsValidity.tif`` (+
+    ``proba.tif``). Several tiles (``data.list_tile``): ``maps/<tile>/…`` per tile. In both
+    cases iota2's final products: ``final/Classif_Seed_<seed>.tif``,
+    ``final/Confidence_Seed_<seed>.tif``, ``final/PixelsValidity.tif`` (and
+    ``final/Proba_Seed_<seed>.tif`` with ``write_proba``), the mosaic of the tiles. With
+    eco-regions, each region's pixels are classified by its own model and
     pixels in no region are nodata. Next to each map: a preview picture, a colour-indexed
     copy, the label table and a QGIS style. With ``infer.resume=true`` (default) a killed
     infer run again computes only the windows it had not finished (see
@@ -270,19 +272,29 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                 log.info("map products: %s", ", ".join(str(p) for p in products.values()))
         if not results:
             raise StoreError(f"data {cfg.data.get('name')}: no tile to classify")
-        if not multi:
-            return next(iter(results.values()))
         seed = cfg.seed if cfg.seed is not None else 0
         final = out / FINAL_DIR
-        classif = mosaic([r.classif for r in results.values()], final / f"Classif_Seed_{seed}.tif")
-        conf = mosaic([r.confidence for r in results.values()],
-                      final / f"Confidence_Seed_{seed}.tif")
-        log.info("mosaic of %d tiles: %s", len(tiles), classif)
+        parts = list(results.values())
+        # iota2's final products: the mosaic of the tiles (a copy of the one tile's maps)
+        classif = mosaic([r.classif for r in parts], final / f"Classif_Seed_{seed}.tif")
+        conf = mosaic([r.confidence for r in parts], final / f"Confidence_Seed_{seed}.tif")
+        validity = None
+        if all(r.validity is not None for r in parts):
+            validity = mosaic([r.validity for r in parts],  # type: ignore[misc]
+                              final / "PixelsValidity.tif")
+        proba = None
+        if all(r.proba is not None for r in parts):
+            proba = mosaic([r.proba for r in parts],  # type: ignore[misc]
+                           final / f"Proba_Seed_{seed}.tif")
+        log.info("final products of %d tile(s): %s", len(tiles), final)
+        if not multi:
+            return parts[0]
         return InferenceResult(
             classif=classif,
             confidence=conf,
-            proba=None,
-            n_pixels=sum(r.n_pixels for r in results.values()),
-            n_nodata=sum(r.n_nodata for r in results.values()),
+            proba=proba,
+            n_pixels=sum(r.n_pixels for r in parts),
+            n_nodata=sum(r.n_nodata for r in parts),
             device=str(device),
+            validity=validity,
         )
