@@ -65,6 +65,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"kfold={kfold} are not supported with it: sweep seeds or folds as a multirun "
             "(-m seed=1,2,3 or sampling.fold=0,1,2 with hydra/launcher=slurm)"
         )
+    if cfg.get("enable_autocontext", False):
+        if runs > 1 or kfold is not None:
+            raise ConfigError("enable_autocontext runs one job: use seed sweeps (-m) instead "
+                              "of runs/kfold")
+        from i2dl import autocontext
+
+        return autocontext.run(cfg)
     if ddp.is_worker():  # a DDP process of rank > 0: only prepare (reuse) and fit
         store = prepare.run(cfg)
         best = fit.run(cfg, store=store)
