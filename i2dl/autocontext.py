@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,14 @@ def class_proportions(
     return out_path
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, train_one: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
     """The main job with ``autocontext_iterations`` iterations (see the module docstring).
+
+    Args:
+        cfg: the composed config (``enable_autocontext``, ``autocontext_iterations``,
+            ``autocontext.n_segments``, ``autocontext.compactness``).
+        train_one: runs one iteration and returns its summary
+            (:func:`i2dl.stages.train.train_one`).
 
     Returns:
         The last iteration's summary with ``"iterations"``: OA, kappa, macro F1 per
@@ -110,8 +117,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: fewer than 2 iterations, a pixel table (no map), or runs/kfold.
     """
-    from i2dl.stages.train import train_one
-
     n_iter = int(cfg.get("autocontext_iterations", 2) or 2)
     if n_iter < 2:
         raise ConfigError(f"autocontext_iterations must be >= 2, got {n_iter}")

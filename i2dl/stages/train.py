@@ -13,7 +13,7 @@ import pandas as pd
 import rasterio
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from i2dl import ddp
+from i2dl import autocontext, ddp
 from i2dl.aggregate import aggregate, write_results
 from i2dl.config import OBJECTIVES
 from i2dl.errors import ConfigError, InputDataError
@@ -69,9 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if runs > 1 or kfold is not None:
             raise ConfigError("enable_autocontext runs one job: use seed sweeps (-m) instead "
                               "of runs/kfold")
-        from i2dl import autocontext
-
-        return autocontext.run(cfg)
+        return autocontext.run(cfg, train_one)
     if ddp.is_worker():  # a DDP process of rank > 0: only prepare (reuse) and fit
         store = prepare.run(cfg)
         best = fit.run(cfg, store=store)
