@@ -132,30 +132,31 @@ def zonal_stats(
     finally:
         for h in handles:
             h.close()
-    out = gdf.copy()
-    out["n_pixels"] = n_pix
+    cols: dict[str, np.ndarray] = {"n_pixels": n_pix}
     codes = sorted(class_counts)
     table = np.stack([class_counts[c] for c in codes], axis=1) if codes else np.zeros((n, 0))
     has = n_pix > 0
-    out["majority"] = np.where(has, np.asarray(codes)[table.argmax(axis=1)] if codes else 0, 0)
+    cols["majority"] = np.where(has, np.asarray(codes)[table.argmax(axis=1)] if codes else 0, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         for j, code in enumerate(codes):
-            out[f"rate_{code}"] = np.where(has, table[:, j] / np.maximum(n_pix, 1), np.nan)
+            cols[f"rate_{code}"] = np.where(has, table[:, j] / np.maximum(n_pix, 1), np.nan)
         names = ["confidence"] if confidence is not None else []
         names += [Path(p).stem for p in rasters]
         for i, name in enumerate(names):
             mean = np.where(has[:, None], sums[i] / np.maximum(n_pix, 1)[:, None], np.nan)
             var = np.where(has[:, None], sq[i] / np.maximum(n_pix, 1)[:, None] - mean**2, np.nan)
             if confidence is not None and i == 0:
-                out["confidence_mean"] = mean[:, 0]
+                cols["confidence_mean"] = mean[:, 0]
                 continue
             for b in range(k_bands[i]):
                 prefix = f"{name}_b{b + 1}"
-                out[f"{prefix}_mean"] = mean[:, b]
-                out[f"{prefix}_std"] = np.sqrt(np.maximum(var[:, b], 0))
-                out[f"{prefix}_min"] = np.where(has, mins[i][:, b], np.nan)
-                out[f"{prefix}_max"] = np.where(has, maxs[i][:, b], np.nan)
-    return out
+                cols[f"{prefix}_mean"] = mean[:, b]
+                cols[f"{prefix}_std"] = np.sqrt(np.maximum(var[:, b], 0))
+                cols[f"{prefix}_min"] = np.where(has, mins[i][:, b], np.nan)
+                cols[f"{prefix}_max"] = np.where(has, maxs[i][:, b], np.nan)
+    extra = pd.DataFrame(cols, index=gdf.index)
+    return gpd.GeoDataFrame(pd.concat([gdf.drop(columns=list(cols), errors="ignore"), extra],
+                                      axis=1), geometry=gdf.geometry.name, crs=gdf.crs)
 
 
 def write_zonal_stats(table: gpd.GeoDataFrame, out: str | Path) -> Path:

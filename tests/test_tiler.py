@@ -80,7 +80,7 @@ def test_raster_grid_is_reused(dem_grid, tmp_path):
     with rasterio.open(out / "T1" / "DEM.tif") as got, rasterio.open(dem) as src:
         assert (got.width, got.height, got.transform) == (30, 25, tr)
         # nearest: the value of the source pixel under each output pixel centre
-        x, y = tr * (0.5, 0.5)
+        x, y = tr @ (0.5, 0.5)
         r, c = src.index(x, y)
         assert got.read(1)[0, 0] == src.read(1)[r, c]
 
