@@ -23,6 +23,7 @@ report).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +98,27 @@ def write_uncertainty(
         if kind not in UNCERTAINTY:
             raise ConfigError(f"unknown uncertainty {kind!r}; use one of {sorted(UNCERTAINTY)}")
     out_dir = Path(out_dir)
-    written = {}
     try:
         src = rasterio.open(proba_path)
     except rasterio.errors.RasterioIOError as exc:
         raise InputDataError(f"cannot open the probability map {proba_path}: {exc}") from None
-    with src:
+    paths = {kind: out_dir / f"uncertainty_{kind}.tif" for kind in kinds}
+    with src, ExitStack() as stack:
         profile = geotiff_profile(src.width, src.height, 1, "float32", src.crs, src.transform,
                                   -1.0)
-        for kind in kinds:
-            path = out_dir / f"uncertainty_{kind}.tif"
-            with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-                for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
-                    p = src.read(window=win)
-                    value = uncertainty(p, kind)
-                    value[~(p > 0).any(axis=0)] = -1.0
-                    dst.write(value[None], window=win)
-                dst.set_band_description(1, f"{kind}: {UNCERTAINTY[kind]}")
-            written[kind] = path
+        dsts = {kind: stack.enter_context(rasterio.open(
+                    stack.enter_context(atomic_path(path)), "w", **profile))
+                for kind, path in paths.items()}
+        for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+            p = src.read(window=win)  # read once for every kind
+            empty = ~(p > 0).any(axis=0)
+            for kind, dst in dsts.items():
+                value = uncertainty(p, kind)
+                value[empty] = -1.0
+                dst.write(value[None], window=win)
+        for kind, dst in dsts.items():
+            dst.set_band_description(1, f"{kind}: {UNCERTAINTY[kind]}")
+    written = paths
     return written
 
 

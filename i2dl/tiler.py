@@ -39,6 +39,7 @@ import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+import scipy.ndimage
 from affine import Affine
 from omegaconf import DictConfig, OmegaConf
 from rasterio.enums import Resampling
@@ -168,28 +170,43 @@ def _resampling(name: str) -> Resampling:
                           f"{[r.name for r in Resampling][:12]}") from None
 
 
-def warp_block(
-    sources: Sequence[Any], tile: Tile, window: Window, resampling: Resampling,
-    nodata: float,
-) -> np.ndarray:
-    """One block of the tile from warped VRTs of the sources (first valid source wins).
+def warp_block(vrts: Sequence[Any], window: Window, nodata: float) -> np.ndarray:
+    """One block of the tile from warped VRTs on its grid (first valid VRT wins).
+
+    Args:
+        vrts: :class:`rasterio.vrt.WarpedVRT` of the sources on the tile's grid.
+        window: the block, in tile pixels.
+        nodata: the value where no source has data.
 
     Returns:
-        (bands, h, w) float64, ``nodata`` where no source has data.
+        (bands, h, w) float64.
     """
     out = None
-    for src in sources:
-        with WarpedVRT(src, crs=tile.crs, transform=tile.transform, width=tile.width,
-                       height=tile.height, resampling=resampling, nodata=src.nodata,
-                       src_nodata=src.nodata) as vrt:
-            data = vrt.read(window=window, masked=True).astype(np.float64)
-        filled = data.filled(np.nan)
-        if out is None:
-            out = filled
-        else:
-            out = np.where(np.isnan(out), filled, out)
+    for vrt in vrts:
+        filled = vrt.read(window=window, masked=True).astype(np.float64).filled(np.nan)
+        out = filled if out is None else np.where(np.isnan(out), filled, out)
     assert out is not None
     return np.where(np.isnan(out), nodata, out)
+
+
+def _open_warped(stack: ExitStack, paths: Sequence[Path], tile: Tile,
+                 resampling: Resampling) -> tuple[list[Any], list[Any]]:
+    """Open each raster and its warped VRT on the tile's grid, once, closed by ``stack``.
+
+    Raises:
+        InputFileNotFoundError: a raster cannot be opened.
+    """
+    sources, vrts = [], []
+    for p in paths:
+        try:
+            src = stack.enter_context(rasterio.open(p))
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputFileNotFoundError(f"cannot open {p}: {exc}") from None
+        sources.append(src)
+        vrts.append(stack.enter_context(WarpedVRT(
+            src, crs=tile.crs, transform=tile.transform, width=tile.width, height=tile.height,
+            resampling=resampling, nodata=src.nodata, src_nodata=src.nodata)))
+    return sources, vrts
 
 
 def write_warped(
@@ -200,8 +217,12 @@ def write_warped(
 
     ``paths`` are mosaicked (first valid wins) into one output, unless ``descriptions``
     is given: then each path is one band with that description.
+
+    Raises:
+        InputFileNotFoundError: a raster cannot be opened.
     """
-    with ExitStackSources(paths) as sources:
+    with ExitStack() as stack:
+        sources, vrts = _open_warped(stack, paths, tile, resampling)
         first = sources[0]
         nodata = first.nodata if first.nodata is not None else -9999.0
         dtype = np.dtype(first.dtypes[0])
@@ -213,35 +234,13 @@ def write_warped(
         with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for win in block_windows(tile.width, tile.height, BLOCK, "tiler block"):
                 if descriptions is None:
-                    block = warp_block(sources, tile, win, resampling, nodata)
+                    block = warp_block(vrts, win, nodata)
                 else:
-                    block = np.concatenate([warp_block([s], tile, win, resampling, nodata)
-                                            for s in sources])
+                    block = np.concatenate([warp_block([v], win, nodata) for v in vrts])
                 dst.write(block.astype(dtype), window=win)
             if descriptions is not None:
                 dst.descriptions = tuple(descriptions)
     return out_path
-
-
-class ExitStackSources:
-    """Open several rasters for reading, closed together."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-        self.sources: list[Any] = []
-
-    def __enter__(self) -> list[Any]:
-        try:
-            for p in self.paths:
-                self.sources.append(rasterio.open(p))
-        except rasterio.errors.RasterioIOError as exc:
-            self.__exit__()
-            raise InputFileNotFoundError(f"cannot open {p}: {exc}") from None
-        return self.sources
-
-    def __exit__(self, *exc: object) -> None:
-        for s in self.sources:
-            s.close()
 
 
 def slope_aspect(elevation: np.ndarray, xres: float, yres: float,
@@ -271,8 +270,8 @@ def slope_aspect(elevation: np.ndarray, xres: float, yres: float,
     slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
     aspect = np.degrees(np.arctan2(-dz_east, -dz_north)) % 360.0
     flat = np.hypot(dz_east, dz_north) < 1e-12
-    bad_n = bad | np.pad(bad, 1, mode="edge")[:-2, 1:-1] | np.pad(bad, 1, mode="edge")[2:, 1:-1] \
-        | np.pad(bad, 1, mode="edge")[1:-1, :-2] | np.pad(bad, 1, mode="edge")[1:-1, 2:]
+    # a pixel whose 3x3 neighbourhood holds nodata has no gradient
+    bad_n = scipy.ndimage.maximum_filter(bad, size=3, mode="nearest")
     slope[bad_n] = -1
     aspect[flat | bad_n] = -1
     return slope.astype(np.float32), aspect.astype(np.float32)

@@ -73,14 +73,15 @@ def zonal_stats(
         InputFileNotFoundError: a file cannot be opened.
         InputDataError: a raster is not on the map's grid, or no polygon.
     """
-    gdf = zones if isinstance(zones, gpd.GeoDataFrame) else gpd.read_file(zones)
+    if isinstance(zones, gpd.GeoDataFrame):
+        gdf = zones
+    else:
+        try:
+            gdf = gpd.read_file(zones)
+        except Exception as exc:  # noqa: BLE001 (pyogrio raises several kinds)
+            raise InputFileNotFoundError(f"cannot read the zones {zones}: {exc}") from None
     if len(gdf) == 0:
         raise InputDataError(f"{zones}: no polygon to summarise")
-    with _open(map_path, "classification map") as src:
-        grid = (src.width, src.height, src.transform, src.crs)
-        nodata = 0 if src.nodata is None else src.nodata
-    if gdf.crs is not None and grid[3] is not None and gdf.crs != grid[3]:
-        gdf = gdf.to_crs(grid[3])
     extra = [(Path(p), "raster") for p in rasters]
     if confidence is not None:
         extra.insert(0, (Path(confidence), "confidence map"))
@@ -88,6 +89,10 @@ def zonal_stats(
     try:
         src = _open(map_path, "classification map")
         handles.append(src)
+        grid = (src.width, src.height, src.transform, src.crs)
+        nodata = 0 if src.nodata is None else src.nodata
+        if gdf.crs is not None and src.crs is not None and gdf.crs != src.crs:
+            gdf = gdf.to_crs(src.crs)
         others = []
         for path, what in extra:
             h = _open(path, what)

@@ -32,13 +32,18 @@ from tests.conftest import write_stack
 # ---------------------------------------------------------------- case 2: string labels
 
 
+def _string_label_cfg(tiny_dataset: dict, make_cfg, tmp_path: Path, nomenclature: str):
+    """The tiny dataset labelled by its ``name`` field (class1..class3), with a nomenclature."""
+    path = tmp_path / "nomenclature.txt"
+    path.write_text(nomenclature)
+    return make_cfg(*tiny_dataset["overrides"], "data.data_field=name",
+                    f"data.nomenclature={path}")
+
+
 def test_string_labels_take_their_nomenclature_code(tiny_dataset: dict, make_cfg,
                                                     tmp_path: Path) -> None:
     """Labels class1..class3 get the nomenclature's codes, not 1..3 alphabetically."""
-    nomenclature = tmp_path / "nomenclature.txt"
-    nomenclature.write_text("class3:1\nclass1:2\nclass2:7\n")
-    cfg = make_cfg(*tiny_dataset["overrides"], "data.data_field=name",
-                   f"data.nomenclature={nomenclature}")
+    cfg = _string_label_cfg(tiny_dataset, make_cfg, tmp_path, "class3:1\nclass1:2\nclass2:7\n")
     store = prepare(cfg)
     info = read_info(store)
     assert info.class_codes == [1, 2, 7]
@@ -52,10 +57,8 @@ def test_string_labels_take_their_nomenclature_code(tiny_dataset: dict, make_cfg
 
 def test_string_label_missing_from_nomenclature_is_an_error(tiny_dataset: dict, make_cfg,
                                                             tmp_path: Path) -> None:
-    nomenclature = tmp_path / "nomenclature.txt"
-    nomenclature.write_text("class1:1\nclass2:2\nclasse3:3\n")
-    cfg = make_cfg(*tiny_dataset["overrides"], "data.data_field=name",
-                   f"data.nomenclature={nomenclature}")
+    cfg = _string_label_cfg(tiny_dataset, make_cfg, tmp_path,
+                            "class1:1\nclass2:2\nclasse3:3\n")
     with pytest.raises(InputDataError, match=r"'class3' \(fid \[7, 8, 9\]\) is not in the "
                        r"nomenclature \(did you mean 'classe3'\?\).*data.nomenclature=null"):
         prepare(cfg)

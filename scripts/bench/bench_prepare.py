@@ -99,7 +99,7 @@ def main() -> None:
         for layout in ("compact", "spread"):
             gdf = polygons(args.size, args.polygons, args.poly, layout == "spread", transform)
             ref = Path(tmp) / f"{layout}.gpkg"
-            gdf.drop(columns=[]).to_file(ref, driver="GPKG")
+            gdf.to_file(ref, driver="GPKG")
             layouts[layout] = (gdf.attrs["windows"], ref)
             labelled[layout] = args.polygons * args.poly**2
         for r in range(args.repeat):
