@@ -5,8 +5,8 @@ Two kinds of ``data`` configs feed the same ``prepare`` and ``infer`` code:
 - a **stack**: ``data.raster`` (a date-major GeoTIFF), ``data.dates_file``,
   ``data.band_names``, ``data.masks`` (:func:`i2dl.io.sources.open_stack`);
 - **sensors**: ``data.sensors`` maps a sensor name (``sentinel2_theia``,
-  ``sentinel2_sen2cor``, ``landsat8_n2a``, ``stack``) to its options, with ``data.tile``
-  (or the first of ``data.list_tile``), ``start_date``/``end_date``, ``gapfilling``,
+  ``sentinel2_sen2cor``, ``landsat8_n2a``, ``sentinel1``, ``stack``) to its options, with
+  ``data.tile`` (or the first of ``data.list_tile``), ``start_date``/``end_date``, ``gapfilling``,
   ``indices``, ``keep_bands``, ``user_features`` and ``external_features``
   (:class:`i2dl.features.stack.FeatureStack`), as iota2 reads sensor folders per tile.
 """
@@ -23,6 +23,7 @@ from i2dl.features.external import load_functions
 from i2dl.features.stack import FeatureStack
 from i2dl.io.raster import as_date
 from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.sensors.sentinel1 import open_sentinel1
 from i2dl.io.sensors.userfeat import UserFeatures
 from i2dl.io.sources import open_sensor, open_stack
 
@@ -120,7 +121,12 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
     sensors: dict[str, Any] = {}
     try:
         for name, opts in _plain(data["sensors"]).items():
-            sensors[name] = open_sensor(name, opts, tile, start, end)
+            if name == "sentinel1":  # one series per orbit direction, each with its dates
+                if tile is None:
+                    raise ConfigError("data.sensors.sentinel1 needs data.tile: the tile to read")
+                sensors.update(open_sentinel1(dict(opts or {}), tile, start, end))
+            else:
+                sensors[name] = open_sensor(name, opts, tile, start, end)
         user = None
         if data.get("user_features"):
             if tile is None:

@@ -6,11 +6,19 @@ For every window read, in order (iota2 ``sensors_data_interpolation``, spectral 
 1. each sensor is read on the grid of the **reference sensor** (other grids are
    resampled on the fly with ``rasterio.warp.reproject``: bilinear for reflectances,
    nearest for validity);
-2. its spectral indices are appended (``indices``, ``keep_bands``);
+2. its spectral indices are appended (``indices``, ``keep_bands``); optical sensors only,
+   Sentinel-1 series (``sentinel1_asc``/``sentinel1_des``) have none;
 3. with gap-filling (``gapfilling.enabled``), each sensor's valid observations are
    linearly interpolated onto the common date grid (every ``temporal_resolution`` days
-   from the first to the last acquisition of all sensors, or the union of their dates);
-   without it, a single sensor keeps its raw dates and validity mask (attention models);
+   from the first to the last acquisition of all sensors, or the union of their dates).
+   Each series is interpolated from its own acquisitions only, so Sentinel-1 ascending,
+   Sentinel-1 descending and Sentinel-2 are gap-filled apart, as iota2 interpolates S1
+   apart from S2, and then concatenated per date (iota2 concatenates S1 features to S2
+   features; here on one shared date grid, so that the temporal models see aligned
+   dates). Without gap-filling (attention models), a single sensor keeps its raw dates and
+   validity mask; several sensors keep the **union of their raw dates**: each sensor's
+   channels are interpolated at the dates it did not acquire (never zeros), and a date is
+   valid where some sensor observed the pixel then;
 4. the sensors' channels are concatenated (names prefixed by the sensor name when there
    are several) and one **common validity mask** is applied: a pixel is kept only where
    every sensor has at least one valid observation (iota2's ``MaskCommunSL``);
@@ -130,8 +138,8 @@ class FeatureStack(RasterReader):
             Reading and gap-filling stay on the CPU; the features come back as NumPy.
 
     Raises:
-        ConfigError: no sensor, unknown reference, several sensors without gap-filling,
-            or ``device=cuda`` without CuPy and a GPU.
+        ConfigError: no sensor, unknown reference, or ``device=cuda`` without CuPy and a
+            GPU.
     """
 
     def __init__(
@@ -160,11 +168,8 @@ class FeatureStack(RasterReader):
             )
         gap = dict(gapfilling or {})
         self.gapfill = bool(gap.get("enabled", True))
-        if not self.gapfill and len(self.sensors) > 1:
-            raise ConfigError(
-                "several sensors have different dates: enable data.gapfilling to put them on a "
-                "common date grid"
-            )
+        # several sensors without gap-filling: their raw dates are merged (see read)
+        self._merge_raw = not self.gapfill and len(self.sensors) > 1
         self.indices = list(indices or [])
         self.keep_bands = keep_bands
         self.user_features = user_features
@@ -182,14 +187,14 @@ class FeatureStack(RasterReader):
                 regular_grid(all_dates, int(res), start_date, end_date) if res else all_dates
             )
         else:
-            self.dates = list(ref.dates)
+            self.dates = all_dates if self._merge_raw else list(ref.dates)
         self._origin = min(all_dates) if all_dates else dt.date(2000, 1, 1)
         self.band_names = self._channel_names()
 
     def _sensor_channels(self, name: str) -> list[str]:
         src = self.sensors[name]
         names = list(src.band_names)
-        if self.indices:
+        if self._indices_for(name):
             _, names = compute_indices(
                 np.zeros((1, len(names)), np.float32), names, self.indices, self.keep_bands,
                 sensor=INDEX_SENSOR.get(name, "sentinel2"),
@@ -225,7 +230,7 @@ class FeatureStack(RasterReader):
         src = self.sensors[name]
         ref = self.sensors[self.reference]
         x, valid = read_on_grid(src, ref, window)
-        if self.indices:
+        if self._indices_for(name):
             x, _ = compute_indices(to_module(x, self.xp), list(src.band_names), self.indices,
                                    self.keep_bands, sensor=INDEX_SENSOR.get(name, "sentinel2"))
             x = to_numpy(x)
@@ -233,7 +238,21 @@ class FeatureStack(RasterReader):
             x, valid = gapfill(
                 x, valid, days_since(src.dates, self._origin), days_since(self.dates, self._origin)
             )
+        elif self._merge_raw:
+            # raw dates of several sensors: this sensor's values are interpolated at the other
+            # sensors' dates (never left as zeros), but only its own valid acquisitions count
+            # as observations in the validity mask (combined over sensors in _dynamic)
+            own = days_since(src.dates, self._origin)
+            target = days_since(self.dates, self._origin)
+            observed = np.zeros((*valid.shape[:-1], len(self.dates)), bool)
+            observed[..., np.searchsorted(target, own)] = valid
+            x, _ = gapfill(x, valid, own, target)
+            valid = observed
         return x.astype(np.float32, copy=False), valid
+
+    def _indices_for(self, name: str) -> bool:
+        """Spectral indices apply to optical sensors, not to Sentinel-1 backscatter."""
+        return bool(self.indices) and not name.startswith("sentinel1")
 
     def _padded(self, window: Window) -> tuple[Window, int, int]:
         """``window`` enlarged by ``chunk_padding`` (clipped to the grid), and its offset.
@@ -267,7 +286,12 @@ class FeatureStack(RasterReader):
             valids.append(v)
         x = np.concatenate(parts, axis=-1)
         footprint = np.logical_and.reduce([v.any(axis=-1) for v in valids])  # MaskCommunSL
-        valid = valids[0] if len(valids) == 1 else np.logical_and.reduce(valids)
+        if len(valids) == 1:
+            valid = valids[0]
+        elif self._merge_raw:  # a date is an observation of the sensor(s) acquired then
+            valid = np.logical_or.reduce(valids)
+        else:
+            valid = np.logical_and.reduce(valids)
         valid = valid & footprint[..., None]
         return x, valid
 
