@@ -41,16 +41,20 @@ class DataDims:
         n_channels: C, channels per date.
         n_dates: T, dates per series.
         n_classes: K, classes of the nomenclature (outputs of the model).
+        static_channels: indices of the date-independent channels among the C (user and
+            external features): models take each once, not once per date.
     """
 
     n_channels: int
     n_dates: int
     n_classes: int
+    static_channels: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, info: StoreInfo) -> DataDims:
         """The dimensions of a sample store."""
-        return cls(int(info.n_channels), int(info.n_dates), int(info.n_classes))
+        return cls(int(info.n_channels), int(info.n_dates), int(info.n_classes),
+                   tuple(info.static_channels))
 
 
 def build_classifier(
@@ -64,7 +68,9 @@ def build_classifier(
         model_cfg: the ``model`` config node (``_target_`` and its arguments).
         dims: C, T and K. ``n_classes`` is passed to the classifier; ``in_channels`` to
             its ``encoder`` node, and ``n_dates`` too when the encoder takes it (MLP,
-            ANN, TempCNN need T; attention encoders do not).
+            ANN, TempCNN need T; attention encoders do not). With static channels, the
+            encoder gets the C - S dated channels and the classifier ``static_channels``
+            (it feeds each static channel once, next to the encoder's features).
         class_weights: (K,) cross-entropy weights for a config with
             ``class_weights: balanced``; None otherwise.
 
@@ -83,9 +89,11 @@ def build_classifier(
             "models.SklearnClassifier (scikit-learn estimators), see configs/model/"
         )
     kwargs: dict[str, Any] = {"n_classes": dims.n_classes}
+    if dims.static_channels:
+        kwargs["static_channels"] = list(dims.static_channels)
     encoder = cfg.get("encoder")
     if encoder is not None:
-        enc: dict[str, Any] = {"in_channels": dims.n_channels}
+        enc: dict[str, Any] = {"in_channels": dims.n_channels - len(dims.static_channels)}
         try:
             target = get_class(str(encoder["_target_"]))
         except Exception as exc:  # hydra raises several types for a bad path
@@ -129,6 +137,7 @@ def save_model_spec(
         "in_channels": dims.n_channels,
         "n_dates": dims.n_dates,
         "n_classes": dims.n_classes,
+        "static_channels": list(dims.static_channels),
         "n_parameters": n_parameters,
         "store": str(store),
         "region": region,
@@ -167,7 +176,9 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
     check_model_targets(model, spec_path)
     ckpt = checkpoint_path(model_dir, which)
     info = read_info(spec.store)
-    dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes))
+    static = spec.get("static_channels") if isinstance(spec, DictConfig) else None
+    dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes),
+                    tuple(int(c) for c in static or []))
     classifier = build_classifier({str(k): v for k, v in model.items()}, dims)
     classifier.load_weights(ckpt)
     return classifier, info

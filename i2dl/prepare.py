@@ -290,12 +290,15 @@ def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
     return split
 
 
-def _grid_attrs(dates: list, days: np.ndarray, band_names: list[str]) -> dict[str, Any]:
+def _grid_attrs(dates: list, days: np.ndarray, band_names: list[str],
+                static: list[str] | None = None) -> dict[str, Any]:
     return {
         "dates": [d.isoformat() for d in dates],
         "reference_date": dates[0].isoformat() if dates else None,
         "days": days.tolist(),
         "band_names": list(band_names),
+        # date-independent channels (user/external features): each is one feature
+        "static_channels": list(static or []),
     }
 
 
@@ -423,7 +426,8 @@ def _samples_from_raster(
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
         arrays["code"] = ref.polygons["code"].to_numpy()[rows_poly]
-        attrs = _grid_attrs(first.dates, days_since(first.dates, first.dates[0]), first.band_names)
+        attrs = _grid_attrs(first.dates, days_since(first.dates, first.dates[0]), first.band_names,
+                            list(getattr(first, "static_names", [])))
         attrs.update(
             {
                 "string_labels": ref.string_labels,

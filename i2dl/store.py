@@ -109,6 +109,16 @@ class StoreInfo:
         return len(self.days)
 
     @property
+    def static_channels(self) -> tuple[int, ...]:
+        """Indices (in ``band_names``) of the date-independent channels.
+
+        From the attribute ``static_channels`` (user and external features, the same
+        value at every date); empty for stores written before it existed.
+        """
+        names = list(self.attrs.get("static_channels") or [])
+        return tuple(self.band_names.index(n) for n in names if n in self.band_names)
+
+    @property
     def n_channels(self) -> int:
         """C."""
         return len(self.band_names)

@@ -185,6 +185,7 @@ class SITSClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         augmentation: SeriesAugmentation | Mapping[str, Any] | None = None,
         decay_bias_and_norm: bool = True,
+        static_channels: Sequence[int] | None = None,
     ) -> None:
         """Wrap an encoder and a classification head.
 
@@ -220,6 +221,12 @@ class SITSClassifier(pl.LightningModule):
                 (biases, LayerNorm / BatchNorm scales and shifts) are put in a parameter
                 group with ``weight_decay=0`` (the "no bias decay" of Goyal et al. 2017,
                 and of BERT, Devlin et al. 2019); True passes all parameters alike.
+            static_channels: indices (in the C input channels) of date-independent
+                channels (user / external features, the same value at every date). They
+                are taken out of the series the encoder reads (built for C - S channels)
+                and their per-pixel value (the mean over the valid dates) is appended
+                once to the encoder's features, so the head reads D + S features. None
+                or empty: every channel goes through the encoder.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) if ``n_classes`` is not a positive
@@ -261,16 +268,18 @@ class SITSClassifier(pl.LightningModule):
         # Lightning also compares the __init__ arguments (frame locals) with these values:
         # rebind the weights to the list, an array or tensor would make that ambiguous.
         class_weights = weights_list
+        self.static_channels = sorted({int(c) for c in static_channels or []})
         self.save_hyperparameters(
             {
                 "n_classes": n_classes,
                 "model_selection_criterion": model_selection_criterion,
                 "class_weights": weights_list,
+                "static_channels": self.static_channels,
             }
         )
         self.encoder = encoder
         self.head = head if isinstance(head, nn.Module) else head(
-            in_features=out_dim, n_classes=n_classes
+            in_features=out_dim + len(self.static_channels), n_classes=n_classes
         )
         self.n_classes = n_classes
         self.name = name
@@ -306,7 +315,13 @@ class SITSClassifier(pl.LightningModule):
         Raises:
             ValueError: propagated from the encoder on badly shaped input.
         """
-        return self.head(self.encoder(x, days, mask))
+        if not self.static_channels:
+            return self.head(self.encoder(x, days, mask))
+        dated = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
+        dated[self.static_channels] = False
+        m = mask.to(x.dtype).unsqueeze(-1)
+        static = (x[..., self.static_channels] * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.head(torch.cat([self.encoder(x[..., dated], days, mask), static], dim=-1))
 
     def _unpack(self, batch: Mapping[str, Tensor], need_y: bool) -> tuple[Tensor, ...]:
         """Return ``(x, days, mask[, y])`` from a batch dict, checking the keys."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +61,29 @@ def _as_cpu_tensor(a: ArrayLike) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def features(x: ArrayLike, days: ArrayLike, mask: ArrayLike) -> np.ndarray:
+def features(
+    x: ArrayLike, days: ArrayLike, mask: ArrayLike, static_channels: Sequence[int] = ()
+) -> np.ndarray:
     """Gap-filled, flattened features of pixel series (iota2's conventional-classifier input).
 
     Invalid observations are replaced by linear interpolation in time between the nearest
     valid ones (:func:`i2dl.features.gapfill.linear_gapfill`; the first/last valid value is
     repeated at the ends, a series with no valid date becomes zeros), then each series is
-    flattened date-major: feature ``t * C + c`` is channel ``c`` at date ``t``. Computed on
-    the CPU whatever the input device, so training and inference features are identical.
+    flattened date-major: feature ``t * C' + c`` is dated channel ``c`` at date ``t``.
+    Static channels (user / external features, the same value at every date) follow, once
+    each (their value at the first date after gap-filling), as iota2 appends a
+    date-independent feature once to the feature vector. Computed on the CPU whatever the
+    input device, so training and inference features are identical.
 
     Args:
         x: (B, T, C) float, series normalised by the store statistics (torch tensor on any
             device, or numpy array); values at invalid dates are ignored.
         days: (B, T) int64, days since the reference date.
         mask: (B, T) bool, True = valid observation.
+        static_channels: indices of the S static channels among the C.
 
     Returns:
-        (B, T * C) float32 numpy array.
+        (B, T * (C - S) + S) float32 numpy array.
 
     Raises:
         ValueError: shapes differ (``days`` and ``mask`` must be ``x.shape[:2]``).
@@ -86,7 +93,12 @@ def features(x: ArrayLike, days: ArrayLike, mask: ArrayLike) -> np.ndarray:
     mt = _as_cpu_tensor(mask).bool()
     filled = linear_gapfill(xt, dt, mt)
     b, t, c = filled.shape
-    return filled.reshape(b, t * c).numpy().astype(np.float32, copy=False)
+    if not static_channels:
+        return filled.reshape(b, t * c).numpy().astype(np.float32, copy=False)
+    static = sorted({int(i) for i in static_channels})
+    dated = [i for i in range(c) if i not in static]
+    flat = filled[:, :, dated].reshape(b, t * len(dated))
+    return torch.cat([flat, filled[:, 0, static]], dim=1).numpy().astype(np.float32, copy=False)
 
 
 class SklearnClassifier:
@@ -107,6 +119,8 @@ class SklearnClassifier:
             draw, every class kept; iota2 holds the conventional classifiers' training set
             in memory and RBF SVMs cost O(n^2)); None = all.
         name: model name, for logs and the saved file.
+        static_channels: indices of the date-independent input channels (user / external
+            features): each becomes one feature, not one per date (:func:`features`).
 
     Attributes:
         estimator: the estimator or the scaler + estimator pipeline.
@@ -124,6 +138,7 @@ class SklearnClassifier:
         standardize: bool = False,
         max_samples: int | None = None,
         name: str = "",
+        static_channels: Sequence[int] | None = None,
     ) -> None:
         if not hasattr(estimator, "fit") or not hasattr(estimator, "predict_proba"):
             raise ConfigError(
@@ -137,6 +152,7 @@ class SklearnClassifier:
                 f"model.max_samples must be null (all samples) or >= 1, got {max_samples}"
             )
         self.standardize = bool(standardize)
+        self.static_channels = sorted({int(c) for c in static_channels or []})
         self.name = name
         self.n_classes = int(n_classes)
         self.max_samples = None if max_samples is None else int(max_samples)
@@ -177,7 +193,7 @@ class SklearnClassifier:
         Raises:
             ConfigError: no sample, or a class index outside 0..K-1.
         """
-        feats = features(x, days, mask)
+        feats = features(x, days, mask, self.static_channels)
         labels = _as_cpu_tensor(y).numpy().astype(np.int64, copy=False)
         k = self.n_classes
         if len(labels) == 0 or len(feats) != len(labels):
@@ -241,7 +257,7 @@ class SklearnClassifier:
         """
         if not self.fitted:
             raise StoreError(f"{self.name or 'model'} is not fitted: fit it or load_weights")
-        feats = features(x, days, mask)
+        feats = features(x, days, mask, self.static_channels)
         n_feat = self.meta.get("n_features")
         if n_feat is not None and feats.shape[1] != n_feat:
             raise ValueError(

@@ -203,11 +203,19 @@ class FeatureStack(RasterReader):
         return [f"{prefix}{n}" for n in names]
 
     def _channel_names(self) -> list[str]:
-        names = [n for s in self.sensors for n in self._sensor_channels(s)]
-        if self.user_features is not None:
-            names += list(self.user_features.names)
-        names += list(self._external_names or [])
-        return names
+        return [n for s in self.sensors for n in self._sensor_channels(s)] + self.static_names
+
+    @property
+    def static_names(self) -> list[str]:
+        """The date-independent channels (user, then external features).
+
+        They come last in :attr:`band_names`, one value per pixel repeated on every date
+        of ``read``'s ``(H, W, T, C)`` output; the store records them
+        (``static_channels``) so that the models take each once
+        (:class:`models.SklearnClassifier`, :class:`models.SITSClassifier`).
+        """
+        names = list(self.user_features.names) if self.user_features is not None else []
+        return names + list(self._external_names or [])
 
     @property
     def _external_names(self) -> list[str]:

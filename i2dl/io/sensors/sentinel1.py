@@ -272,7 +272,8 @@ class Sentinel1(RasterReader):
                     x[:, :, t, -1] = lin["VH"] / lin["VV"]
         if self.values == "db":
             with np.errstate(divide="ignore", invalid="ignore"):
-                x = (10.0 * np.log10(x)).astype(np.float32)  # a ratio of linear values becomes VH_dB - VV_dB
+                # a ratio of linear values becomes VH_dB - VV_dB
+                x = (10.0 * np.log10(x)).astype(np.float32)
         x[~valid] = 0.0
         return x.astype(np.float32, copy=False), valid
 
