@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import zarr
 
-from i2dl.autocontext import class_proportions
+from i2dl.autocontext import class_proportions, out_of_fold_codes
 from tests.conftest import FAST
 
 
@@ -33,6 +33,23 @@ def test_class_proportions_equal_a_direct_count(tmp_path) -> None:
             want = (mapped == code).mean() if len(mapped) else 0.0
             np.testing.assert_allclose(got[k][seg == s], want, rtol=1e-6)
     assert (got[:, seg == 0] == 0).all()
+    # learn pixels: counted with their out-of-fold class, or not counted at all
+    rows, cols = np.nonzero(seg == 3)
+    rows, cols = rows[:4], cols[:4]
+    new = np.full(4, 9)
+    over = class_proportions(tmp_path / "s.tif", tmp_path / "c.tif", [2, 5, 9],
+                             tmp_path / "o.tif", chunk_size=8, override=(rows, cols, new))
+    excl = class_proportions(tmp_path / "s.tif", tmp_path / "c.tif", [2, 5, 9],
+                             tmp_path / "e.tif", chunk_size=8, exclude=(rows, cols))
+    cls_o, cls_e = cls.copy(), cls.copy()
+    cls_o[rows, cols] = 9
+    cls_e[rows, cols] = 0
+    for path, ref in ((over, cls_o), (excl, cls_e)):
+        with rasterio.open(path) as src:
+            got = src.read()
+        mapped = ref[(seg == 3) & (ref > 0)]
+        for k, code in enumerate((2, 5, 9)):
+            np.testing.assert_allclose(got[k][seg == 3], (mapped == code).mean(), rtol=1e-6)
 
 
 def test_autocontext_on_slovenia(make_cfg, slovenia_dir, tmp_path) -> None:
@@ -60,3 +77,32 @@ def test_autocontext_on_slovenia(make_cfg, slovenia_dir, tmp_path) -> None:
         total = src.read().sum(axis=0)
     assert np.allclose(total[total > 0], 1.0, atol=1e-5)  # proportions sum to 1
     assert (run / "iteration_2" / "maps" / "classif.tif").is_file()
+    assert summary["autocontext"]["learn_context"] == "out_of_fold"  # rf: auto -> out_of_fold
+
+
+def test_out_of_fold_predictions_are_not_in_sample(make_cfg, slovenia_dir, tmp_path) -> None:
+    """A forest memorises its learn pixels; out-of-fold predictions of them cannot."""
+    from i2dl.build import DataDims, build_classifier
+    from i2dl.stages import train
+    from i2dl.store import VAL, open_store, read_array, read_info
+
+    cfg = make_cfg("+experiment=rf", *FAST)
+    summary = train.run(cfg)
+    store = summary["store"]
+    rows, cols, oof = out_of_fold_codes(cfg.model, store, n_folds=3, seed=0)
+    group, info = open_store(store), read_info(store)
+    fitted = read_array(group, "split") != VAL
+    truth = read_array(group, "code")[fitted]
+    np.testing.assert_array_equal(rows, read_array(group, "row")[fitted])
+    np.testing.assert_array_equal(cols, read_array(group, "col")[fitted])
+    model = build_classifier(cfg.model, DataDims.of(info))
+    mask = read_array(group, "mask")[fitted]
+    x = info.normalise(read_array(group, "X")[fitted], mask)
+    days = np.broadcast_to(info.days, mask.shape)
+    model.fit(x, days, mask, np.searchsorted(info.class_codes, truth))
+    in_sample = np.asarray(info.class_codes)[
+        np.asarray(model.predict_proba(x, days, mask)).argmax(axis=1)]
+    acc_in, acc_oof = (in_sample == truth).mean(), (oof == truth).mean()
+    assert acc_in > 0.97
+    assert acc_oof < acc_in - 0.1  # not in-sample
+    assert acc_oof > 1.5 / info.n_classes  # but a real model, better than chance
