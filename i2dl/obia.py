@@ -20,8 +20,15 @@ reference polygons, and a model trained on those. This module holds the core:
   segment; otherwise it stays unlabelled (code 0). The segment keeps the polygon's id, so
   the learn/val split is polygon-grouped as for pixels.
 
-Not yet built here: the training and map stages on segment features (the pipeline's
-``obia`` option); see the README's status of issue 13.
+The pipeline (``obia.enabled=true``, iota2 ``builders_class_name: ["i2_obia"]``), at the
+end of this module: the segmentation (:func:`segmentation_for`: a raster as given, a
+vector file rasterised by windows, or SLIC), a sample store whose rows are the labelled
+segments (:func:`segment_samples`, written by ``prepare`` with the usual polygon-grouped
+learn/val split and sample selection), so every model of the zoo and the scikit-learn
+backends train and are evaluated on segments unchanged (the report counts segments), and
+the maps (:func:`classify_segments`): ``classif.tif`` / ``confidence.tif`` with one class
+per segment and ``segments.gpkg`` (segment polygons with class, class name, confidence,
+pixel count). One tile, no eco-regions.
 """
 
 from __future__ import annotations
@@ -267,3 +274,254 @@ def label_segments(
             code[k_seg] = codes[p]
             pid[k_seg] = polygon_ids[p]
     return code, pid, fraction
+
+
+# ---------------------------------------------------------------- the OBIA pipeline
+#
+# With ``obia.enabled=true`` (iota2 ``builders_class_name: ["i2_obia"]``) the main job's
+# samples are segments: ``prepare`` writes a store whose rows are the labelled segments
+# (:func:`segment_samples`), so ``fit`` and ``evaluate`` run unchanged for every model of
+# the zoo and the scikit-learn backends, and ``infer`` classifies every segment
+# (:func:`classify_segments`).
+
+#: suffixes read as vector segmentations (anything else is read as a raster)
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".sqlite", ".fgb")
+
+
+def obia_settings(cfg: Any) -> dict[str, Any] | None:
+    """The ``obia`` config node as a plain dict when ``obia.enabled``, else None."""
+    node = cfg.get("obia") if hasattr(cfg, "get") else None
+    if not node or not node.get("enabled", False):
+        return None
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else node
+    return dict(plain)  # type: ignore[arg-type]
+
+
+def segmentation_for(series: Any, settings: dict[str, Any], out_path: Path,
+                     chunk_size: int = 1024) -> Path:
+    """The segment-id raster of an OBIA run, on the series' grid.
+
+    ``obia.segmentation_path`` (iota2 ``obia_segmentation_path``) is used as it is when it
+    is a raster (ids > 0, 0 or nodata = none; the grid is checked when read); a vector file
+    is rasterised by windows (pixel-centre rule, feature ``i`` gets id ``i + 1``, a later
+    feature wins where they overlap) to ``out_path``; with no path, SLIC segments are
+    computed (:func:`compute_segments`, ``obia.n_segments``, ``obia.compactness``) to
+    ``out_path``.
+
+    Returns:
+        The raster path.
+
+    Raises:
+        InputFileNotFoundError: the segmentation file does not exist.
+        InputDataError: a vector segmentation with no feature on the grid.
+    """
+    from i2dl.errors import InputFileNotFoundError
+
+    given = settings.get("segmentation_path")
+    if not given:
+        return compute_segments(series, out_path, int(settings.get("n_segments", 1000)),
+                                float(settings.get("compactness", 0.1)))
+    path = Path(given)
+    if not path.exists():
+        raise InputFileNotFoundError(
+            f"obia.segmentation_path {path} does not exist; give a raster of segment ids or "
+            "a vector file of segments, or null to compute SLIC segments")
+    if path.suffix.lower() not in VECTOR_SUFFIXES:
+        return path
+    import geopandas as gpd
+
+    polygons = gpd.read_file(path)
+    if series.crs is not None and polygons.crs is not None:
+        polygons = polygons.to_crs(series.crs)
+    polygons = polygons[polygons.geometry.notna() & ~polygons.geometry.is_empty]
+    polygons = polygons.reset_index(drop=True)
+    if not len(polygons):
+        raise InputDataError(f"obia.segmentation_path {path} holds no segment polygon")
+    values = np.arange(1, len(polygons) + 1)
+    profile = geotiff_profile(series.width, series.height, 1, "uint32", series.crs,
+                              series.transform, 0)
+    found = False
+    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for win in block_windows(series.width, series.height, chunk_size, "chunk_size"):
+            burnt = burn_window(polygons, values, series.transform, win)
+            found |= bool((burnt > 0).any())
+            dst.write(np.maximum(burnt, 0).astype(np.uint32)[None], window=win)
+    if not found:
+        Path(out_path).unlink(missing_ok=True)
+        raise InputDataError(
+            f"no segment of {path} covers a pixel centre of {series.path}: is it the same area "
+            "and CRS?")
+    return Path(out_path)
+
+
+def segment_anchors(segments_path: str | Path, ids: np.ndarray,
+                    chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each segment's first pixel in raster order (one windowed pass).
+
+    Returns:
+        ``rows``, ``cols`` (S,) int64: a pixel of each segment of ``ids``, so that a
+        segment sample has a position in the tile like a pixel sample.
+    """
+    with rasterio.open(segments_path) as src:
+        first = np.full(len(ids), np.iinfo(np.int64).max, dtype=np.int64)
+        for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+            s = src.read(1, window=win).astype(np.int64)
+            if src.nodata is not None:
+                s[s == int(src.nodata)] = 0
+            r, c = np.nonzero(s)
+            flat = (r + int(win.row_off)) * src.width + (c + int(win.col_off))
+            np.minimum.at(first, np.searchsorted(ids, s[r, c]), flat)
+        return first // src.width, first % src.width
+
+
+def segment_samples(
+    series: Any, segments_path: Path, polygons: Any, stats: Sequence[str],
+    min_fraction: float = 0.5, chunk_size: int = 512,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The store arrays of the labelled segments of a tile.
+
+    Statistics by :func:`segment_statistics`, labels by :func:`label_segments`.
+
+    Args:
+        series: the opened time series.
+        segments_path: the segment-id raster (:func:`segmentation_for`).
+        polygons: reference polygons (GeoDataFrame in the series' CRS, with ``code`` and
+            ``polygon_id``).
+        stats: ``obia.stats_used``.
+        min_fraction: least share of a segment its majority polygon must cover.
+        chunk_size: window side, pixels.
+
+    Returns:
+        ``X`` (S, T, F) float32 (0 where invalid), ``mask`` (S, T), ``code``,
+        ``polygon_id`` (S,) int64, ``row``, ``col`` (S,) int32 (the segment's first
+        pixel); and the F feature names.
+
+    Raises:
+        ConfigError: no segment is labelled (polygons smaller than ``min_fraction`` of
+            every segment they touch).
+    """
+    feats = segment_statistics(series, segments_path, stats, chunk_size)
+    codes, pids, _ = label_segments(
+        segments_path, feats.ids, polygons, polygons["code"].to_numpy(),
+        polygons["polygon_id"].to_numpy(), min_fraction, chunk_size,
+    )
+    labelled = (codes != 0) & feats.valid.any(axis=1)
+    if not labelled.any():
+        raise ConfigError(
+            f"no segment of {segments_path} is covered at least {min_fraction:.0%} by one "
+            "reference polygon: lower obia.min_fraction or use smaller segments")
+    rows, cols = segment_anchors(segments_path, feats.ids[labelled])
+    x = np.where(feats.valid[labelled][..., None], feats.x[labelled], 0.0).astype(np.float32)
+    return {
+        "X": x,
+        "mask": feats.valid[labelled],
+        "code": codes[labelled].astype(np.int64),
+        "polygon_id": pids[labelled].astype(np.int64),
+        "row": rows.astype(np.int32),
+        "col": cols.astype(np.int32),
+    }, feats.names
+
+
+def classify_segments(
+    series: Any, segments_path: Path, stats: Sequence[str], info: Any,
+    predict_proba: Any, maps_dir: Path, codes_names: Sequence[str],
+    chunk_size: int = 1024, batch_size: int = 8192,
+) -> Any:
+    """Classify every segment and write the maps (iota2 OBIA outputs).
+
+    Every segment's statistics are computed in one windowed pass
+    (:func:`segment_statistics`), normalised with the store's statistics and classified
+    by ``predict_proba``; then, by windows, each pixel takes its segment's class.
+
+    Writes (atomically) ``<maps_dir>/classif.tif`` (uint16 class codes, 0 = no segment
+    or no valid date), ``confidence.tif`` (float32, the winning probability) and
+    ``segments.gpkg``: one polygon per segment (pieces of a segment cut by windows are
+    dissolved) with ``segment_id``, ``class`` (code), ``class_name``, ``confidence`` and
+    ``n_pixels``.
+
+    Args:
+        series: the opened time series (the data the store was built from).
+        segments_path: the segment-id raster on the series' grid.
+        stats: ``obia.stats_used`` (the store's features).
+        info: the store's :class:`~i2dl.store.StoreInfo`.
+        predict_proba: ``(x (B,T,F), days (B,T), mask (B,T)) -> (B,K)`` probabilities.
+        maps_dir: output folder.
+        codes_names: the K class names.
+        chunk_size: window side, pixels.
+        batch_size: segments per ``predict_proba`` call.
+
+    Returns:
+        An :class:`i2dl.inference.InferenceResult` (``n_pixels`` = pixels mapped).
+
+    Raises:
+        InputDataError: the segment features do not match the store's channels.
+    """
+    import geopandas as gpd
+    import torch
+    from rasterio.features import shapes
+    from rasterio.windows import transform as window_transform
+    from shapely.geometry import shape
+
+    from i2dl.inference import InferenceResult
+
+    feats = segment_statistics(series, segments_path, stats, chunk_size)
+    if feats.names != list(info.band_names):
+        raise InputDataError(
+            f"segment features {feats.names} differ from the store's {info.band_names}: "
+            "prepare the store again with the same obia.stats_used")
+    ok = feats.valid.any(axis=1)
+    x = info.normalise(np.nan_to_num(feats.x, nan=0.0), feats.valid)
+    days = np.broadcast_to(info.days, feats.valid.shape)
+    k = len(info.class_codes)
+    proba = np.zeros((len(feats.ids), k), np.float32)
+    for i in range(0, len(feats.ids), batch_size):
+        sl = slice(i, i + batch_size)
+        out = predict_proba(torch.from_numpy(np.ascontiguousarray(x[sl])),
+                            torch.from_numpy(np.ascontiguousarray(days[sl])),
+                            torch.from_numpy(np.ascontiguousarray(feats.valid[sl])))
+        proba[sl] = np.asarray(out.cpu() if hasattr(out, "cpu") else out)
+    codes = np.asarray(info.class_codes, np.int64)
+    seg_code = np.where(ok, codes[proba.argmax(axis=1)], 0)
+    seg_conf = np.where(ok, proba.max(axis=1), 0.0).astype(np.float32)
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    classif, confidence = maps_dir / "classif.tif", maps_dir / "confidence.tif"
+    pieces: list[tuple[Any, int]] = []
+    n_mapped = 0
+    with rasterio.open(segments_path) as src:
+        cprof = geotiff_profile(src.width, src.height, 1, "uint16", src.crs, src.transform, 0)
+        fprof = geotiff_profile(src.width, src.height, 1, "float32", src.crs, src.transform,
+                                None)
+        with atomic_path(classif) as tmp_c, atomic_path(confidence) as tmp_f, \
+                rasterio.open(tmp_c, "w", **cprof) as dc, rasterio.open(tmp_f, "w", **fprof) as df:
+            for win in block_windows(src.width, src.height, chunk_size, "chunk_size"):
+                s = src.read(1, window=win).astype(np.int64)
+                if src.nodata is not None:
+                    s[s == int(src.nodata)] = 0
+                inside = s != 0
+                idx = np.searchsorted(feats.ids, np.where(inside, s, feats.ids[0]))
+                cmap = np.where(inside, seg_code[idx], 0)
+                n_mapped += int((cmap != 0).sum())
+                dc.write(cmap.astype(np.uint16)[None], window=win)
+                df.write(np.where(inside, seg_conf[idx], 0.0).astype(np.float32)[None],
+                         window=win)
+                wt = window_transform(win, src.transform)
+                for geom, value in shapes(s.astype(np.int32), mask=inside, transform=wt):
+                    pieces.append((shape(geom), int(value)))
+            crs = src.crs
+    names = dict(zip(codes.tolist(), codes_names, strict=True))
+    frame = gpd.GeoDataFrame({"segment_id": [p[1] for p in pieces]},
+                             geometry=[p[0] for p in pieces], crs=crs)
+    frame = frame.dissolve(by="segment_id", as_index=False)
+    k_of = np.searchsorted(feats.ids, frame["segment_id"].to_numpy())
+    frame["class"] = seg_code[k_of]
+    frame["class_name"] = [names.get(int(c), "") for c in seg_code[k_of]]
+    frame["confidence"] = seg_conf[k_of]
+    frame["n_pixels"] = feats.n_pixels[k_of]
+    gpkg = maps_dir / "segments.gpkg"
+    with atomic_path(gpkg) as tmp:
+        frame.to_file(tmp, driver="GPKG", layer="segments")
+    total = int(series.width) * int(series.height)
+    return InferenceResult(classif=classif, confidence=confidence, proba=None,
+                           n_pixels=n_mapped, n_nodata=total - n_mapped, device="cpu")

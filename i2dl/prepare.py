@@ -34,6 +34,7 @@ from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import burn_window, read_reference
+from i2dl.obia import STATS, obia_settings, segment_samples, segmentation_for
 from i2dl.sampling.regions import read_regions
 from i2dl.sampling.selection import (
     class_statistics,
@@ -97,7 +98,7 @@ def store_fingerprint(cfg: DictConfig) -> str:
     Returns:
         12 hexadecimal characters.
     """
-    payload = {
+    payload: dict[str, Any] = {
         "version": STORE_VERSION,
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
@@ -105,6 +106,12 @@ def store_fingerprint(cfg: DictConfig) -> str:
         "normalization": normalization_method(cfg),
         "sources": [_file_stamp(p) for p in _source_files(cfg)],
     }
+    obia = obia_settings(cfg)
+    if obia is not None:  # only then: the fingerprints of pixel stores are unchanged
+        payload["obia"] = obia
+        seg = obia.get("segmentation_path")
+        if seg and Path(seg).exists():
+            payload["obia_segmentation"] = _file_stamp(Path(seg))
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -181,7 +188,10 @@ def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
 def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpool) -> Path:
     """Extract, split, select and write the samples of ``cfg`` to the store ``path``."""
     data, sampling = cfg.data, cfg.sampling
-    if data.get("table"):
+    obia = obia_settings(cfg)
+    if obia is not None:
+        arrays, attrs, label_names = _samples_from_segments(cfg, obia, path)
+    elif data.get("table"):
         arrays, attrs, label_names = _samples_from_table(data)
     else:
         arrays, attrs, label_names = _samples_from_raster(data, sampling, spool)
@@ -449,6 +459,58 @@ def _samples_from_raster(
     finally:
         for src in sources:
             src.close()
+    return arrays, attrs, ref.class_names
+
+
+def segments_path_of(store: Path) -> Path:
+    """Where an OBIA store keeps its computed or rasterised segmentation: beside it."""
+    return store.with_name(store.name.removesuffix(".zarr") + ".segments.tif")
+
+
+def _samples_from_segments(
+    cfg: DictConfig, obia: dict[str, Any], store: Path
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
+    """The labelled segments of the tile as samples (iota2 ``i2_obia``, :mod:`i2dl.obia`).
+
+    Raises:
+        ConfigError: a pixel table, several tiles or eco-regions (not supported with OBIA).
+    """
+    data, sampling = cfg.data, cfg.sampling
+    if data.get("table"):
+        raise ConfigError("obia.enabled classifies segments of a raster: data.table has none")
+    if len(data_tiles(data)) > 1:
+        raise ConfigError("obia.enabled runs on one tile: set data.tile, not several list_tile")
+    if sampling.get("region_file"):
+        raise ConfigError("obia.enabled does not support eco-regions (sampling.region_file) yet")
+    stats = list(obia.get("stats_used") or STATS)
+    with open_source(data) as src:
+        ref = read_reference(
+            data.reference, data.data_field, src.crs, _bounds(src),
+            explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
+            make_valid=bool(sampling.get("make_valid", False)),
+            nomenclature=(
+                read_class_names(data.nomenclature) if data.get("nomenclature") else None
+            ),
+        )
+        segments = segmentation_for(src, obia, segments_path_of(store))
+        arrays, names = segment_samples(src, segments, ref.polygons, stats,
+                                        float(obia.get("min_fraction", 0.5)))
+        log.info("OBIA: %d labelled segments of %s (%s)", len(arrays["code"]), segments,
+                 ", ".join(stats))
+        attrs = _grid_attrs(src.dates, days_since(src.dates, src.dates[0]) if src.dates
+                            else np.arange(src.n_dates), names)
+        attrs.update({
+            "string_labels": ref.string_labels,
+            "crs": src.crs.to_wkt() if src.crs else "",
+            "transform": list(src.transform)[:6],
+            "width": src.width,
+            "height": src.height,
+            "tiles": [{"name": data_tiles(data)[0] if data_tiles(data) else None,
+                       "transform": list(src.transform)[:6], "width": src.width,
+                       "height": src.height}],
+            "regions": [],
+            "obia": {"segments": str(segments), "stats_used": stats},
+        })
     return arrays, attrs, ref.class_names
 
 

@@ -39,6 +39,7 @@ from i2dl.layout import (
     trained_model_dirs,
 )
 from i2dl.map_quality import write_smoothed, write_uncertainty
+from i2dl.obia import classify_segments, obia_settings
 from i2dl.preview import write_map_preview
 from i2dl.products import write_map_products
 from i2dl.sampling.regions import read_regions
@@ -172,6 +173,53 @@ def _engine_context(icfg: DictConfig) -> Any:
     )
 
 
+def _map_extras(cfg: DictConfig, info: StoreInfo, result: InferenceResult, maps: Path) -> None:
+    """The preview picture, colour-indexed copy, label table and QGIS style of a map."""
+    preview = write_map_preview(
+        result.classif, maps / "classif_preview.png", info.class_codes, info.class_names,
+    )
+    log.info("map preview: %s", preview)
+    products = write_map_products(
+        result.classif, info.class_codes, info.class_names,
+        colour_table=cfg.data.get("colour_table") or None,
+    )
+    log.info("map products: %s", ", ".join(str(p) for p in products.values()))
+
+
+def _segment_maps(cfg: DictConfig, out: Path, models: dict[int | None, Classifier],
+                  info: StoreInfo, pixel_options: Any) -> InferenceResult:
+    """OBIA (``obia.enabled``): every segment classified, maps + ``segments.gpkg``.
+
+    Raises:
+        ConfigError: uncertainty / smoothing asked for (pixel maps only), or eco-regions.
+        StoreError: the store is not an OBIA store.
+    """
+    if pixel_options:
+        raise ConfigError("infer.uncertainty and infer.smoothing apply to pixel maps; "
+                          "drop them with obia.enabled=true")
+    if None not in models:
+        raise ConfigError("obia.enabled does not support eco-region models yet")
+    meta = info.attrs.get("obia")
+    if not meta:
+        raise StoreError(f"store {info.path} holds pixels, not segments: run prepare with "
+                         "obia.enabled=true")
+    maps = out / MAPS_DIR
+    with open_source(cfg.data) as series:
+        result = classify_segments(
+            series, Path(meta["segments"]), meta["stats_used"], info,
+            models[None].predict_proba, maps, info.class_names,
+            chunk_size=int(cfg.infer.chunk_size),
+        )
+    log.info("OBIA maps: %s, %s, %s", result.classif, result.confidence,
+             maps / "segments.gpkg")
+    _map_extras(cfg, info, result, maps)
+    seed = cfg.seed if cfg.seed is not None else 0
+    final = out / FINAL_DIR
+    mosaic([result.classif], final / f"Classif_Seed_{seed}.tif")
+    mosaic([result.confidence], final / f"Confidence_Seed_{seed}.tif")
+    return result
+
+
 def run(cfg: DictConfig) -> InferenceResult | None:
     """Classify the data's raster(s) by block windows with the trained model(s).
 
@@ -213,6 +261,8 @@ def run(cfg: DictConfig) -> InferenceResult | None:
         tiles: list[str | None] = list(data_tiles(cfg.data)) or [None]
         multi = len(tiles) > 1
         results = {}
+        if obia_settings(cfg) is not None:
+            return _segment_maps(cfg, out, models, info, kinds or smooth)
         plain = {name: OmegaConf.to_container(cfg[name], resolve=True)
                  for name in ("data", "sampling")}
         with ExitStack() as stack:
@@ -260,16 +310,7 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                         float(smoothing.get("smoothness", 20.0)), int(icfg.chunk_size),
                     )
                     log.info("Bayesian smoothing: %s", ", ".join(map(str, smoothed.values())))
-                preview = write_map_preview(
-                    results[tile].classif, maps / "classif_preview.png", info.class_codes,
-                    info.class_names,
-                )
-                log.info("map preview: %s", preview)
-                products = write_map_products(
-                    results[tile].classif, info.class_codes, info.class_names,
-                    colour_table=cfg.data.get("colour_table") or None,
-                )
-                log.info("map products: %s", ", ".join(str(p) for p in products.values()))
+                _map_extras(cfg, info, results[tile], maps)
         if not results:
             raise StoreError(f"data {cfg.data.get('name')}: no tile to classify")
         seed = cfg.seed if cfg.seed is not None else 0

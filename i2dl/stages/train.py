@@ -66,6 +66,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "(-m seed=1,2,3 or sampling.fold=0,1,2 with hydra/launcher=slurm)"
         )
     if cfg.get("enable_autocontext", False):
+        if (cfg.get("obia") or {}).get("enabled", False):
+            raise ConfigError("enable_autocontext and obia.enabled are separate builders: "
+                              "choose one")
         if runs > 1 or kfold is not None:
             raise ConfigError("enable_autocontext runs one job: use seed sweeps (-m) instead "
                               "of runs/kfold")
@@ -268,11 +271,12 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             }
         write_json(out / SUMMARY_JSON, summary)
         log.info(
-            "done: OA %.4f, kappa %.4f, macro F1 %.4f on %d val pixels; summary %s",
+            "done: OA %.4f, kappa %.4f, macro F1 %.4f on %d val %s; summary %s",
             summary["oa"],
             summary["kappa"] or 0.0,
             summary["f1_macro"],
             summary["n_val"],
+            "segments" if (cfg.get("obia") or {}).get("enabled", False) else "pixels",
             out / SUMMARY_JSON,
         )
         return summary
