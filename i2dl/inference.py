@@ -40,6 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -52,6 +53,7 @@ from i2dl.io.files import atomic_path, remove_orphans, target_lock, write_text_a
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.vector import burn_window
 from i2dl.store import StoreInfo
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,11 @@ class WindowClassifier:
             function ``window -> (h, w)`` regions of that window (e.g. a
             :func:`i2dl.io.vector.burn_window` of the eco-regions: no whole-grid array);
             required when ``predict`` is a mapping.
+        boundary_weights: with eco-region models, a function ``window -> {region: (h, w)
+            weights}`` (:func:`region_boundary_weights`): every region model with a
+            positive weight at a pixel classifies it and the probabilities are averaged
+            with those weights (fusion at region boundaries); None = each pixel by its own
+            region's model.
     """
 
     info: StoreInfo
@@ -259,6 +266,7 @@ class WindowClassifier:
     amp: bool = True
     write_proba: bool = False
     region_index: np.ndarray | Callable[[Window], np.ndarray] | None = None
+    boundary_weights: Callable[[Window], dict[int, np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.predict, Mapping) and self.region_index is None:
@@ -305,13 +313,28 @@ class WindowClassifier:
             ]
             has_data &= np.isin(reg, list(self.predict))
         proba = np.zeros((h * w, k), dtype=np.float32)
-        for fn, idx in groups:
+        weights = None
+        if self.boundary_weights is not None and isinstance(self.predict, Mapping):
+            # fusion at region boundaries: every region model weighing on a pixel votes
+            weights = {r: wr.reshape(-1) for r, wr in self.boundary_weights(win).items()
+                       if r in self.predict}
+            total = np.zeros(h * w, dtype=np.float64)
+            for wr in weights.values():
+                total += wr
+            groups = [(self.predict[r], np.flatnonzero(has_data & (wr > 0)))
+                      for r, wr in weights.items()]
+        for g, (fn, idx) in enumerate(groups):
             for b0 in range(0, len(idx), self.batch_size):
                 sel = idx[b0 : b0 + self.batch_size]
-                proba[sel] = _predict_batch(
+                p = _predict_batch(
                     fn, info, flat_x[sel], flat_valid[sel], self.days, self.device, self.pin,
                     self.use_amp,
                 )
+                if weights is None:
+                    proba[sel] = p
+                else:
+                    wr = list(weights.values())[g][sel]
+                    proba[sel] += (p * (wr / total[sel])[:, None]).astype(np.float32)
         best = proba.argmax(axis=1)
         out: dict[str, np.ndarray] = {
             "classif": np.where(has_data, self.codes[best], 0).astype(self.dtype).reshape(h, w),
@@ -323,6 +346,57 @@ class WindowClassifier:
         if self.write_proba:
             out["proba"] = proba.T.reshape(k, h, w)
         return out
+
+
+def region_boundary_weights(
+    regions: Any, values: np.ndarray, transform: Any, width: int, height: int,
+    buffer_px: float, window: Window,
+) -> dict[int, np.ndarray]:
+    """Weights of the eco-region models on the pixels of a window (fusion at boundaries).
+
+    A region's weight at a pixel is ``max(0, 1 - d / buffer_px)``, with ``d`` the
+    distance (pixels, Euclidean, between centres) from the pixel to the nearest pixel of
+    that region: 1 inside the region, decreasing linearly to 0 at ``buffer_px`` pixels
+    from it. So, within ``buffer_px`` of a boundary, the models of both sides classify the
+    pixel and their probabilities are averaged with these weights; exactly on the
+    boundary the two sides weigh almost alike, and beyond the buffer only the pixel's own
+    region counts, as without fusion. (iota2 fuses neighbouring region models at region
+    boundaries; this linear distance weighting is i2dl's documented rule.)
+
+    The regions are burnt on the window enlarged by ``ceil(buffer_px)`` pixels (clipped to
+    the grid), so the weights do not depend on the window cut.
+
+    Args:
+        regions: eco-region polygons in the grid's CRS.
+        values: (P,) region id of each polygon.
+        transform: affine transform of the grid.
+        width: grid width, pixels.
+        height: grid height, pixels.
+        buffer_px: buffer width in pixels (> 0).
+        window: the window.
+
+    Returns:
+        ``{region: (h, w) float64 weights}`` for the regions with a positive weight; pixels
+        in no region get no weight from any region (they stay unclassified).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    pad = int(np.ceil(buffer_px))
+    r0 = max(int(window.row_off) - pad, 0)
+    c0 = max(int(window.col_off) - pad, 0)
+    r1 = min(int(window.row_off + window.height) + pad, height)
+    c1 = min(int(window.col_off + window.width) + pad, width)
+    big = burn_window(regions, values, transform, Window(c0, r0, c1 - c0, r1 - r0))
+    ri, ci = int(window.row_off) - r0, int(window.col_off) - c0
+    h, w = int(window.height), int(window.width)
+    inner = big[ri : ri + h, ci : ci + w]
+    out: dict[int, np.ndarray] = {}
+    for r in np.unique(big[big >= 0]):
+        d = distance_transform_edt(big != r)[ri : ri + h, ci : ci + w]
+        wr = np.clip(1.0 - d / buffer_px, 0.0, 1.0) * (inner >= 0)
+        if (wr > 0).any():
+            out[int(r)] = wr
+    return out
 
 
 def read_windows(

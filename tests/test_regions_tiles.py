@@ -78,6 +78,41 @@ def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_pat
         "the two region models predict the same map: the test cannot tell them apart"
     )
 
+    # fusion at the boundary: within the buffer, the two models' probabilities averaged
+    # with weights 1 - distance / buffer (distance in pixels to the other region)
+    from omegaconf import open_dict
+
+    from i2dl.stages import infer
+
+    proba = {}
+    with open_source(cfg.data) as series:
+        pixel = abs(series.transform.a)
+        for r, model in models.items():
+            res = classify_raster(series, info, model.predict_proba, tmp_path / f"proba_{r}",
+                                  torch.device("cpu"), write_proba=True, progress=False)
+            with rasterio.open(res.proba) as src:
+                proba[r] = src.read().astype(np.float64)  # (K, H, W)
+    buffer_px = 4.5
+    with open_dict(cfg):
+        cfg.infer.boundary_fusion.enabled = True
+        cfg.infer.boundary_fusion.buffer = buffer_px * pixel
+        cfg.infer.chunk_size = 16  # windows cut the buffer: weights must not depend on it
+    fused = infer.run(cfg)
+    col = np.arange(region_of_pixel.shape[1])[None, :].repeat(region_of_pixel.shape[0], 0)
+    w1 = np.where(col < 50, 1.0, np.clip(1 - (col - 49) / buffer_px, 0, 1))
+    w2 = np.where(col >= 50, 1.0, np.clip(1 - (50 - col) / buffer_px, 0, 1))
+    want = (w1 * proba[1] + w2 * proba[2]) / (w1 + w2)
+    with rasterio.open(fused.classif) as src:
+        got_classif = src.read(1)
+    with rasterio.open(fused.confidence) as src:
+        got_conf = src.read(1)
+    has = got_classif > 0
+    np.testing.assert_allclose(got_conf[has], want.max(axis=0)[has], rtol=1e-4, atol=1e-5)
+    codes = np.asarray(info.class_codes)
+    np.testing.assert_array_equal(got_classif[has], codes[want.argmax(axis=0)][has])
+    far = (col < 50 - 5) | (col >= 50 + 5)
+    np.testing.assert_array_equal(got_classif[far], merged[far])
+
 
 def _cut_tiles(tmp_path: Path) -> Path:
     """The Slovenia stack cut into two adjacent tiles T1 (columns 0-49) and T2 (50-99)."""

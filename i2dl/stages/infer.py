@@ -23,6 +23,7 @@ from i2dl.inference import (
     WindowClassifier,
     classify_raster,
     local_engine,
+    region_boundary_weights,
     resolve_batch_size,
     resolve_device,
 )
@@ -106,6 +107,7 @@ class TileJob:
     batch_size: int | str
     amp: bool
     write_proba: bool
+    boundary_buffer: float = 0.0
     key: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +138,7 @@ class TileJob:
         device = resolve_device(self.device)
         predicts = {r: m.to(device).predict_proba for r, m in models.items()}
         region_index: Any = None
+        boundary: Any = None
         predict: PredictFn | dict[int, PredictFn]
         if None in predicts:
             predict = predicts[None]
@@ -147,14 +150,36 @@ class TileJob:
             region_index = functools.partial(
                 burn_window, regions, regions["region"].to_numpy(), series.transform
             )
+            if self.boundary_buffer > 0:
+                boundary = functools.partial(
+                    region_boundary_weights, regions, regions["region"].to_numpy(),
+                    series.transform, series.width, series.height,
+                    self.boundary_buffer / abs(series.transform.a),
+                )
         if self.batch_size == "auto" and all(isinstance(m, SklearnClassifier)
                                              for m in models.values()):
             batch_size = SKLEARN_BATCH_SIZE
         else:
             batch_size = resolve_batch_size(self.batch_size, device, info.n_dates)
         return WindowClassifier(
-            info, predict, device, batch_size, self.amp, self.write_proba, region_index
+            info, predict, device, batch_size, self.amp, self.write_proba, region_index,
+            boundary,
         )
+
+
+def boundary_buffer(icfg: DictConfig) -> float:
+    """``infer.boundary_fusion.buffer`` (CRS units, metres) when enabled, else 0.
+
+    Raises:
+        ConfigError: enabled with a buffer that is not positive.
+    """
+    node = icfg.get("boundary_fusion") or {}
+    if not node.get("enabled", False):
+        return 0.0
+    buffer = float(node.get("buffer", 0) or 0)
+    if buffer <= 0:
+        raise ConfigError(f"infer.boundary_fusion.buffer must be > 0 (metres), got {buffer}")
+    return buffer
 
 
 def _engine_context(icfg: DictConfig) -> Any:
@@ -272,7 +297,7 @@ def run(cfg: DictConfig) -> InferenceResult | None:
                 job = TileJob(
                     str(out), plain["data"], plain["sampling"], tile,  # type: ignore[arg-type]
                     str(icfg.ckpt), str(icfg.device), icfg.batch_size, bool(icfg.amp),
-                    bool(icfg.write_proba),
+                    bool(icfg.write_proba), boundary_buffer(icfg),
                 )
                 with job.open() as series:
                     if client is None:
