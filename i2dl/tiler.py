@@ -25,9 +25,11 @@ Extra outputs, as iota2's: ``srtm_path`` (a folder of SRTM ``.hgt`` tiles) gives
 from north, the direction the slope faces, -1 where the ground is flat; pixels on the
 tile's edge use the nearest row/column outside, i.e. edge replication); ``worldclim_path``
 (a folder of WorldClim GeoTIFFs) gives one ``worldclim.tif`` stack per tile, one band
-per file in file-name order with the file stem as band description. Sentinel-2 and
-Sentinel-1 angles (``s2_path``, ``s1_dir``) are not implemented: asking for them is an
-error, not a silent no-op.
+per file in file-name order with the file stem as band description. ``s2_path`` (a folder
+of Sentinel-2 products, Sen2Cor ``.SAFE`` or THEIA) gives ``SOLAR_ZENITH``,
+``SOLAR_AZIMUTH``, ``EVEN_ZENITH``, ``ODD_ZENITH``, ``EVEN_AZIMUTH``, ``ODD_AZIMUTH``
+per tile, one band per date (:mod:`i2dl.s2angles`). Sentinel-1 angles (``s1_dir``) are
+not implemented: asking for them is an error, not a silent no-op.
 
 Command: ``python -m i2dl tiler [config=tiler.yaml] key=value ...`` with the keys of
 ``configs/tiler.yaml`` (iota2's names).
@@ -58,6 +60,7 @@ from rich.progress import Progress
 from i2dl.errors import ConfigError, I2dlError, InputDataError, InputFileNotFoundError
 from i2dl.io.files import atomic_path
 from i2dl.io.geotiff import block_windows, geotiff_profile
+from i2dl.s2angles import write_s2_angles
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +327,9 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
     if bool(c.get("grid")) == bool(c.get("rasters_grid_path")):
         raise ConfigError("give exactly one grid: grid (+ tile_field, spatial_resolution, "
                           "proj) or rasters_grid_path; iota2 forbids using both")
-    for key in ("s2_path", "s1_dir"):
-        if c.get(key):
-            raise ConfigError(f"{key}: Sentinel angles are not implemented by i2dl's tiler yet; "
-                              "remove the key")
+    if c.get("s1_dir"):
+        raise ConfigError("s1_dir: Sentinel-1 angles are not implemented by i2dl's tiler; "
+                          "remove the key")
     if not c.get("output_path"):
         raise ConfigError("output_path is required (where <tile>/<feature>.tif go)")
     tiles_wanted = list(c.get("list_tile") or []) or None
@@ -347,8 +349,11 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
         jobs.append(("srtm", _files(c.srtm_path, "srtm_path", (".hgt",))))
     if c.get("worldclim_path"):
         jobs.append(("worldclim", _files(c.worldclim_path, "worldclim_path", RASTER_EXT)))
+    if c.get("s2_path"):
+        jobs.append(("s2_angles", c.s2_path))
     if not jobs:
-        raise ConfigError("nothing to tile: set features_path, srtm_path or worldclim_path")
+        raise ConfigError("nothing to tile: set features_path, srtm_path, worldclim_path or "
+                          "s2_path")
     per_feature = dict(c.get("resampling") or {})
     default = _resampling(str(per_feature.pop("default", "bilinear")))
     logs = out / "logs" / "FeaturesTiler"
@@ -370,6 +375,8 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
                                                   method)
                     elif kind == "srtm":
                         done.update(write_srtm(item, tile, out / tile.name))
+                    elif kind == "s2_angles":
+                        done.update(write_s2_angles(item, tile, out / tile.name))
                     else:
                         done["worldclim"] = write_warped(
                             item, tile, out / tile.name / "worldclim.tif", default,

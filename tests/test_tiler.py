@@ -97,7 +97,7 @@ def test_grid_errors(dem_grid, tmp_path):
                    "proj": "EPSG:3035", "list_tile": ["Z"]})
     with pytest.raises(ConfigError, match="not implemented"):
         run_tiler({**base, "grid": str(grid), "tile_field": "tile", "spatial_resolution": 10,
-                   "proj": "EPSG:3035", "s2_path": "/x"})
+                   "proj": "EPSG:3035", "s1_dir": "/x"})
     dup = gpd.read_file(grid).assign(tile="A")
     dup.to_file(tmp_path / "dup.gpkg")
     with pytest.raises(InputDataError, match="more than once"):
