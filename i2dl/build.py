@@ -93,6 +93,12 @@ def build_classifier(
         kwargs["static_channels"] = list(dims.static_channels)
     encoder = cfg.get("encoder")
     if encoder is not None:
+        if dims.n_channels - len(dims.static_channels) < 1:
+            raise ConfigError(
+                f"model {cfg.get('name', '?')!r} has a temporal encoder but every channel of "
+                "the store is date-independent (external_features.concat_mode=false keeps "
+                "only the external features): use a scikit-learn model (rf, svm) or "
+                "concat_mode=true")
         enc: dict[str, Any] = {"in_channels": dims.n_channels - len(dims.static_channels)}
         try:
             target = get_class(str(encoder["_target_"]))

@@ -113,14 +113,17 @@ class ChunkData:
 
 
 def load_functions(
-    module: str | Path,
+    module: str | Path | None,
     functions: Sequence[str | Mapping[str, Any] | Sequence[Any]] | str,
 ) -> list[tuple[FeatureFunction, dict[str, Any]]]:
-    """Import the user's feature functions.
+    """Import the user's feature functions (or i2dl's built-ins of the same names).
 
     Args:
         module: a Python file (``my_features.py``, relative to the working directory)
-            or an importable module name (``scripts.examples.external_features``).
+            or an importable module name (``scripts.examples.external_features``); None
+            uses only the built-ins (:mod:`i2dl.features.builtin`), as iota2 uses its own
+            module when none is given. A function missing from the module is looked up
+            among the built-ins; the module's own function of a built-in's name wins.
         functions: the functions to call, in order. Each entry is a name, a one-key
             mapping ``{name: {kwarg: value}}``, or a pair ``[name, {kwargs}]``; a single
             string of names separated by spaces (iota2's ``functions: "get_soi
@@ -134,23 +137,29 @@ def load_functions(
         ConfigError: the module cannot be imported, a function is missing or not
             callable, an entry is malformed, or no function is given.
     """
-    mod = _import_module(module)
+    from i2dl.features.builtin import BUILTINS
+
+    mod = _import_module(module) if module else None
     entries: Sequence[Any] = functions.split() if isinstance(functions, str) else functions
     if not entries:
         raise ConfigError(
-            f"external_features.functions is empty; name at least one function of {module}"
+            f"external_features.functions is empty; name at least one function of "
+            f"{module or 'the built-ins ' + str(sorted(BUILTINS))}"
         )
     out: list[tuple[FeatureFunction, dict[str, Any]]] = []
     for entry in entries:
         name, kwargs = _parse_entry(entry)
-        fn = getattr(mod, name, None)
+        fn = getattr(mod, name, None) if mod is not None else None
+        if fn is None:
+            fn = BUILTINS.get(name)
         if fn is None:
             available = sorted(
                 k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
-            )
+            ) if mod is not None else []
+            where = f"module {module} (functions there: {available}) nor in " if mod else ""
             raise ConfigError(
-                f"external feature function {name!r} not found in module {module}; "
-                f"functions there: {available}"
+                f"external feature function {name!r} not found in {where}i2dl's built-ins "
+                f"{sorted(BUILTINS)}"
             )
         if not callable(fn):
             raise ConfigError(f"{name!r} in module {module} is not a function")

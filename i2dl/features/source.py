@@ -138,7 +138,7 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
         ext = _plain(data.get("external_features"))
         if ext:
             external = (
-                load_functions(ext["module"], ext.get("functions") or []),
+                load_functions(ext.get("module"), ext.get("functions") or []),
                 int(ext.get("chunk_padding", 0)),
             )
         return FeatureStack(
@@ -150,6 +150,8 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
             device=str(data.get("features_device", "cpu")),
             user_features=user,
             external=external,
+            concat_mode=bool((ext or {}).get("concat_mode", True)),
+            no_data_value=(ext or {}).get("no_data_value"),
             start_date=start,
             end_date=end,
             path=f"{data.get('name', 'sensors')}:{tile}",

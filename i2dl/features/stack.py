@@ -131,6 +131,12 @@ class FeatureStack(RasterReader):
             (array (H,W,F), valid (H,W))`` and ``names``, or None.
         external: ``(functions, chunk_padding)`` from
             :func:`i2dl.features.external.load_functions`, or None.
+        concat_mode: iota2's ``external_features.concat_mode``: True appends the
+            external features to the sensor features; False keeps only the date-
+            independent features (user and external), the sensor channels being used to
+            compute them but not output.
+        no_data_value: iota2's ``external_features.no_data_value``: an external feature
+            equal to it marks the pixel invalid (as a NaN does); None = only NaN/inf.
         start_date, end_date: limits of the date grid.
         path: name used in messages.
         device: where indices and external features are computed (``data.features_device``):
@@ -151,6 +157,8 @@ class FeatureStack(RasterReader):
         keep_bands: bool = True,
         user_features: Any = None,
         external: tuple[list, int] | None = None,
+        concat_mode: bool = True,
+        no_data_value: float | None = None,
         start_date: dt.date | None = None,
         end_date: dt.date | None = None,
         path: str | Path = "sensors",
@@ -174,6 +182,11 @@ class FeatureStack(RasterReader):
         self.keep_bands = keep_bands
         self.user_features = user_features
         self.functions, self.padding = external if external else ([], 0)
+        self.concat_mode = bool(concat_mode)
+        self.no_data_value = None if no_data_value is None else float(no_data_value)
+        if not self.concat_mode and not self.functions:
+            raise ConfigError("external_features.concat_mode=false keeps only the external "
+                              "features: name at least one function")
         self.path = path
         ref = self.sensors[self.reference]
         self.crs, self.transform = ref.crs, ref.transform
@@ -203,7 +216,8 @@ class FeatureStack(RasterReader):
         return [f"{prefix}{n}" for n in names]
 
     def _channel_names(self) -> list[str]:
-        return [n for s in self.sensors for n in self._sensor_channels(s)] + self.static_names
+        dated = [n for s in self.sensors for n in self._sensor_channels(s)]
+        return (dated if self.concat_mode else []) + self.static_names
 
     @property
     def static_names(self) -> list[str]:
@@ -328,11 +342,14 @@ class FeatureStack(RasterReader):
         if self.functions:
             feats, _ = apply_external(to_module(xb, self.xp), self._dynamic_names(), self.dates,
                                       self.functions)
-            statics.append(to_numpy(feats[ri : ri + h, ci : ci + w]))
+            feats = to_numpy(feats[ri : ri + h, ci : ci + w]).astype(np.float32)
+            if self.no_data_value is not None:  # iota2 no_data_value: not computable there
+                feats = np.where(feats == self.no_data_value, np.nan, feats)
+            statics.append(feats)
         if statics:
             s = np.concatenate(statics, axis=-1).astype(np.float32)
             s = np.broadcast_to(s[:, :, None, :], (*x.shape[:3], s.shape[-1]))
-            x = np.concatenate([x, s], axis=-1)
+            x = np.concatenate([x, s] if self.concat_mode else [s], axis=-1)
         else:
             x = x.copy()
         valid = valid & np.isfinite(x).all(axis=-1)  # NaN or +-inf (e.g. a user feature)
