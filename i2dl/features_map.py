@@ -5,10 +5,22 @@ dates, user and external features, exactly what ``prepare`` and ``infer`` read â
 GeoTIFF, chunk by chunk, per tile, then mosaics the tiles (iota2's output tree):
 
 ```
-<run>/customF/<tile>_chunk_<i>.tif    one file per chunk (block window)
+<run>/customF/<tile>_chunk_<i>.tif    one file per chunk (block window, or row strip)
 <run>/by_tiles/<tile>.tif             the chunks of a tile merged
 <run>/final/features_map.tif          the tiles merged into one mosaic
+<run>/features/<tile>/tmp/MaskCommunSL.tif                       iota2's common mask
+<run>/features/<tile>/tmp/<sensor>_<tile>_input_dates.txt        acquisition dates
+<run>/features/<tile>/tmp/<sensor>_<tile>_interpolation_dates.txt   output date grid
 ```
+
+Chunks: square block windows of ``features_map.chunk_size`` pixels, or, with iota2's
+``number_of_chunks`` (``chunk_size_mode: split_number``), that many row strips of (nearly)
+equal height. Values: float32 with NaN for invalid observations, or iota2's int16
+(``features_map.dtype: int16``): ``round(value * features_map.scale)`` clipped to
+[-32767, 32767] with nodata -10000 (a valid value that would round to -10000 is written
+-9999), the band scale set to ``1 / scale`` so that GDAL/rasterio readers can undo it.
+MaskCommunSL is 1 where the pixel has at least one valid date of every sensor (the
+pixels the features are defined on), 0 elsewhere, uint8.
 
 This module writes one tile (chunks, then their mosaic); the stage
 (:mod:`i2dl.stages.features_map`) runs it for every tile and mosaics the tiles.
@@ -25,9 +37,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 from rich.progress import Progress
 
-from i2dl.io.files import atomic_path
+from i2dl.errors import ConfigError
+from i2dl.io.files import atomic_path, write_text_atomic
 from i2dl.io.geotiff import block_windows, geotiff_profile, mosaic
 
 log = logging.getLogger(__name__)
@@ -41,17 +55,64 @@ def band_descriptions(source: Any) -> list[str]:
     return [f"{c}_{s}" for s in stamps for c in source.band_names]
 
 
-def _write_chunk(path: Path, bands: np.ndarray, crs: Any, transform: Any, names: list[str]) -> Path:
-    """Write one chunk's bands: (T*C, h, w) float32, NaN = invalid, atomically."""
+def _write_chunk(path: Path, bands: np.ndarray, crs: Any, transform: Any, names: list[str],
+                 dtype: str = "float32", scale: float = 1.0) -> Path:
+    """Write one chunk's bands, (T*C, h, w) float32 with NaN = invalid, atomically.
+
+    With ``dtype="int16"``: scaled by ``scale``, nodata -10000 (:func:`to_int16`).
+    """
     count, height, width = bands.shape
-    profile = geotiff_profile(width, height, count, "float32", crs, transform, nodata=np.nan)
+    nodata = np.nan if dtype == "float32" else INT16_NODATA
+    profile = geotiff_profile(width, height, count, dtype, crs, transform, nodata=nodata)
+    data = bands if dtype == "float32" else to_int16(bands, scale)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(bands)
+        dst.write(data)
         dst.descriptions = tuple(names)
+        if dtype == "int16":
+            dst.scales = (1.0 / scale,) * count
     return path
 
 
-def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int) -> Path:
+#: iota2's int16 nodata value
+INT16_NODATA = -10000
+
+
+def chunk_windows(width: int, height: int, chunk_size: int,
+                  number_of_chunks: int | None = None) -> list[Window]:
+    """The chunks of a tile: square blocks, or ``number_of_chunks`` row strips.
+
+    Raises:
+        ConfigError: ``chunk_size`` < 1, or ``number_of_chunks`` < 1 or more than the rows.
+    """
+    if number_of_chunks is None:
+        return block_windows(width, height, chunk_size, "features_map.chunk_size")
+    n = int(number_of_chunks)
+    if n < 1 or n > height:
+        raise ConfigError(f"features_map.number_of_chunks={number_of_chunks}: give 1 to the "
+                          f"tile's {height} rows")
+    edges = np.linspace(0, height, n + 1).round().astype(int)
+    return [Window(0, int(a), width, int(b - a)) for a, b in zip(edges[:-1], edges[1:],
+                                                                 strict=True)]
+
+
+def to_int16(bands: np.ndarray, scale: float) -> np.ndarray:
+    """float32 bands (NaN = invalid) -> iota2's int16 (see module doc)."""
+    ok = np.isfinite(bands)
+    scaled = np.clip(np.round(np.where(ok, bands, 0.0) * scale), -32767, 32767)
+    scaled[ok & (scaled == INT16_NODATA)] = INT16_NODATA + 1
+    return np.where(ok, scaled, INT16_NODATA).astype(np.int16)
+
+
+def _sensor_dates(source: Any, tile: str) -> dict[str, list]:
+    sensors = getattr(source, "sensors", None)
+    if isinstance(sensors, dict):
+        return {name: list(s.dates) for name, s in sensors.items()}
+    return {"stack": list(source.dates)}
+
+
+def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
+                        number_of_chunks: int | None = None, dtype: str = "float32",
+                        scale: float = 1.0) -> Path:
     """Write one tile's features chunk by chunk, then merge the chunks.
 
     Args:
@@ -59,26 +120,50 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int) -> P
         tile: tile name used in the file names.
         out: the run folder.
         chunk_size: chunk (block window) side in pixels.
+        number_of_chunks: iota2's ``number_of_chunks``: that many row strips instead.
+        dtype: ``float32`` (NaN = invalid) or ``int16`` (iota2's; see module doc).
+        scale: int16 scale factor (value * scale is written).
 
     Returns:
         ``<out>/by_tiles/<tile>.tif``.
 
     Raises:
-        ConfigError: ``chunk_size`` < 1.
+        ConfigError: ``chunk_size`` < 1, bad ``number_of_chunks``, ``dtype`` or ``scale``.
     """
+    if dtype not in ("float32", "int16"):
+        raise ConfigError(f"features_map.dtype={dtype!r}: use float32 or int16")
+    if dtype == "int16" and not float(scale) > 0:
+        raise ConfigError(f"features_map.scale must be > 0, got {scale}")
     names = band_descriptions(source)
-    windows = block_windows(source.width, source.height, chunk_size, "features_map.chunk_size")
+    windows = chunk_windows(source.width, source.height, chunk_size, number_of_chunks)
+    tmp_dir = out / "features" / tile / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    for sensor, dates in _sensor_dates(source, tile).items():
+        write_text_atomic(tmp_dir / f"{sensor}_{tile}_input_dates.txt",
+                          "".join(f"{d:%Y%m%d}\n" for d in dates))
+        write_text_atomic(tmp_dir / f"{sensor}_{tile}_interpolation_dates.txt",
+                          "".join(f"{d:%Y%m%d}\n" for d in source.dates))
+    mask_profile = geotiff_profile(source.width, source.height, 1, "uint8", source.crs,
+                                   source.transform, None)
     chunks = []
-    with Progress() as bar:
+    with Progress() as bar, atomic_path(tmp_dir / "MaskCommunSL.tif") as mask_tmp, \
+            rasterio.open(mask_tmp, "w", **mask_profile) as mask_dst:
         task = bar.add_task(f"features {tile}", total=len(windows))
         for i, win in enumerate(windows):
             x, valid = source.read(win)  # (h, w, T, C)
+            mask_dst.write(valid.any(axis=-1).astype(np.uint8)[None], window=win)
             x = np.where(valid[..., None], x, np.nan).astype(np.float32)
             h, w = x.shape[:2]
             bands = x.reshape(h, w, -1).transpose(2, 0, 1)  # date-major (T*C, h, w)
             transform = rasterio.windows.transform(win, source.transform)
             path = out / "customF" / f"{tile}_chunk_{i}.tif"
-            chunks.append(_write_chunk(path, bands, source.crs, transform, names))
+            chunks.append(_write_chunk(path, bands, source.crs, transform, names, dtype,
+                                       float(scale)))
             bar.advance(task)
-    return mosaic(chunks, out / "by_tiles" / f"{tile}.tif", names, nodata=np.nan)
+    nodata = np.nan if dtype == "float32" else INT16_NODATA
+    merged = mosaic(chunks, out / "by_tiles" / f"{tile}.tif", names, nodata=nodata)
+    if dtype == "int16":
+        with rasterio.open(merged, "r+") as dst:
+            dst.scales = (1.0 / float(scale),) * dst.count
+    return merged
 

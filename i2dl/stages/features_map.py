@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import rasterio
 from omegaconf import DictConfig
 
 from i2dl.errors import InputDataError
@@ -36,7 +37,10 @@ def run(cfg: DictConfig) -> Path:
     out = run_dir(cfg)
     with stage_logging(out, "features-map"):
         tiles = data_tiles(cfg.data) or [str(cfg.data.get("name", "tile"))]
-        chunk = int(cfg.get("features_map", {}).get("chunk_size", 512))
+        fm = cfg.get("features_map") or {}
+        chunk = int(fm.get("chunk_size", 512))
+        n_chunks = fm.get("number_of_chunks")
+        dtype, scale = str(fm.get("dtype", "float32")), float(fm.get("scale", 1000))
         by_tile: list[Path] = []
         names: list[str] = []
         for i, tile in enumerate(tiles):
@@ -49,8 +53,13 @@ def run(cfg: DictConfig) -> Path:
                         "(enable data.gapfilling with a temporal_resolution)"
                     )
                 names = tile_names
-                by_tile.append(write_tile_features(source, tile, out, chunk))
+                by_tile.append(write_tile_features(
+                    source, tile, out, chunk, None if n_chunks is None else int(n_chunks),
+                    dtype, scale))
                 log.info("tile %s: %s", tile, by_tile[-1])
         final = mosaic(by_tile, out / FINAL_DIR / FEATURES_MAP, descriptions=names)
+        if dtype == "int16":
+            with rasterio.open(final, "r+") as dst:
+                dst.scales = (1.0 / scale,) * dst.count
         log.info("features map: %s (%d bands)", final, len(names))
         return final
