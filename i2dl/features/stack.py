@@ -60,6 +60,9 @@ INDEX_SENSOR = {
     "sentinel2_theia": "sentinel2",
     "sentinel2_sen2cor": "sentinel2",
     "landsat8_n2a": "landsat8",
+    "landsat8_theia": "landsat8",
+    "sentinel2_l3a": "sentinel2",
+    "landsat5_n2a": "landsat5",
 }
 
 

@@ -25,6 +25,9 @@ SENSORS = {
     "sentinel2_theia": "i2dl.io.sensors.theia:Sentinel2Theia",
     "sentinel2_sen2cor": "i2dl.io.sensors.sen2cor:Sentinel2Sen2Cor",
     "landsat8_n2a": "i2dl.io.sensors.landsat8:Landsat8N2A",
+    "landsat5_n2a": "i2dl.io.sensors.landsat8:Landsat5N2A",
+    "sentinel2_l3a": "i2dl.io.sensors.theia:Sentinel2L3A",
+    "landsat8_theia": "i2dl.io.sensors.theia:Landsat8Theia",
 }
 
 

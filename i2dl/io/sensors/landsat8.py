@@ -73,6 +73,36 @@ LANDSAT8_N2A_NODATA = -10000.0
 MASK_NAMES: tuple[str, ...] = ("NUA", "SAT", "DIV")
 
 _FOLDER_RE = re.compile(r"^(?P<sat>LANDSAT8)_OLITIRS_XS_(?P<date>\d{8})_N2A_(?P<rest>.+)$")
+
+
+@dataclass(frozen=True)
+class N2AFormat:
+    """What differs between the THEIA N2A (old format) Landsat products.
+
+    Attributes:
+        name: for messages (``THEIA Landsat-8 N2A``).
+        folder_re: folder name (groups ``date``, ``rest`` = ``<site><tile>``).
+        prefix: the folder name's start, for messages (``LANDSAT8_OLITIRS_XS``).
+        satellite: ``LANDSAT8`` or ``LANDSAT5``.
+        bands: iota2's band names, in file order.
+    """
+
+    name: str
+    folder_re: re.Pattern[str]
+    prefix: str
+    satellite: str
+    bands: tuple[str, ...]
+
+
+#: iota2 ``Landsat8_old``.
+L8_N2A = N2AFormat("THEIA Landsat-8 N2A", _FOLDER_RE, "LANDSAT8_OLITIRS_XS", "LANDSAT8",
+                   LANDSAT8_BANDS)
+#: iota2 ``Landsat5_old``: TM, 6 reflective bands (blue, green, red, NIR, SWIR1, SWIR2).
+L5_N2A = N2AFormat(
+    "THEIA Landsat-5 N2A",
+    re.compile(r"^(?P<sat>LANDSAT5)_TM_XS_(?P<date>\d{8})_N2A_(?P<rest>.+)$"),
+    "LANDSAT5_TM_XS", "LANDSAT5", ("B1", "B2", "B3", "B4", "B5", "B6"),
+)
 _TILE_RE = re.compile(r"(?P<tile>D\d{4}H\d{4})$")
 _IMAGE_TAG = "_ORTHO_SURF_CORR_PENTE_"
 
@@ -105,24 +135,26 @@ class Landsat8Product:
         return self.folder.name
 
     @classmethod
-    def from_folder(cls, folder: str | Path, tile: str | None = None) -> Landsat8Product:
+    def from_folder(cls, folder: str | Path, tile: str | None = None,
+                    fmt: N2AFormat = L8_N2A) -> Landsat8Product:
         """Describe a product folder: parse its name and find its image and masks.
 
         Args:
-            folder: ``LANDSAT8_OLITIRS_XS_YYYYMMDD_N2A_<site><tile>``.
+            folder: ``LANDSAT8_OLITIRS_XS_YYYYMMDD_N2A_<site><tile>`` (``fmt.prefix``).
             tile: the expected tile, used to split ``<site><tile>`` when the tile is not
                 of the ``D####H####`` form.
+            fmt: :data:`L8_N2A` or :data:`L5_N2A`.
 
         Raises:
             InputDataError: the name does not follow the pattern, or the folder holds
                 several reflectance images.
         """
         folder = Path(folder)
-        parsed = _parse_name(folder.name, tile)
+        parsed = _parse_name(folder.name, tile, fmt)
         if parsed is None:
             raise InputDataError(
-                f"{folder} is not named like a THEIA Landsat-8 N2A product "
-                "(LANDSAT8_OLITIRS_XS_YYYYMMDD_N2A_<site><tile>)"
+                f"{folder} is not named like a {fmt.name} product "
+                f"({fmt.prefix}_YYYYMMDD_N2A_<site><tile>)"
             )
         date, site, ptile = parsed
         images = sorted(
@@ -148,7 +180,7 @@ class Landsat8Product:
                         masks[name] = path
         return cls(
             folder=folder,
-            satellite="LANDSAT8",
+            satellite=fmt.satellite,
             date=date,
             site=site,
             tile=ptile,
@@ -157,8 +189,9 @@ class Landsat8Product:
         )
 
 
-def _parse_name(name: str, tile: str | None) -> tuple[dt.date, str, str] | None:
-    match = _FOLDER_RE.match(name)
+def _parse_name(name: str, tile: str | None,
+                fmt: N2AFormat = L8_N2A) -> tuple[dt.date, str, str] | None:
+    match = fmt.folder_re.match(name)
     if match is None:
         return None
     try:
@@ -179,8 +212,9 @@ def find_landsat8_products(
     tile: str,
     start_date: dt.date | str | None = None,
     end_date: dt.date | str | None = None,
+    fmt: N2AFormat = L8_N2A,
 ) -> list[Landsat8Product]:
-    """Find the THEIA Landsat-8 N2A products of a tile.
+    """Find the THEIA N2A products of a tile (Landsat-8 unless ``fmt`` is :data:`L5_N2A`).
 
     Args:
         root: folder with one sub-folder per tile (iota2's ``L8Path_old``), or the tile
@@ -188,6 +222,7 @@ def find_landsat8_products(
         tile: the tile, e.g. ``D0005H0002``.
         start_date: keep acquisitions on or after this date; None: no bound.
         end_date: keep acquisitions on or before this date (inclusive); None: no bound.
+        fmt: the product format.
 
     Returns:
         The products, sorted by date.
@@ -200,25 +235,25 @@ def find_landsat8_products(
     """
     tile = str(tile).strip()
     start, end = as_date(start_date, "start_date"), as_date(end_date, "end_date")
-    folder = tile_folder(root, tile, "Landsat-8 N2A")
+    folder = tile_folder(root, tile, fmt.name)
     products, others = [], []
     for entry in sorted(folder.iterdir()):
-        parsed = _parse_name(entry.name, tile) if entry.is_dir() else None
+        parsed = _parse_name(entry.name, tile, fmt) if entry.is_dir() else None
         if parsed is None or parsed[2].upper() != tile.upper():
             others.append(entry.name)
             continue
         if not in_range(parsed[0], start, end):
             others.append(f"{entry.name} (out of the date range)")
             continue
-        products.append(Landsat8Product.from_folder(entry, tile))
+        products.append(Landsat8Product.from_folder(entry, tile, fmt))
     if not products:
         period = ""
         if start or end:
             period = f" between {start or 'the start'} and {end or 'the end'}"
         raise InputDataError(
-            f"no THEIA Landsat-8 N2A product of tile {tile}{period} in {folder}: found "
+            f"no {fmt.name} product of tile {tile}{period} in {folder}: found "
             f"{short_list(others)}. Product folders are named "
-            f"LANDSAT8_OLITIRS_XS_YYYYMMDD_N2A_<site>{tile} and lie in <root>/{tile}/"
+            f"{fmt.prefix}_YYYYMMDD_N2A_<site>{tile} and lie in <root>/{tile}/"
         )
     products.sort(key=lambda p: p.date)
     return products
@@ -252,6 +287,9 @@ class Landsat8N2A(RasterReader):
         ConfigError: bad ``bands``, ``scale`` or date.
     """
 
+    #: the product format read (:class:`Landsat5N2A` reads Landsat-5)
+    FORMAT: N2AFormat = L8_N2A
+
     def __init__(
         self,
         root: str | Path,
@@ -263,14 +301,15 @@ class Landsat8N2A(RasterReader):
         scale: float = LANDSAT8_N2A_SCALE,
         max_open: int | None = None,
     ) -> None:
+        fmt = self.FORMAT
         self.tile = str(tile).strip()
-        self.band_names = _check_bands(bands)
-        self._indexes = [LANDSAT8_BANDS.index(b) + 1 for b in self.band_names]
+        self.band_names = _check_bands(bands, fmt)
+        self._indexes = [fmt.bands.index(b) + 1 for b in self.band_names]
         if not scale or scale <= 0:
             raise ConfigError(f"scale={scale!r}: give the positive reflectance scale (1000)")
         self.scale = float(scale)
         self.use_nodata_mask = bool(use_nodata_mask)
-        self.products = find_landsat8_products(root, self.tile, start_date, end_date)
+        self.products = find_landsat8_products(root, self.tile, start_date, end_date, fmt)
         self.path = self.products[0].folder.parent
         self.dates = [p.date for p in self.products]
         wanted = (*MASK_NAMES, "NODATA") if self.use_nodata_mask else MASK_NAMES
@@ -290,10 +329,10 @@ class Landsat8N2A(RasterReader):
         first = self.products[0].image
         assert first is not None
         grid, count, _, _ = open_meta(first, f"image of {self.products[0].name}")
-        if count != len(LANDSAT8_BANDS):
+        if count != len(fmt.bands):
             raise InputDataError(
-                f"{first} has {count} bands; an N2A Landsat-8 image has the "
-                f"{len(LANDSAT8_BANDS)} bands {list(LANDSAT8_BANDS)}"
+                f"{first} has {count} bands; a {fmt.name} image has the "
+                f"{len(fmt.bands)} bands {list(fmt.bands)}"
             )
         self.grid = grid
         self.crs, self.transform = grid.crs, grid.transform
@@ -308,10 +347,10 @@ class Landsat8N2A(RasterReader):
             f"the first image {self.products[0].image}",
             "every image and mask of a tile must share one grid; resample it or remove the product",
         )
-        if path.parent.name != "MASK" and src.count != len(LANDSAT8_BANDS):
+        if path.parent.name != "MASK" and src.count != len(self.FORMAT.bands):
             raise InputDataError(
-                f"{path} has {src.count} bands; an N2A Landsat-8 image has the "
-                f"{len(LANDSAT8_BANDS)} bands {list(LANDSAT8_BANDS)}"
+                f"{path} has {src.count} bands; a {self.FORMAT.name} image has the "
+                f"{len(self.FORMAT.bands)} bands {list(self.FORMAT.bands)}"
             )
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -378,15 +417,28 @@ def mask_invalid(name: str, values: np.ndarray) -> np.ndarray:
     return bad | ~finite
 
 
-def _check_bands(bands: Sequence[str] | None) -> list[str]:
+def _check_bands(bands: Sequence[str] | None, fmt: N2AFormat = L8_N2A) -> list[str]:
     if bands is None:
-        return list(LANDSAT8_BANDS)
+        return list(fmt.bands)
     if isinstance(bands, str):
         bands = [bands]
     names = [str(b).upper() for b in bands]
-    if not names or any(b not in LANDSAT8_BANDS for b in names) or len(set(names)) != len(names):
+    if not names or any(b not in fmt.bands for b in names) or len(set(names)) != len(names):
         raise ConfigError(
-            f"bands={list(bands)}: Landsat-8 N2A bands are {list(LANDSAT8_BANDS)}; give a "
-            "non-empty list of them without repeats (or None for all seven)"
+            f"bands={list(bands)}: {fmt.name} bands are {list(fmt.bands)}; give a "
+            f"non-empty list of them without repeats (or None for all {len(fmt.bands)})"
         )
     return names
+
+
+class Landsat5N2A(Landsat8N2A):
+    """A THEIA Landsat-5 N2A time series of one tile, iota2's ``Landsat5_old``.
+
+    The same format as :class:`Landsat8N2A` (30 m image x 1000, nodata -10000, masks
+    ``MASK/*_NUA``, ``*_SAT``, ``*_DIV``), with folders
+    ``LANDSAT5_TM_XS_<YYYYMMDD>_N2A_<site><tile>`` and the 6 TM reflective bands B1..B6
+    (blue, green, red, NIR, SWIR1, SWIR2; iota2's Landsat-5 roles: red B3, NIR B4,
+    SWIR B5).
+    """
+
+    FORMAT = L5_N2A

@@ -1,4 +1,8 @@
-"""THEIA Sentinel-2 Level-2A products (MAJA processor), read as iota2's ``Sentinel_2`` sensor.
+"""THEIA MUSCATE products: Sentinel-2 L2A (iota2 ``Sentinel_2``), L3A, and Landsat-8 L2A.
+
+The Sentinel-2 L2A reader :class:`Sentinel2Theia` also reads :class:`Sentinel2L3A`
+(``Sentinel_2_L3A``) and :class:`Landsat8Theia` (``Landsat8``), which differ only in
+their :class:`TheiaFormat` (names, bands, masks).
 
 Product layout (THEIA MUSCATE format, one folder per acquisition, one folder per tile)::
 
@@ -87,8 +91,52 @@ _FOLDER_RE = re.compile(
     r"^(?P<sat>SENTINEL2[AB])_(?P<date>\d{8})-(?P<time>\d{6})-(?P<ms>\d{3})_L2A_"
     r"(?P<tile>T\d{2}[A-Z]{3})_(?P<kind>[A-Z])_V(?P<version>\d+-\d+)$"
 )
-_BAND_RE = re.compile(r"_(?P<level>FRE|SRE)_(?P<band>B\d{1,2}A?)\.tiff?$", re.IGNORECASE)
-_MASK_RE = re.compile(r"_(?P<mask>CLM|SAT|EDG)_R1\.tiff?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TheiaFormat:
+    """What differs between the THEIA MUSCATE products read by :class:`Sentinel2Theia`.
+
+    Attributes:
+        name: the product kind, for messages (``THEIA Sentinel-2 L2A``).
+        folder_re: product folder name (groups sat, date, time, ms, tile, kind, version).
+        example: a folder name for messages, ``{tile}`` standing for the tile.
+        levels: reflectance levels of the band files (``FRE``, ``SRE``; ``FRC``).
+        bands: every band, in iota2's order (also that of a ``*_STACK.tif``).
+        fine_bands: bands on the reference (finest) grid; the others are resampled.
+        masks: mask names (``MASKS/*_<name><mask_suffix>``).
+        mask_suffix: ``_R1`` (S2, 10 m) or ``_XS`` (Landsat).
+        grid_name: the reference grid, for messages (``10 m``).
+    """
+
+    name: str
+    folder_re: re.Pattern[str]
+    example: str
+    levels: tuple[str, ...]
+    bands: tuple[str, ...]
+    fine_bands: tuple[str, ...]
+    masks: tuple[str, ...]
+    mask_suffix: str
+    grid_name: str
+
+    def band_re(self) -> re.Pattern[str]:
+        """``_<level>_<band>.tif`` of a band file."""
+        return re.compile(rf"_(?P<level>{'|'.join(self.levels)})_(?P<band>B\d{{1,2}}A?)\.tiff?$",
+                          re.IGNORECASE)
+
+    def mask_re(self) -> re.Pattern[str]:
+        """``_<mask><suffix>.tif`` of a mask file."""
+        return re.compile(rf"_(?P<mask>{'|'.join(self.masks)}){self.mask_suffix}\.tiff?$",
+                          re.IGNORECASE)
+
+
+#: THEIA Sentinel-2 L2A (MAJA), iota2 ``Sentinel_2``.
+S2_L2A = TheiaFormat(
+    name="THEIA Sentinel-2 L2A", folder_re=_FOLDER_RE,
+    example="SENTINEL2A_YYYYMMDD-HHMMSS-mmm_L2A_{tile}_C_V1-0", levels=("FRE", "SRE"),
+    bands=THEIA_BANDS, fine_bands=BANDS_10M, masks=MASK_NAMES, mask_suffix="_R1",
+    grid_name="10 m",
+)
 #: Source pixels read beyond the window on each side before resampling (>= kernel radius).
 _MARGIN = 4
 
@@ -129,23 +177,26 @@ class TheiaProduct:
         return self.folder.name
 
     @classmethod
-    def from_folder(cls, folder: str | Path, level: str = "FRE") -> TheiaProduct:
+    def from_folder(cls, folder: str | Path, level: str = "FRE",
+                    fmt: TheiaFormat = S2_L2A) -> TheiaProduct:
         """Describe a product folder: parse its name and list its band and mask files.
 
         Args:
-            folder: ``SENTINEL2X_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_<C|D>_V<x-y>``.
-            level: which reflectance files to list, ``FRE`` or ``SRE``.
+            folder: ``SENTINEL2X_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_<C|D>_V<x-y>`` (or the
+                ``fmt`` product's name).
+            level: which reflectance files to list, one of ``fmt.levels``.
+            fmt: the product format (:data:`S2_L2A` by default).
 
         Raises:
-            InputDataError: the folder name does not follow the THEIA pattern.
+            InputDataError: the folder name does not follow the format's pattern.
         """
         folder = Path(folder)
-        level = _check_level(level)
-        match = _FOLDER_RE.match(folder.name)
+        level = _check_level(level, fmt)
+        match = fmt.folder_re.match(folder.name)
         if match is None:
             raise InputDataError(
-                f"{folder} is not named like a THEIA Sentinel-2 L2A product "
-                "(SENTINEL2A_YYYYMMDD-HHMMSS-mmm_L2A_T<tile>_<C|D>_V<x>-<y>)"
+                f"{folder} is not named like a {fmt.name} product "
+                f"({fmt.example.format(tile='T<tile>')})"
             )
         g = match.groupdict()
         date = parse_date(g["date"])
@@ -156,10 +207,11 @@ class TheiaProduct:
         )
         bands: dict[str, Path] = {}
         stack = None
+        band_re, mask_re = fmt.band_re(), fmt.mask_re()
         for path in sorted(folder.iterdir()):
             if not path.is_file():
                 continue
-            band = _BAND_RE.search(path.name)
+            band = band_re.search(path.name)
             if band and band["level"].upper() == level:
                 bands[band["band"].upper()] = path
             elif path.name.upper().endswith(f"_{level}_STACK.TIF"):
@@ -168,7 +220,7 @@ class TheiaProduct:
         mask_dir = folder / "MASKS"
         if mask_dir.is_dir():
             for path in sorted(mask_dir.iterdir()):
-                hit = _MASK_RE.search(path.name)
+                hit = mask_re.search(path.name)
                 if hit and path.is_file():
                     masks[hit["mask"].upper()] = path
         return cls(
@@ -186,12 +238,14 @@ class TheiaProduct:
         )
 
 
-def _check_level(level: str) -> str:
+def _check_level(level: str, fmt: TheiaFormat = S2_L2A) -> str:
     level = str(level).upper()
-    if level not in ("FRE", "SRE"):
+    if level not in fmt.levels:
         raise ConfigError(
-            f"level={level!r} is not a THEIA reflectance level; use FRE (flat reflectance, "
-            "slope-corrected, iota2's default) or SRE (surface reflectance)"
+            f"level={level!r} is not a {fmt.name} reflectance level; use "
+            + (" or ".join(fmt.levels) if fmt.levels != ("FRE", "SRE") else
+               "FRE (flat reflectance, slope-corrected, iota2's default) or SRE (surface "
+               "reflectance)")
         )
     return level
 
@@ -202,8 +256,9 @@ def find_theia_products(
     start_date: dt.date | str | None = None,
     end_date: dt.date | str | None = None,
     level: str = "FRE",
+    fmt: TheiaFormat = S2_L2A,
 ) -> list[TheiaProduct]:
-    """Find the THEIA Sentinel-2 L2A products of a tile.
+    """Find the THEIA products of a tile (Sentinel-2 L2A unless ``fmt`` says otherwise).
 
     Args:
         root: folder with one sub-folder per tile (iota2's ``S2Path``: ``root/T31TCJ/...``),
@@ -213,6 +268,7 @@ def find_theia_products(
             ``YYYYMMDD``); None leaves the bound open.
         end_date: keep acquisitions on or before this date (inclusive); None: open.
         level: ``FRE`` or ``SRE``, the reflectance files listed in each product.
+        fmt: the product format (:data:`S2_L2A`, :data:`S2_L3A`, :data:`L8_L2A`).
 
     Returns:
         The products, sorted by acquisition date and time.
@@ -224,16 +280,16 @@ def find_theia_products(
         ConfigError: bad ``level``, tile or date.
     """
     tile = normalize_tile(tile)
-    level = _check_level(level)
+    level = _check_level(level, fmt)
     start, end = as_date(start_date, "start_date"), as_date(end_date, "end_date")
-    folder = tile_folder(root, tile, "Sentinel-2 THEIA")
+    folder = tile_folder(root, tile, fmt.name)
     products, others = [], []
     for entry in sorted(folder.iterdir()):
-        match = _FOLDER_RE.match(entry.name) if entry.is_dir() else None
+        match = fmt.folder_re.match(entry.name) if entry.is_dir() else None
         if match is None or match["tile"] != tile:
             others.append(entry.name)
             continue
-        product = TheiaProduct.from_folder(entry, level)
+        product = TheiaProduct.from_folder(entry, level, fmt)
         if in_range(product.date, start, end):
             products.append(product)
         else:
@@ -245,9 +301,9 @@ def find_theia_products(
         if start or end:
             period = f" between {start or 'the start'} and {end or 'the end'}"
         raise InputDataError(
-            f"no THEIA Sentinel-2 L2A product of tile {tile}{period} in {folder}: found "
+            f"no {fmt.name} product of tile {tile}{period} in {folder}: found "
             f"{short_list(others)}. Product folders are named "
-            f"SENTINEL2A_YYYYMMDD-HHMMSS-mmm_L2A_{tile}_C_V1-0 and lie in <root>/{tile}/"
+            f"{fmt.example.format(tile=tile)} and lie in <root>/{tile}/"
             f"{hint}"
         )
     products.sort(key=lambda p: (p.date, p.time, p.satellite))
@@ -264,6 +320,32 @@ class _Plan:
     is_20m: list[bool] = field(default_factory=list)
     stack_indexes: list[int] = field(default_factory=list)  # stack mode, 1-based
     masks: dict[str, Path] = field(default_factory=dict)
+
+
+#: THEIA Sentinel-2 L3A monthly syntheses (WASP), iota2 ``Sentinel_2_L3A``.
+S2_L3A = TheiaFormat(
+    name="THEIA Sentinel-2 L3A",
+    folder_re=re.compile(
+        r"^(?P<sat>SENTINEL2X)_(?P<date>\d{8})-(?P<time>\d{6})-(?P<ms>\d{3})_L3A_"
+        r"(?P<tile>T\d{2}[A-Z]{3})_(?P<kind>[A-Z])_V(?P<version>\d+-\d+)$"),
+    example="SENTINEL2X_YYYYMMDD-000000-000_L3A_{tile}_C_V1-0", levels=("FRC",),
+    bands=THEIA_BANDS, fine_bands=BANDS_10M, masks=("FLG",), mask_suffix="_R1",
+    grid_name="10 m",
+)
+#: L3A FLG_R1 values that are usable: 3 water, 4 land (0 no data, 1 cloud, 2 snow).
+L3A_VALID_FLAGS = (3, 4)
+#: the 7 OLI reflective bands of THEIA Landsat-8 L2A, iota2's names.
+LANDSAT8_THEIA_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+#: THEIA Landsat-8 L2A (MAJA, MUSCATE format on MGRS tiles), iota2 ``Landsat8``.
+L8_L2A = TheiaFormat(
+    name="THEIA Landsat-8 L2A",
+    folder_re=re.compile(
+        r"^(?P<sat>LANDSAT8)[-_]OLITIRS[-_]XS_(?P<date>\d{8})-(?P<time>\d{6})-(?P<ms>\d{3})_"
+        r"L2A_(?P<tile>T\d{2}[A-Z]{3})_(?P<kind>[A-Z])_V(?P<version>\d+-\d+)$"),
+    example="LANDSAT8-OLITIRS-XS_YYYYMMDD-HHMMSS-mmm_L2A_{tile}_D_V1-0",
+    levels=("FRE", "SRE"), bands=LANDSAT8_THEIA_BANDS, fine_bands=LANDSAT8_THEIA_BANDS,
+    masks=("CLM", "SAT", "EDG"), mask_suffix="_XS", grid_name="30 m",
+)
 
 
 class Sentinel2Theia(RasterReader):
@@ -311,11 +393,14 @@ class Sentinel2Theia(RasterReader):
         ConfigError: bad ``level``, ``bands``, ``resampling``, ``cloud_bits``, tile or date.
     """
 
+    #: the product format read (subclasses read other THEIA MUSCATE products)
+    FORMAT: TheiaFormat = S2_L2A
+
     def __init__(
         self,
         root: str | Path,
         tile: str,
-        level: str = "FRE",
+        level: str | None = None,
         bands: Sequence[str] | None = None,
         resampling: str | Resampling = "bilinear",
         start_date: dt.date | str | None = None,
@@ -323,12 +408,14 @@ class Sentinel2Theia(RasterReader):
         cloud_bits: Iterable[int] | None = None,
         max_open: int | None = None,
     ) -> None:
-        self.level = _check_level(level)
+        fmt = self.FORMAT
+        self.level = _check_level(level if level is not None else fmt.levels[0], fmt)
         self.tile = normalize_tile(tile)
         self.resampling = _check_resampling(resampling)
         self.cloud_mask = _cloud_mask(cloud_bits)
-        requested = _check_bands(bands)
-        self.products = find_theia_products(root, self.tile, start_date, end_date, self.level)
+        requested = _check_bands(bands, fmt)
+        self.products = find_theia_products(root, self.tile, start_date, end_date, self.level,
+                                            fmt)
         self.path = self.products[0].folder.parent
         self.dates = [p.date for p in self.products]
         self._plans: list[_Plan] = []
@@ -347,10 +434,10 @@ class Sentinel2Theia(RasterReader):
                 f"channels: {detail}; give every product the same band files (or stacks)"
             )
         self.band_names = list(names_per_plan[0])
-        ref = _reference(self._plans[0])
+        ref = _reference(self._plans[0], fmt.fine_bands)
         grid, _, _, _ = open_meta(ref, f"reference grid of {self.products[0].name}")
         self.grid = grid
-        self._grid_from = f"{ref.name} (the 10 m grid reference of the first product)"
+        self._grid_from = f"{ref.name} (the {fmt.grid_name} grid reference of the first product)"
         self.crs, self.transform = grid.crs, grid.transform
         self.width, self.height = grid.width, grid.height
         self._roles: dict[Path, tuple[str, str]] = {}
@@ -361,27 +448,28 @@ class Sentinel2Theia(RasterReader):
                 self._roles[plan.product.stack] = ("10m", plan.product.name)
             for path in plan.masks.values():
                 self._roles[path] = ("10m", plan.product.name)
-            self._roles.setdefault(_reference(plan), ("10m", plan.product.name))
+            self._roles.setdefault(_reference(plan, fmt.fine_bands), ("10m", plan.product.name))
         self._pool = RasterPool(max_open, on_open=self._check_opened)
 
     # -- construction helpers ---------------------------------------------------------
     def _plan(
         self, product: TheiaProduct, requested: tuple[str, ...] | None
     ) -> tuple[_Plan, tuple[str, ...]]:
-        wanted = requested or THEIA_BANDS
+        fmt = self.FORMAT
+        wanted = requested or fmt.bands
         missing = [b for b in wanted if b not in product.bands]
-        masks = {m: product.masks[m] for m in MASK_NAMES if m in product.masks}
-        absent = [m for m in MASK_NAMES if m not in masks]
+        masks = {m: product.masks[m] for m in fmt.masks if m in product.masks}
+        absent = [m for m in fmt.masks if m not in masks]
         if absent:
+            suffix = f"{fmt.mask_suffix}.tif"
             log.warning(
-                "%s: no MASKS/*_%s_R1.tif; not applied to this date (clouds, saturation or "
-                "edges there stay valid)",
-                product.folder,
-                "_R1.tif, *_".join(absent),
+                "%s: no MASKS/*_%s%s; not applied to this date (what it masks stays valid)",
+                product.folder, f"{suffix}, *_".join(absent), suffix,
             )
         if not missing:
             paths = [product.bands[b] for b in wanted]
-            plan = _Plan(product, "bands", paths, [b not in BANDS_10M for b in wanted], masks=masks)
+            plan = _Plan(product, "bands", paths, [b not in fmt.fine_bands for b in wanted],
+                         masks=masks)
             return plan, tuple(wanted)
         if product.stack is None:
             raise InputDataError(
@@ -390,21 +478,21 @@ class Sentinel2Theia(RasterReader):
                 f"*_{self.level}_STACK.tif; complete the product or leave it out of the folder"
             )
         _, count, _, _ = open_meta(product.stack, f"stack of {product.name}")
-        if count == len(THEIA_BANDS):
-            idx = [THEIA_BANDS.index(b) + 1 for b in wanted]
+        if count == len(fmt.bands):
+            idx = [fmt.bands.index(b) + 1 for b in wanted]
             return _Plan(product, "stack", stack_indexes=idx, masks=masks), tuple(wanted)
         if requested is not None:
             raise InputDataError(
-                f"{product.stack} has {count} band(s), not the {len(THEIA_BANDS)} of iota2's "
-                f"stack order {list(THEIA_BANDS)}, so bands {list(requested)} cannot be "
+                f"{product.stack} has {count} band(s), not the {len(fmt.bands)} of iota2's "
+                f"stack order {list(fmt.bands)}, so bands {list(requested)} cannot be "
                 "located in it; set bands=None to read its bands as they are"
             )
         log.warning(
             "%s has %d band(s) instead of iota2's %d (%s); reading them as band1..band%d",
             product.stack,
             count,
-            len(THEIA_BANDS),
-            " ".join(THEIA_BANDS),
+            len(fmt.bands),
+            " ".join(fmt.bands),
             count,
         )
         names = tuple(f"band{i + 1}" for i in range(count))
@@ -490,12 +578,14 @@ class Sentinel2Theia(RasterReader):
                     invalid |= equals_nodata(values[c], nodata)
         for mask_name, path in plan.masks.items():
             src = self._pool.get(path, f"{mask_name} mask of {name}")
-            m = _as_int(src.read(1, window=win))
-            if mask_name == "CLM" and self.cloud_mask is not None:
-                invalid |= (m & self.cloud_mask) != 0
-            else:
-                invalid |= m != 0
+            invalid |= self._mask_invalid(mask_name, _as_int(src.read(1, window=win)))
         return values, invalid
+
+    def _mask_invalid(self, mask_name: str, m: np.ndarray) -> np.ndarray:
+        """Invalid pixels of one mask: non-zero (CLM: restricted to ``cloud_bits``)."""
+        if mask_name == "CLM" and self.cloud_mask is not None:
+            return (m & self.cloud_mask) != 0
+        return m != 0
 
     def _resample(self, src: Any, win: Window, nodata: float | None) -> np.ndarray:
         """A 20 m band warped onto the 10 m window: (H, W) float32, NaN where no source."""
@@ -528,7 +618,7 @@ class Sentinel2Theia(RasterReader):
         self._pool.close()
 
 
-def _reference(plan: _Plan) -> Path:
+def _reference(plan: _Plan, fine: Sequence[str] = BANDS_10M) -> Path:
     """The file giving the 10 m grid: B2 (as iota2), another 10 m band, the stack or a mask.
 
     Raises:
@@ -537,7 +627,7 @@ def _reference(plan: _Plan) -> Path:
     product = plan.product
     if plan.mode == "stack" and product.stack is not None:
         return product.stack
-    for band in ("B2", *BANDS_10M):
+    for band in ("B2", *fine):
         if band in product.bands:
             return product.bands[band]
     if plan.masks:
@@ -562,17 +652,18 @@ def _as_int(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_bands(bands: Sequence[str] | None) -> tuple[str, ...] | None:
+def _check_bands(bands: Sequence[str] | None,
+                 fmt: TheiaFormat = S2_L2A) -> tuple[str, ...] | None:
     if bands is None:
         return None
     if isinstance(bands, str):
         bands = [bands]
     names = tuple(str(b).upper() for b in bands)
-    unknown = [b for b in names if b not in THEIA_BANDS]
+    unknown = [b for b in names if b not in fmt.bands]
     if unknown or not names or len(set(names)) != len(names):
         raise ConfigError(
-            f"bands={list(bands)}: THEIA Sentinel-2 bands are {list(THEIA_BANDS)}; give a "
-            "non-empty list of them without repeats (or None for all ten)"
+            f"bands={list(bands)}: {fmt.name} bands are {list(fmt.bands)}; give a "
+            f"non-empty list of them without repeats (or None for all {len(fmt.bands)})"
         )
     return names
 
@@ -599,3 +690,36 @@ def _cloud_mask(bits: Iterable[int] | None) -> int | None:
             "1: clouds, 5-6: shadows, 7: high clouds), or None for any non-zero CLM value"
         )
     return sum(1 << int(b) for b in set(bits))
+
+
+class Sentinel2L3A(Sentinel2Theia):
+    """THEIA Sentinel-2 Level-3A monthly syntheses (WASP), iota2's ``Sentinel_2_L3A``.
+
+    Folders ``SENTINEL2X_<YYYYMMDD>-000000-000_L3A_T<tile>_C_V<x>-<y>`` (the synthesis
+    date), bands ``*_FRC_B2.tif`` ... ``*_FRC_B12.tif`` (the ten S2 bands, reflectance x
+    10000, nodata -10000; 20 m bands resampled to 10 m as :class:`Sentinel2Theia`) and
+    ``MASKS/*_FLG_R1.tif``. A pixel is valid where FLG is 3 (water) or 4 (land), invalid
+    where it is 0 (no data), 1 (cloud) or 2 (snow): the synthesis found no clear
+    observation there. Same arguments as :class:`Sentinel2Theia` (``level``: ``FRC``).
+    """
+
+    FORMAT = S2_L3A
+
+    def _mask_invalid(self, mask_name: str, m: np.ndarray) -> np.ndarray:
+        if mask_name == "FLG":
+            return ~np.isin(m, L3A_VALID_FLAGS)
+        return super()._mask_invalid(mask_name, m)
+
+
+class Landsat8Theia(Sentinel2Theia):
+    """THEIA Landsat-8 L2A in the MUSCATE format (since 2016), iota2's ``Landsat8``.
+
+    Folders ``LANDSAT8-OLITIRS-XS_<YYYYMMDD>-<HHMMSS>-<mmm>_L2A_T<tile>_<C|D>_V<x>-<y>``
+    on the Sentinel-2 MGRS tiles, bands ``*_FRE_B1.tif`` ... ``*_FRE_B7.tif`` (30 m,
+    reflectance x 10000, nodata -10000; ``level: SRE`` for surface reflectance) and masks
+    ``MASKS/*_CLM_XS.tif``, ``*_SAT_XS.tif``, ``*_EDG_XS.tif``: invalid where any is
+    non-zero (CLM restricted to ``cloud_bits`` when given). Same arguments as
+    :class:`Sentinel2Theia`.
+    """
+
+    FORMAT = L8_L2A
