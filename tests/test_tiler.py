@@ -161,3 +161,26 @@ def test_srtm_hgt_and_worldclim_through_the_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "i2dl", "tiler", f"output_path={out}"],
                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "exactly one grid" in bad.stderr
+
+
+def test_tiled_features_train_a_map(make_cfg, dem_grid, slovenia_dir, tmp_path):
+    """grid + features folder -> tiler -> data.user_features of a run -> a map (README)."""
+    from i2dl.stages import train
+    from i2dl.store import read_info
+
+    _, feats, _ = dem_grid
+    grid = tmp_path / "grid_rasters"
+    grid.mkdir()
+    (grid / "SL.tif").symlink_to(slovenia_dir / "NDVI.tif")  # the series' own grid
+    tiled = tmp_path / "tiled"
+    run_tiler({"rasters_grid_path": str(grid), "features_path": str(feats),
+               "output_path": str(tiled)})
+    summary = train.run(make_cfg(
+        "+experiment=rf", "trainer.max_epochs=1", "+data.tile=SL",
+        f"+data.user_features={{root:{tiled},patterns:[DEM.tif]}}"))
+    info = read_info(summary["store"])
+    assert info.band_names[-1] == "DEM" and info.attrs["static_channels"] == ["DEM"]
+    with rasterio.open(summary["classif_map"]) as src, \
+            rasterio.open(slovenia_dir / "NDVI.tif") as ref:
+        assert (src.width, src.height, src.transform) == (ref.width, ref.height, ref.transform)
+        assert (src.read(1) > 0).any()
