@@ -9,6 +9,7 @@ import pytest
 
 from i2dl.build import DataDims, build_classifier
 from i2dl.errors import ConfigError
+from i2dl.features.builtin import BUILTINS
 from i2dl.features.external import ChunkData, apply_external, load_functions
 from i2dl.prepare import prepare
 from i2dl.store import open_store, read_array, read_info
@@ -100,3 +101,19 @@ def test_concat_mode_and_no_data_value(make_cfg, tiny_dataset, tmp_path) -> None
     with pytest.raises(ConfigError, match="concat_mode"):
         build_classifier(cfg.model, DataDims.of(info))
     build_classifier(make_cfg("+experiment=rf").model, DataDims.of(info))
+
+
+@pytest.mark.gpu
+def test_builtins_on_cupy_equal_numpy(chunk: np.ndarray) -> None:
+    cupy = pytest.importorskip("cupy")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from i2dl.features import backend
+
+    fns = load_functions(None, list(BUILTINS))
+    cpu, names = apply_external(chunk, BANDS, DATES, fns)
+    gpu, names_gpu = apply_external(cupy.asarray(chunk), BANDS, DATES, fns)
+    assert backend.is_cupy(gpu) and names_gpu == names
+    np.testing.assert_allclose(backend.to_numpy(gpu), cpu, rtol=1e-5, atol=1e-6)
