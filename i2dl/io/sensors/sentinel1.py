@@ -50,6 +50,7 @@ from i2dl.io.sensors.common import (
     open_meta,
     resolve_window,
     short_list,
+    tile_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -119,16 +120,12 @@ def s1_folder(root: str | Path, tile: str) -> Path:
     Raises:
         InputFileNotFoundError: ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputFileNotFoundError(
-            f"Sentinel-1 folder {root} does not exist; set data.sensors.sentinel1.root to "
-            "the folder holding <tile>/s1a_<tile>_vv_DES_<orbit>_<YYYYMMDD>...tif files")
     bare = tile.upper().removeprefix("T")
     for name in (tile, f"T{bare}", bare):
-        if (root / name).is_dir():
-            return root / name
-    return root
+        folder = tile_folder(root, name, "Sentinel-1 (data.sensors.sentinel1.root)")
+        if folder != Path(root):
+            return folder
+    return Path(root)
 
 
 class Sentinel1(RasterReader):
