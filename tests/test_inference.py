@@ -129,3 +129,34 @@ def test_resolve_batch_size_auto_per_device(monkeypatch) -> None:
 def test_resolve_batch_size_rejects_bad_values(bad) -> None:
     with pytest.raises(ConfigError, match="infer.batch_size"):
         resolve_batch_size(bad, torch.device("cpu"), 24)
+
+
+@pytest.mark.gpu
+def test_normalisation_on_the_gpu_equals_the_cpus() -> None:
+    """On CUDA the batch is normalised on the device: same probabilities as on the CPU."""
+    import datetime as dt
+    from pathlib import Path
+
+    from i2dl.inference import _predict_batch
+    from i2dl.store import StoreInfo
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(0)
+    t, c = 7, 3
+    offset = rng.normal(size=c).astype(np.float32)
+    scale = rng.uniform(0.5, 2, c).astype(np.float32)
+    info = StoreInfo(Path("."), 0, [dt.date(2020, 1, 1)] * t, np.arange(t) * 10, ["a", "b", "c"],
+                     [1, 2], ["x", "y"], offset, scale, offset, scale, "", (1, 0, 0, 0, -1, 0),
+                     1, 1, {})
+    x = rng.normal(size=(500, t, c)).astype(np.float32)
+    valid = rng.random((500, t)) > 0.3
+    weights = torch.randn(c, 2)
+
+    def fn(xb, db, mb):  # any function of the normalised values
+        return torch.softmax((xb * mb.unsqueeze(-1)).sum(1) @ weights.to(xb.device), dim=-1)
+
+    days = torch.arange(t) * 10
+    cpu = _predict_batch(fn, info, x, valid, days, torch.device("cpu"), False, False)
+    gpu = _predict_batch(fn, info, x, valid, days.cuda(), torch.device("cuda"), True, False)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)
