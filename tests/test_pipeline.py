@@ -103,8 +103,11 @@ def test_summary_and_checkpoint(slovenia_run: dict) -> None:
                 "selection/fscore"):
         assert key in tags["scalars"], (key, tags["scalars"])
     assert any(t.startswith("lr-") for t in tags["scalars"]), tags["scalars"]
+    # evaluate's run tb/evaluate: confusion matrix and the HParams tab (final metrics)
+    acc = EventAccumulator(str(run / "tb" / "evaluate"))
+    acc.Reload()
+    tags = acc.Tags()
     assert "val/confusion_matrix" in tags["images"]
-    # HParams tab: the final metrics are logged with the hyper-parameters
     summary = slovenia_run["summary"]
     assert "hparam/oa" in tags["scalars"]
     assert acc.Scalars("hparam/oa")[-1].value == pytest.approx(summary["oa"], abs=1e-6)
@@ -206,3 +209,20 @@ def test_unknown_stage_prints_usage() -> None:
         [sys.executable, "-m", "i2dl", "fly"], capture_output=True, text=True, cwd=ROOT_DIR
     )
     assert proc.returncode == 2 and "usage: python -m i2dl" in proc.stderr
+
+
+def test_evaluate_again_replaces_its_tensorboard_entry(slovenia_run: dict) -> None:
+    """A re-run of evaluate leaves one HParams entry, not one per run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from i2dl.stages import evaluate
+
+    folder = slovenia_run["run"] / "tb" / "evaluate"
+    before = sorted(folder.glob("events.out.tfevents.*"))
+    evaluate.run(slovenia_run["cfg"])
+    after = sorted(folder.glob("events.out.tfevents.*"))
+    assert len(after) == len(before) and not set(after) & set(before)  # replaced
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    assert len(acc.Scalars("hparam/oa")) == 1
+    assert len(acc.Images("val/confusion_matrix")) == 1

@@ -215,11 +215,22 @@ def selection_scores(
     return {"oa": s.oa, "kappa": s.kappa, "f1_macro": s.f1_macro, "n_samples": s.n_samples}
 
 
+#: sub-folder of ``tb/`` (a TensorBoard run of its own) with evaluate's image and HParams
+TB_EVALUATE = "evaluate"
+
+
 def log_to_tensorboard(cfg: DictConfig, out: Path, metrics: dict[str, Any]) -> None:
-    """Confusion matrix image at the best epoch, and hyper-parameters with final metrics."""
-    tb = out / TB_DIR
-    if not tb.is_dir():
+    """Confusion matrix image at the best epoch, and hyper-parameters with final metrics.
+
+    Written to ``tb/evaluate/`` (TensorBoard run ``evaluate``), whose event files are
+    replaced by each evaluate run, so a re-run does not add a second HParams entry.
+    """
+    if not (out / TB_DIR).is_dir():
         return
+    tb = out / TB_DIR / TB_EVALUATE
+    tb.mkdir(exist_ok=True)
+    for old in tb.glob("events.out.tfevents.*"):
+        old.unlink()
     step = 0
     ckpt = checkpoint_path(out, str(cfg.evaluate.ckpt))
     if ckpt.suffix == ".ckpt":
