@@ -106,3 +106,19 @@ def test_out_of_fold_predictions_are_not_in_sample(make_cfg, slovenia_dir, tmp_p
     assert acc_in > 0.97
     assert acc_oof < acc_in - 0.1  # not in-sample
     assert acc_oof > 1.5 / info.n_classes  # but a real model, better than chance
+
+
+def test_autocontext_with_a_deep_model(make_cfg, slovenia_dir, tmp_path) -> None:
+    """Deep models: learn pixels left out of the counts, context as static channels."""
+    import yaml
+
+    from i2dl.stages import train
+    from tests.conftest import SMALL_LTAE
+
+    summary = train.run(make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE,
+                                 "enable_autocontext=true", "autocontext.n_segments=150"))
+    assert summary["autocontext"]["learn_context"] == "exclude"
+    spec = yaml.safe_load((tmp_path / "run" / "iteration_2" / "model.yaml").read_text())
+    k = summary["n_classes"]
+    assert spec["static_channels"] == list(range(spec["in_channels"] - k, spec["in_channels"]))
+    assert [h["iteration"] for h in summary["iterations"]] == [1, 2]
