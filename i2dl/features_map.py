@@ -103,7 +103,8 @@ def to_int16(bands: np.ndarray, scale: float) -> np.ndarray:
     return np.where(ok, scaled, INT16_NODATA).astype(np.int16)
 
 
-def _sensor_dates(source: Any, tile: str) -> dict[str, list]:
+def _sensor_dates(source: Any) -> dict[str, list]:
+    """Acquisition dates per sensor of a feature stack, or ``{"stack": dates}``."""
     sensors = getattr(source, "sensors", None)
     if isinstance(sensors, dict):
         return {name: list(s.dates) for name, s in sensors.items()}
@@ -138,7 +139,7 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
     windows = chunk_windows(source.width, source.height, chunk_size, number_of_chunks)
     tmp_dir = out / "features" / tile / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    for sensor, dates in _sensor_dates(source, tile).items():
+    for sensor, dates in _sensor_dates(source).items():
         write_text_atomic(tmp_dir / f"{sensor}_{tile}_input_dates.txt",
                           "".join(f"{d:%Y%m%d}\n" for d in dates))
         write_text_atomic(tmp_dir / f"{sensor}_{tile}_interpolation_dates.txt",
