@@ -29,7 +29,15 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from i2dl.errors import ConfigError
-from i2dl.store import LEARN, SELECTION, StoreInfo, open_store, read_array, read_info, store_array
+from i2dl.samples.store import (
+    LEARN,
+    SELECTION,
+    StoreInfo,
+    open_store,
+    read_array,
+    read_info,
+    store_array,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ class StoreBlockDataset(IterableDataset):
 
     Args:
         store_path: the sample store.
-        split: ``LEARN`` (0), ``VAL`` (1) or ``SELECTION`` (2), see :mod:`i2dl.store`.
+        split: ``LEARN`` (0), ``VAL`` (1) or ``SELECTION`` (2), see :mod:`i2dl.samples.store`.
         batch_size: samples per batch (the last batch of an epoch may be smaller).
         shuffle: shuffle chunk order and rows (each epoch differently, from torch's RNG,
             so ``seed_everything`` makes it reproducible).
@@ -345,7 +353,9 @@ class PixelSeriesDataModule(L.LightningDataModule):
         return self._info
 
     def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
-        """The block dataset of one split (``LEARN``, ``SELECTION`` or ``VAL``, :mod:`i2dl.store`).
+        """The block dataset of one split (``LEARN``, ``SELECTION`` or ``VAL``).
+
+        The split codes are those of :mod:`i2dl.samples.store`.
 
         Raises:
             ConfigError: ``store_path`` is not set.

@@ -66,9 +66,9 @@ from i2dl.errors import ConfigError
 from i2dl.features.source import open_source
 from i2dl.io.files import atomic_path, write_text_atomic
 from i2dl.io.geotiff import block_windows, geotiff_profile
-from i2dl.layout import run_dir
+from i2dl.io.layout import run_dir
 from i2dl.obia import compute_segments
-from i2dl.store import VAL, open_store, read_array, read_info
+from i2dl.samples.store import VAL, open_store, read_array, read_info
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def out_of_fold_codes(
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from i2dl.build import DataDims, build_classifier
-    from i2dl.training import subsample_indices
+    from i2dl.training.build import DataDims, build_classifier
+    from i2dl.training.loops import subsample_indices
     from models import SklearnClassifier
 
     info = read_info(store)

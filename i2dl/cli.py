@@ -17,7 +17,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from i2dl import ddp
 from i2dl.config import (
     CONFIG_DIR,
     CONFIG_NAME,
@@ -28,6 +27,7 @@ from i2dl.config import (
     resolve_seed,
 )
 from i2dl.errors import I2dlError
+from i2dl.training import ddp
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ STAGES: dict[str, Stage] = {
         Stage("features-map", "i2dl.stages.features_map",
               "feature time series (bands, indices, gap-filled dates, user and external "
               "features) per chunk, per tile, and their mosaic -> final/"),
-        Stage("tiler", "i2dl.tiler",
+        Stage("tiler", "i2dl.stages.tiler",
               "iota2's features tiler: rasters reprojected onto a tile grid (+ SRTM slope/"
               "aspect, WorldClim): python -m i2dl tiler [config=FILE] key=value ...",
               hydra=False),
-        Stage("zonal-stats", "i2dl.zonal",
+        Stage("zonal-stats", "i2dl.stages.zonal_stats",
               "per-polygon class rates, majority, mean confidence and raster statistics of a "
               "map: python -m i2dl zonal-stats map=... zones=... out=...gpkg|.csv",
               hydra=False),

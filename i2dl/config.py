@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from i2dl.errors import ConfigError, PackageShadowedError
 from i2dl.io.files import not_writable, write_text_atomic
-from i2dl.layout import DRAWN_SEED
+from i2dl.io.layout import DRAWN_SEED
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def config_checks() -> tuple[Check, ...]:
     Only what OmegaConf/Hydra do not check themselves (they check key names and syntax,
     not types nor ranges: the config groups have no schema).
     """
-    from i2dl.prepare import NORMALIZATIONS
-    from i2dl.sampling.selection import SAMPLERS, STRATEGIES
+    from i2dl.samples.extract import NORMALIZATIONS
+    from i2dl.samples.selection import SAMPLERS, STRATEGIES
     from models.base import CRITERIA
 
     return (

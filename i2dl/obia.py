@@ -445,7 +445,7 @@ def classify_segments(
         series: the opened time series (the data the store was built from).
         segments_path: the segment-id raster on the series' grid.
         stats: ``obia.stats_used`` (the store's features).
-        info: the store's :class:`~i2dl.store.StoreInfo`.
+        info: the store's :class:`~i2dl.samples.store.StoreInfo`.
         predict_proba: ``(x (B,T,F), days (B,T), mask (B,T)) -> (B,K)`` probabilities.
         maps_dir: output folder.
         codes_names: the K class names.
@@ -453,7 +453,7 @@ def classify_segments(
         batch_size: segments per ``predict_proba`` call.
 
     Returns:
-        An :class:`i2dl.inference.InferenceResult` (``n_pixels`` = pixels mapped).
+        An :class:`i2dl.maps.engine.InferenceResult` (``n_pixels`` = pixels mapped).
 
     Raises:
         InputDataError: the segment features do not match the store's channels.
@@ -464,7 +464,7 @@ def classify_segments(
     from rasterio.windows import transform as window_transform
     from shapely.geometry import shape
 
-    from i2dl.inference import InferenceResult
+    from i2dl.maps.engine import InferenceResult
 
     feats = segment_statistics(series, segments_path, stats, chunk_size)
     if feats.names != list(info.band_names):

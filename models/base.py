@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from i2dl.errors import ConfigError, StoreError
-from i2dl.metrics import scores
+from i2dl.evaluation.metrics import scores
 from models.augment import SeriesAugmentation
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Classifier(Protocol):
 
     Deep networks (:class:`SITSClassifier`) and scikit-learn estimators
     (:class:`models.sklearn_backends.SklearnClassifier`) both implement it; both are built
-    from their Hydra config by ``hydra.utils.instantiate`` (:mod:`i2dl.build`).
+    from their Hydra config by ``hydra.utils.instantiate`` (:mod:`i2dl.training.build`).
     """
 
     n_classes: int
@@ -144,7 +144,7 @@ class SITSClassifier(pl.LightningModule):
     (:class:`~models.LTAE`, :class:`~models.TempCNN`, ...) maps a batch of series to
     ``(B, D)`` features (``encoder.out_dim`` = D), the shared
     :class:`~models.ClassifierHead` maps them to ``(B, K)`` logits. Built from the model
-    config by ``hydra.utils.instantiate`` (:func:`i2dl.build.build_classifier`).
+    config by ``hydra.utils.instantiate`` (:func:`i2dl.training.build.build_classifier`).
 
     Batches are dicts of tensors::
 
@@ -157,7 +157,7 @@ class SITSClassifier(pl.LightningModule):
     reads: checkpoint selection, early stopping, LR schedules) with ``learn/loss`` and
     ``selection/loss``, are overall accuracy (``oa``),
     Cohen's kappa (``kappa``) and macro F1 (``fscore``), computed by
-    :func:`i2dl.metrics.scores` from the epoch's confusion matrix (accumulated by
+    :func:`i2dl.evaluation.metrics.scores` from the epoch's confusion matrix (accumulated by
     torchmetrics, hence synchronised across devices): the very definitions of the
     validation report, so the score a checkpoint is selected on is the score reported.
 
@@ -363,7 +363,7 @@ class SITSClassifier(pl.LightningModule):
             split: ``"learn"`` or ``"selection"``.
 
         Returns:
-            ``{"oa", "kappa", "fscore"}`` floats (:func:`i2dl.metrics.scores`; an
+            ``{"oa", "kappa", "fscore"}`` floats (:func:`i2dl.evaluation.metrics.scores`; an
             undefined value, e.g. kappa when one class is both reference and prediction,
             is logged as 0.0).
         """

@@ -15,7 +15,7 @@ workflow and feeds them the gap-filled series flattened into one feature vector 
 
 Class columns are class **indices** 0..K-1 (position of the code in
 ``StoreInfo.class_codes``), as for the deep models. Reading a store is not done here:
-:mod:`i2dl.training` reads the learn split and calls :meth:`SklearnClassifier.fit`.
+:mod:`i2dl.training.loops` reads the learn split and calls :meth:`SklearnClassifier.fit`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class SklearnClassifier:
     Built, like the deep models, by ``hydra.utils.instantiate`` of the model config
     (``configs/model/rf.yaml``: ``_target_: models.SklearnClassifier`` with an
     ``estimator:`` node naming any scikit-learn classifier that has ``predict_proba``).
-    The fitting stage (:func:`i2dl.training.fit_estimator`) reads the learn split and calls
+    The fitting stage (:func:`i2dl.training.loops.fit_estimator`) reads the learn split and calls
     :meth:`fit`; evaluation and inference call :meth:`predict_proba`.
 
     Args:

@@ -1,4 +1,4 @@
-"""Tests of i2dl.aggregate (multi-run report, iota2 RESULTS.txt style).
+"""Tests of i2dl.evaluation.aggregate (multi-run report, iota2 RESULTS.txt style).
 
 Run folders are written by hand with known numbers; expected statistics are computed
 in the tests with numpy / scipy / scikit-learn, never with the code under test.
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from i2dl.aggregate import (
+from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.evaluation.aggregate import (
     aggregate,
     compare,
     comparison_csv,
@@ -25,7 +26,6 @@ from i2dl.aggregate import (
     t_critical,
     write_results,
 )
-from i2dl.errors import InputDataError, InputFileNotFoundError
 from i2dl.stages.report import main
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -166,7 +166,7 @@ def test_describe_single_and_missing():
 
 
 def test_aggregate_metric_stats(multirun: Path, caplog):
-    with caplog.at_level(logging.WARNING, logger="i2dl.aggregate"):
+    with caplog.at_level(logging.WARNING, logger="i2dl.evaluation.aggregate"):
         agg = aggregate(find_runs(multirun))
     assert agg["n_runs"] == 3
     assert agg["experiment"] == "ltae" and agg["experiments"] == ["ltae"]

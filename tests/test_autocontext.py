@@ -82,9 +82,9 @@ def test_autocontext_on_slovenia(make_cfg, slovenia_dir, tmp_path) -> None:
 
 def test_out_of_fold_predictions_are_not_in_sample(make_cfg, slovenia_dir, tmp_path) -> None:
     """A forest memorises its learn pixels; out-of-fold predictions of them cannot."""
-    from i2dl.build import DataDims, build_classifier
+    from i2dl.samples.store import VAL, open_store, read_array, read_info
     from i2dl.stages import train
-    from i2dl.store import VAL, open_store, read_array, read_info
+    from i2dl.training.build import DataDims, build_classifier
 
     cfg = make_cfg("+experiment=rf", *FAST)
     summary = train.run(cfg)

@@ -21,9 +21,9 @@ from shapely.geometry import MultiPolygon
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
 from i2dl.io.vector import read_reference
-from i2dl.prepare import prepare, store_path
-from i2dl.sampling.split import SinglePolygonClassWarning
-from i2dl.store import LEARN
+from i2dl.samples.extract import prepare, store_path
+from i2dl.samples.split import SinglePolygonClassWarning
+from i2dl.samples.store import LEARN
 from tests.conftest import DATA_DIR, write_stack
 
 D5H2 = DATA_DIR / "iota2_testdata" / "references" / "D5H2_groundTruth_samples.shp"

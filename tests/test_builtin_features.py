@@ -7,12 +7,12 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from i2dl.build import DataDims, build_classifier
 from i2dl.errors import ConfigError
 from i2dl.features.builtin import BUILTINS
 from i2dl.features.external import ChunkData, apply_external, load_functions
-from i2dl.prepare import prepare
-from i2dl.store import open_store, read_array, read_info
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import open_store, read_array, read_info
+from i2dl.training.build import DataDims, build_classifier
 
 BANDS = ["B2", "B3", "B4", "B5", "B8", "B11"]
 DATES = [dt.date(2021, 1, 1) + dt.timedelta(days=10 * i) for i in range(3)]

@@ -21,10 +21,10 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from i2dl.errors import InputDataError, StoreError
-from i2dl.inference import classify_raster
 from i2dl.io.raster import open_time_series, read_series_window
-from i2dl.prepare import prepare
-from i2dl.store import read_info
+from i2dl.maps.engine import classify_raster
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import read_info
 from tests.conftest import write_stack
 
 

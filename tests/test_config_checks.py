@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from i2dl.cli import run_stage
 from i2dl.config import CONFIG_DIR, check_config, config_checks
 from i2dl.errors import ConfigError
-from i2dl.layout import DRAWN_SEED
+from i2dl.io.layout import DRAWN_SEED
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

@@ -10,9 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from i2dl.build import DataDims, build_classifier
 from i2dl.config import CONFIG_DIR
-from i2dl.training import callbacks
+from i2dl.training.build import DataDims, build_classifier
+from i2dl.training.loops import callbacks
 from models import Classifier, SITSClassifier, SklearnClassifier
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

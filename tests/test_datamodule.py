@@ -10,8 +10,8 @@ import zarr
 import datamodules.pixel_series as pixel_series
 from datamodules import PixelSeriesDataModule, StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
-from i2dl.prepare import prepare
-from i2dl.store import (
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import (
     LEARN,
     VAL,
     open_store,

@@ -18,8 +18,8 @@ import zarr
 from i2dl.errors import InputDataError
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.table import read_pixel_table
-from i2dl.prepare import prepare
-from i2dl.store import LEARN, SELECTION, VAL
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import LEARN, SELECTION, VAL
 from tests.conftest import DATA_DIR, FAST, SMALL_LTAE
 
 #: name -> what its README documents.

@@ -61,8 +61,8 @@ def test_same_seed_same_metrics_on_cpu(make_cfg, slovenia_dir: Path, tmp_path: P
 def test_early_stopping_is_on_by_default_and_follows_the_criterion(make_cfg) -> None:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from i2dl.training import callbacks as _callbacks
-    from i2dl.training import precision as _precision
+    from i2dl.training.loops import callbacks as _callbacks
+    from i2dl.training.loops import precision as _precision
 
     default = _callbacks(make_cfg())
     stop = next(c for c in default if isinstance(c, EarlyStopping))

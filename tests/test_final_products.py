@@ -6,7 +6,7 @@ import numpy as np
 import rasterio
 import torch
 
-from i2dl.inference import classify_raster
+from i2dl.maps.engine import classify_raster
 from tests.conftest import FAST
 from tests.test_inference import _read, _setup, predict
 

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from i2dl.errors import ConfigError
-from i2dl.fusion import dempster_shafer, majority_vote, mass_of_belief
+from i2dl.maps.fusion import dempster_shafer, majority_vote, mass_of_belief
 from tests.conftest import FAST
 
 CODES = np.array([1, 2, 3])

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from i2dl.store import LEARN, SELECTION, VAL
+from i2dl.samples.store import LEARN, SELECTION, VAL
 from tests.conftest import FAST, SMALL_LTAE
 
 

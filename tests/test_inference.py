@@ -8,10 +8,10 @@ import rasterio
 import torch
 
 from i2dl.errors import ConfigError
-from i2dl.inference import classify_raster, resolve_batch_size, resolve_device
 from i2dl.io.raster import open_time_series
-from i2dl.prepare import prepare
-from i2dl.store import read_info
+from i2dl.maps.engine import classify_raster, resolve_batch_size, resolve_device
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import read_info
 from tests.conftest import write_stack
 
 W = torch.tensor([[1.0, -1.0], [0.0, 0.0], [-1.0, 1.0]])  # (K=3, C=2)
@@ -137,8 +137,8 @@ def test_normalisation_on_the_gpu_equals_the_cpus() -> None:
     import datetime as dt
     from pathlib import Path
 
-    from i2dl.inference import _predict_batch
-    from i2dl.store import StoreInfo
+    from i2dl.maps.engine import _predict_batch
+    from i2dl.samples.store import StoreInfo
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

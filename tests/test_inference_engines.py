@@ -12,9 +12,9 @@ import torch
 from rasterio.errors import RasterioIOError
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.inference import classify_raster, read_windows
 from i2dl.io.geotiff import block_windows
 from i2dl.io.raster import open_time_series
+from i2dl.maps.engine import classify_raster, read_windows
 from i2dl.stages import fit, infer, prepare
 from tests.conftest import FAST, SMALL_LTAE
 from tests.test_inference import _read, _setup, predict

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from i2dl.io.files import ORPHAN_AGE_S, remove_orphans, target_lock, temporary_name
-from i2dl.store import read_info
+from i2dl.samples.store import read_info
 
 
 def _dead_pid() -> int:
@@ -58,7 +58,7 @@ def test_target_lock_excludes_a_second_writer(tmp_path: Path) -> None:
 def test_two_processes_preparing_one_store_build_it_once(make_cfg, tiny_dataset, tmp_path,
                                                          fork_safe_reads):
     """Two processes prepare the same store at once: one builds, the other waits, reuses."""
-    from i2dl import prepare as prepare_module
+    from i2dl.samples import extract as prepare_module
 
     cfg = make_cfg(*tiny_dataset["overrides"])
     builds = tmp_path / "builds.txt"

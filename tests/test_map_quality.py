@@ -10,7 +10,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.map_quality import (
+from i2dl.maps.quality import (
     area_adjusted_accuracy,
     bayes_smooth,
     map_class_pixels,

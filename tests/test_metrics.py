@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score
 
-from i2dl.metrics import confusion_matrix, scores
+from i2dl.evaluation.metrics import confusion_matrix, scores
 from tests.conftest import FAST, SMALL_LTAE
 
 
@@ -61,12 +61,12 @@ def test_checkpoint_score_equals_reported_score(make_cfg, slovenia_dir: Path,
     On real data (Slovenia, 2 epochs of a small LTAE) the score is far from 1, and the
     selection split holds classes that the model confuses with classes absent from it.
     """
-    from i2dl.build import load_classifier
-    from i2dl.report import compute_metrics
+    from i2dl.evaluation.run_report import compute_metrics
+    from i2dl.samples.store import SELECTION
     from i2dl.stages.evaluate import predict_split
     from i2dl.stages.fit import run as run_fit
     from i2dl.stages.prepare import run as run_prepare
-    from i2dl.store import SELECTION
+    from i2dl.training.build import load_classifier
 
     cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE)
     store = run_prepare(cfg)

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from i2dl.errors import ConfigError
-from i2dl.prepare import learn_statistics, prepare, store_path
-from i2dl.store import LEARN, read_info
+from i2dl.samples.extract import learn_statistics, prepare, store_path
+from i2dl.samples.store import LEARN, read_info
 
 
 def _learn_obs(store) -> np.ndarray:

@@ -10,8 +10,8 @@ from rasterio.features import shapes
 from shapely.geometry import shape
 
 from i2dl.errors import ConfigError, InputFileNotFoundError
+from i2dl.samples.store import VAL, open_store, read_array, read_info
 from i2dl.stages import train
-from i2dl.store import VAL, open_store, read_array, read_info
 from tests.conftest import FAST, SMALL_LTAE
 
 

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from i2dl.config import CONFIG_DIR, CONFIG_NAME, ROOT_DIR, register_resolvers
-from i2dl.store import LEARN, SELECTION, VAL
+from i2dl.samples.store import LEARN, SELECTION, VAL
 from tests.conftest import FAST, SLOVENIA, SMALL_LTAE
 
 
@@ -164,7 +164,7 @@ def test_map_grid_and_values(slovenia_run: dict) -> None:
 
 
 def test_second_prepare_reuses_store(slovenia_run: dict, caplog: pytest.LogCaptureFixture) -> None:
-    from i2dl.prepare import prepare
+    from i2dl.samples.extract import prepare
 
     store = Path(slovenia_run["summary"]["store"])
     before = store.joinpath("zarr.json").stat().st_mtime_ns

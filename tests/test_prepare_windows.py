@@ -11,10 +11,10 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import Polygon
 
-import i2dl.prepare as prepare_module
+import i2dl.samples.extract as prepare_module
 from i2dl.io.vector import burn_polygons, burn_window
-from i2dl.prepare import prepare
-from i2dl.store import open_store, read_array
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import open_store, read_array
 
 H, W, T, C = 37, 45, 3, 2
 TRANSFORM = from_origin(600000.0, 5100000.0, 10.0, 10.0)

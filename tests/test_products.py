@@ -1,4 +1,4 @@
-"""Label table, colour-indexed map and QGIS style of a classification (i2dl.products)."""
+"""Label table, colour-indexed map and QGIS style of a classification (i2dl.maps.products)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from i2dl.io.colours import (
     read_colour_table,
     resolve_colours,
 )
-from i2dl.products import (
+from i2dl.maps.products import (
     write_colour_map,
     write_label_table,
     write_map_products,

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from i2dl.build import DataDims, build_classifier
 from i2dl.errors import ConfigError
+from i2dl.training.build import DataDims, build_classifier
 from models import LTAE, ClassifierHead, SITSClassifier
 from models.augment import SeriesAugmentation, drop_dates, jitter, shift_days
 from models.schedule import warmup_cosine, warmup_cosine_factor

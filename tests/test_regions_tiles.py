@@ -15,8 +15,8 @@ import zarr
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from i2dl.fusion import majority_vote
-from i2dl.store import VAL
+from i2dl.maps.fusion import majority_vote
+from i2dl.samples.store import VAL
 from tests.conftest import FAST, SLOVENIA, SMALL_LTAE
 
 
@@ -39,7 +39,7 @@ def _halves(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
     from i2dl.features.source import open_source
-    from i2dl.inference import classify_raster
+    from i2dl.maps.engine import classify_raster
     from i2dl.stages.evaluate import load_models as load_run_models
     from i2dl.stages.train import run as run_train
 
@@ -141,7 +141,7 @@ def _tile_overrides(root: Path) -> list[str]:
 
 def test_two_tiles_store_and_mosaic_equal_single_tile(make_cfg, slovenia_dir: Path,
                                                       tmp_path: Path) -> None:
-    from i2dl.prepare import prepare
+    from i2dl.samples.extract import prepare
     from i2dl.stages.infer import run as run_infer
     from i2dl.stages.train import run as run_train
 

@@ -1,4 +1,4 @@
-"""Tests of i2dl.report and i2dl.io.nomenclature.
+"""Tests of i2dl.evaluation.run_report and i2dl.io.nomenclature.
 
 Expected values are computed by hand (fractions written out below) or with
 scikit-learn as an independent implementation, never with the code under test.
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.evaluation.run_report import compute_metrics, format_metrics, write_report
 from i2dl.io.nomenclature import class_names, read_nomenclature
-from i2dl.report import compute_metrics, format_metrics, write_report
 
 DATA = Path(
     os.environ.get(

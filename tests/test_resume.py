@@ -22,12 +22,12 @@ import rasterio
 import torch
 
 from i2dl.errors import StoreError
-from i2dl.inference import PARTIAL_DIR, classify_raster
+from i2dl.io.layout import checkpoint_path, read_fit_state
 from i2dl.io.raster import open_time_series
-from i2dl.layout import checkpoint_path, read_fit_state
-from i2dl.prepare import prepare
+from i2dl.maps.engine import PARTIAL_DIR, classify_raster
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import read_info
 from i2dl.stages import evaluate, fit, train
-from i2dl.store import read_info
 from tests.conftest import FAST, SMALL_LTAE
 from tests.pause_run import pause_at
 
@@ -166,7 +166,7 @@ def _kill_in_each_stage(make_cfg, tiny_dataset, tmp_path) -> None:
     with pytest.raises(StoreError, match="did not finish"):
         evaluate.run(cfg(run))  # never the half-trained model
     # the fit resumes and finishes; killed after 4 of the 9 map windows
-    _kill_9_at(lambda: train.run(cfg(run)), "i2dl.inference:_predict_batch", 5, tmp_path / "f3")
+    _kill_9_at(lambda: train.run(cfg(run)), "i2dl.maps.engine:_predict_batch", 5, tmp_path / "f3")
     state = read_fit_state(run)
     assert state["status"] == "done" and state["resumed"] == 1
     assert len(list((run / "maps" / PARTIAL_DIR).glob("w*.npz"))) == 4
@@ -263,7 +263,7 @@ def test_cli_kill_9_in_prepare_fit_and_infer_then_same_command(tiny_dataset, tmp
     assert read_fit_state(run)["status"] == "running"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     # 3. the fit resumes and finishes; killed after 4 of the 9 map windows
-    _run(args("killed"), tmp_path / "in_infer", "i2dl.inference:_predict_batch", 5)
+    _run(args("killed"), tmp_path / "in_infer", "i2dl.maps.engine:_predict_batch", 5)
     state = read_fit_state(run)
     assert state["status"] == "done" and state["resumed"] == 1
     assert len(list((run / "maps" / PARTIAL_DIR).glob("w*.npz"))) == 4

@@ -11,8 +11,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from i2dl.errors import InputDataError
-from i2dl.s2angles import read_angle_grids
-from i2dl.tiler import run_tiler
+from i2dl.features.tiling import run_tiler
+from i2dl.io.sensors.s2angles import read_angle_grids
 from tests.conftest import DATA_DIR
 
 ULX, ULY, STEP, N = 300000.0, 5000040.0, 5000.0, 23

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from datamodules.pixel_series import StoreBlockDataset, loader_settings
-from i2dl import ddp
 from i2dl.config import ROOT_DIR
 from i2dl.errors import ConfigError
-from i2dl.layout import read_fit_state
-from i2dl.prepare import prepare
-from i2dl.store import LEARN, SELECTION
+from i2dl.io.layout import read_fit_state
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import LEARN, SELECTION
+from i2dl.training import ddp
 from tests.conftest import FAST, SMALL_LTAE
 
 

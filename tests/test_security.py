@@ -14,12 +14,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from i2dl.build import DataDims, build_classifier, check_model_targets, load_classifier
 from i2dl.config import CONFIG_DIR
 from i2dl.errors import StoreError, UnsafeModelSpecError
 from i2dl.io.files import write_text_atomic
-from i2dl.layout import MODEL_SPEC
-from i2dl.prepare import class_statistics_path, prepare
+from i2dl.io.layout import MODEL_SPEC
+from i2dl.samples.extract import class_statistics_path, prepare
+from i2dl.training.build import DataDims, build_classifier, check_model_targets, load_classifier
 from tests.conftest import SMALL_LTAE
 
 EVIL_MODULE = "i2dl_test_evil_user_module"

@@ -21,7 +21,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
-from i2dl.sampling.selection import (
+from i2dl.samples.selection import (
     SAMPLERS,
     STAT_COLUMNS,
     SampleSelectionWarning,
@@ -33,8 +33,8 @@ from i2dl.sampling.selection import (
     selection_from_config,
     write_class_statistics,
 )
-from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, VAL
+from i2dl.samples.split import split_polygons
+from i2dl.samples.store import LEARN, VAL
 from tests.conftest import DATA_DIR
 
 SLOVENIA = DATA_DIR / "slovenia_s2_ndvi"

@@ -24,9 +24,9 @@ from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import open_time_series
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import read_reference
-from i2dl.prepare import prepare
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import LEARN, VAL, read_array, read_info, verify_store
 from i2dl.stages.fit import existing_store
-from i2dl.store import LEARN, VAL, read_array, read_info, verify_store
 from tests.conftest import write_stack
 
 # ---------------------------------------------------------------- case 2: string labels
@@ -227,7 +227,7 @@ def test_intact_store_is_verified_and_reused(tiny_store: tuple[Any, Path], caplo
     cfg, store = tiny_store
     stamp = (store / "X" / "zarr.json").stat().st_mtime_ns
     assert verify_store(store).n_samples == 216
-    with caplog.at_level(logging.INFO, logger="i2dl.prepare"):
+    with caplog.at_level(logging.INFO, logger="i2dl.samples.extract"):
         assert prepare(cfg) == store
     assert "reusing up-to-date sample store" in caplog.text
     assert (store / "X" / "zarr.json").stat().st_mtime_ns == stamp
@@ -249,7 +249,7 @@ def test_damaged_store_is_rebuilt_or_refused(tiny_store: tuple[Any, Path], caplo
     with pytest.raises(StoreError, match=re.escape(str(store)) + r".*store\.rebuild=true"):
         existing_store(strict)
 
-    with caplog.at_level(logging.WARNING, logger="i2dl.prepare"):
+    with caplog.at_level(logging.WARNING, logger="i2dl.samples.extract"):
         assert prepare(cfg) == store
     assert f"sample store {store}" in caplog.text and "rebuilding it" in caplog.text
     verify_store(store)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from datamodules.pixel_series import StoreBlockDataset
-from i2dl.build import DataDims, build_classifier
-from i2dl.prepare import prepare
-from i2dl.store import read_info
-from i2dl.training import fit_estimator, subsample_indices
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import read_info
+from i2dl.training.build import DataDims, build_classifier
+from i2dl.training.loops import fit_estimator, subsample_indices
 from models import CalibratedSVC, SklearnClassifier
 from models.sklearn_backends import features
 
@@ -158,7 +158,7 @@ def test_fit_store_max_samples(store: Path, tmp_path: Path, caplog) -> None:
     # scikit-learn models select nothing: they fit on learn + selection
     n_learn = _split(store, 0)["y"].shape[0] + _split(store, 2)["y"].shape[0]
     clf = _rf(max_samples=12)
-    with caplog.at_level(logging.INFO, logger="i2dl.training"):
+    with caplog.at_level(logging.INFO, logger="i2dl.training.loops"):
         fit_estimator(clf, store, tmp_path, region=None, seed=1)
     assert n_learn > 12
     assert clf.meta["n_samples"] == 12

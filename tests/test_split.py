@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from i2dl.errors import ConfigError
-from i2dl.sampling.split import LEARN, SELECTION, VAL, SinglePolygonClassWarning, split_polygons
+from i2dl.samples.split import LEARN, SELECTION, VAL, SinglePolygonClassWarning, split_polygons
 
 
 def test_split_is_per_class_with_ratio() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from i2dl.errors import ConfigError
-from i2dl.prepare import prepare
-from i2dl.store import open_store, read_array, read_info
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import open_store, read_array, read_info
 
 MODULE = '''
 def mean_b1(data):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from i2dl.build import DataDims, build_classifier
-from i2dl.prepare import prepare
+from i2dl.samples.extract import prepare
+from i2dl.samples.store import read_info
 from i2dl.stages import fit
-from i2dl.store import read_info
+from i2dl.training.build import DataDims, build_classifier
 from models.sklearn_backends import features
 from tests.conftest import FAST
 

@@ -15,10 +15,10 @@ from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform_bounds
 from shapely.geometry import box
 
-import i2dl.tiler as tiler
+import i2dl.features.tiling as tiler
 from i2dl.config import ROOT_DIR
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.tiler import Tile, grid_from_vector, run_tiler, slope_aspect, write_srtm
+from i2dl.features.tiling import Tile, grid_from_vector, run_tiler, slope_aspect, write_srtm
 
 
 @pytest.fixture
@@ -165,8 +165,8 @@ def test_srtm_hgt_and_worldclim_through_the_command(tmp_path):
 
 def test_tiled_features_train_a_map(make_cfg, dem_grid, slovenia_dir, tmp_path):
     """grid + features folder -> tiler -> data.user_features of a run -> a map (README)."""
+    from i2dl.samples.store import read_info
     from i2dl.stages import train
-    from i2dl.store import read_info
 
     _, feats, _ = dem_grid
     grid = tmp_path / "grid_rasters"

@@ -13,7 +13,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from i2dl.config import ROOT_DIR
-from i2dl.zonal import zonal_stats
+from i2dl.maps.zonal import zonal_stats
 
 
 @pytest.fixture

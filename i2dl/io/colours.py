@@ -19,7 +19,7 @@ It also reads the colours of a CSV class map such as the TempCNN/Formosat-2
 
 Classes without a colour table get :func:`default_colours`: a qualitative matplotlib
 palette (``tab10`` up to 10 classes, ``tab20`` up to 20, the same choice as the map preview
-of :mod:`i2dl.preview`), assigned in increasing code order.
+of :mod:`i2dl.maps.preview`), assigned in increasing code order.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The stages of i2dl, one module each; the CLI (:mod:`i2dl.cli`) is a table of them.
 
 Each Hydra stage module has ``run(cfg) -> result``, working in the run folder
-``cfg.paths.output_dir`` (:mod:`i2dl.layout`) and logging to ``<run>/logs/<stage>.log``:
+``cfg.paths.output_dir`` (:mod:`i2dl.io.layout`) and logging to ``<run>/logs/<stage>.log``:
 
 * :mod:`~i2dl.stages.prepare`: rasters + reference polygons -> Zarr sample store;
 * :mod:`~i2dl.stages.fit`: train the model of ``cfg.model`` on the learn split;

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from datamodules.pixel_series import StoreBlockDataset
-from i2dl.build import load_classifier
 from i2dl.errors import ConfigError, StoreError
-from i2dl.io.table import read_pixel_table
-from i2dl.layout import (
+from i2dl.evaluation.metrics import confusion_matrix, scores
+from i2dl.evaluation.run_report import CONFUSION_PNG, write_report
+from i2dl.io.layout import (
     REPORT_DIR,
     TB_DIR,
     checkpoint_path,
@@ -24,9 +24,9 @@ from i2dl.layout import (
     stage_logging,
     trained_model_dirs,
 )
-from i2dl.metrics import confusion_matrix, scores
-from i2dl.report import CONFUSION_PNG, write_report
-from i2dl.store import SELECTION, VAL, StoreInfo, verify_store
+from i2dl.io.table import read_pixel_table
+from i2dl.samples.store import SELECTION, VAL, StoreInfo, verify_store
+from i2dl.training.build import load_classifier
 from models import Classifier, SITSClassifier
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the final metrics go to TensorBoard (Images and HParams tabs).
 
     Returns:
-        The val metrics (see :func:`i2dl.report.compute_metrics`), with ``"test"`` and
-        ``"regions"`` entries when relevant, and for deep models ``"selection"``: the
+        The val metrics (see :func:`i2dl.evaluation.run_report.compute_metrics`), with
+        ``"test"`` and ``"regions"`` entries when relevant, and for deep models ``"selection"``: the
         scores on the selection split that chose the checkpoint (:func:`selection_scores`;
         optimistic, for hyper-parameter search only).
 
     Raises:
         StoreError: no trained model or no val pixel; the store is damaged
-            (:func:`i2dl.store.verify_store`).
+            (:func:`i2dl.samples.store.verify_store`).
         ConfigError: a test table with eco-regions (table rows have no location).
     """
     out = run_dir(cfg)

@@ -2,7 +2,7 @@
 
 Writes the feature time series of the ``data`` config — exactly what ``prepare`` and
 ``infer`` read — chunk by chunk, per tile, then mosaics the tiles (iota2's output tree),
-see :mod:`i2dl.features_map`.
+see :mod:`i2dl.features.feature_maps`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import rasterio
 from omegaconf import DictConfig
 
 from i2dl.errors import InputDataError
+from i2dl.features.feature_maps import band_descriptions, write_tile_features
 from i2dl.features.source import data_tiles, open_source
-from i2dl.features_map import band_descriptions, write_tile_features
 from i2dl.io.geotiff import mosaic
-from i2dl.layout import FINAL_DIR, run_dir, stage_logging
+from i2dl.io.layout import FINAL_DIR, run_dir, stage_logging
 
 log = logging.getLogger(__name__)
 

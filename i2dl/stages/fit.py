@@ -15,10 +15,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from i2dl import ddp
-from i2dl.build import DataDims, build_classifier, save_model_spec
 from i2dl.errors import ConfigError, StoreError
-from i2dl.layout import (
+from i2dl.io.layout import (
     CHECKPOINT_DIR,
     DERIVED_OUTPUTS,
     FIT_STATE,
@@ -33,9 +31,11 @@ from i2dl.layout import (
     stage_logging,
     write_fit_state,
 )
-from i2dl.prepare import store_path
-from i2dl.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
-from i2dl.training import fit_estimator, fit_network
+from i2dl.samples.extract import store_path
+from i2dl.samples.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
+from i2dl.training import ddp
+from i2dl.training.build import DataDims, build_classifier, save_model_spec
+from i2dl.training.loops import fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def run(cfg: DictConfig, store: Path | None = None) -> Path | dict[str, str]:
 
 
 def follow_rank_zero(cfg: DictConfig, store: Path | None = None) -> dict[str, str] | Path:
-    """A DDP process of rank > 0: train with rank 0, as rank 0 planned (:mod:`i2dl.ddp`).
+    """A DDP process of rank > 0: train with rank 0, as rank 0 planned (:mod:`i2dl.training.ddp`).
 
     Writes nothing in the run folder but its own log (``logs/fit_rank<r>.log``).
 
@@ -263,7 +263,7 @@ def follow_rank_zero(cfg: DictConfig, store: Path | None = None) -> dict[str, st
         What :func:`run` returns (rank 0's checkpoint paths).
 
     Raises:
-        ConfigError: rank 0's plan does not come (see :func:`i2dl.ddp.wait_for_rank_zero`).
+        ConfigError: rank 0's plan does not come (see :func:`i2dl.training.ddp.wait_for_rank_zero`).
     """
     out = run_dir(cfg)
     with stage_logging(out, f"fit_rank{ddp.process_rank()}"):

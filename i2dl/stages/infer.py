@@ -13,10 +13,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from i2dl.cluster import dask_client, dask_engine
 from i2dl.errors import ConfigError, StoreError
 from i2dl.features.source import data_tiles, open_source, uses_sensors
-from i2dl.inference import (
+from i2dl.io.geotiff import mosaic
+from i2dl.io.layout import (
+    FINAL_DIR,
+    MAPS_DIR,
+    checkpoint_path,
+    read_fit_state,
+    run_dir,
+    stage_logging,
+    trained_model_dirs,
+)
+from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.vector import burn_window
+from i2dl.maps.cluster import dask_client, dask_engine
+from i2dl.maps.engine import (
     SKLEARN_BATCH_SIZE,
     InferenceResult,
     PredictFn,
@@ -27,25 +39,13 @@ from i2dl.inference import (
     resolve_batch_size,
     resolve_device,
 )
-from i2dl.io.geotiff import mosaic
-from i2dl.io.sensors.base import TimeSeriesSource
-from i2dl.io.vector import burn_window
-from i2dl.layout import (
-    FINAL_DIR,
-    MAPS_DIR,
-    checkpoint_path,
-    read_fit_state,
-    run_dir,
-    stage_logging,
-    trained_model_dirs,
-)
-from i2dl.map_quality import write_smoothed, write_uncertainty
+from i2dl.maps.preview import write_map_preview
+from i2dl.maps.products import write_map_products
+from i2dl.maps.quality import write_smoothed, write_uncertainty
 from i2dl.obia import classify_segments, obia_settings
-from i2dl.preview import write_map_preview
-from i2dl.products import write_map_products
-from i2dl.sampling.regions import read_regions
+from i2dl.samples.regions import read_regions
+from i2dl.samples.store import StoreInfo
 from i2dl.stages.evaluate import load_models
-from i2dl.store import StoreInfo
 from models import Classifier, SklearnClassifier
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _stamp(path: Path) -> dict[str, Any]:
 
 
 def resume_key(cfg: DictConfig, out: Path, device: str, tile: str | None) -> str:
-    """What the maps of a tile depend on, for :func:`i2dl.inference.classify_raster`'s resume.
+    """What the maps of a tile depend on, for :func:`i2dl.maps.engine.classify_raster`'s resume.
 
     The checkpoint files used (path, size, modification time) with their fit
     fingerprints, the data config (raster, masks, dates), the ``infer`` settings, the
@@ -86,7 +86,7 @@ def resume_key(cfg: DictConfig, out: Path, device: str, tile: str | None) -> str
 class TileJob:
     """Everything needed to classify the windows of one tile, in plain (picklable) values.
 
-    Used by the local engine and sent to Dask workers (:mod:`i2dl.cluster`), which open the
+    Used by the local engine and sent to Dask workers (:mod:`i2dl.maps.cluster`), which open the
     tile and load the model(s) from the run folder themselves.
 
     Attributes:
@@ -257,7 +257,7 @@ def run(cfg: DictConfig) -> InferenceResult | None:
     pixels in no region are nodata. Next to each map: a preview picture, a colour-indexed
     copy, the label table and a QGIS style. With ``infer.resume=true`` (default) a killed
     infer run again computes only the windows it had not finished (see
-    :func:`i2dl.inference.classify_raster`).
+    :func:`i2dl.maps.engine.classify_raster`).
 
     Returns:
         The written maps (the mosaic with several tiles), or None when the data has no
@@ -265,7 +265,7 @@ def run(cfg: DictConfig) -> InferenceResult | None:
 
     Raises:
         StoreError: no trained model in the run folder.
-        i2dl.errors.I2dlError: unreadable rasters (see :func:`i2dl.inference.classify_raster`).
+        i2dl.errors.I2dlError: unreadable rasters (see :func:`i2dl.maps.engine.classify_raster`).
     """
     out = run_dir(cfg)
     with stage_logging(out, "infer"):

@@ -7,8 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from i2dl.io.files import write_bytes_atomic
-from i2dl.layout import CLASS_STATISTICS, run_dir, stage_logging
-from i2dl.prepare import class_statistics_path, prepare
+from i2dl.io.layout import CLASS_STATISTICS, run_dir, stage_logging
+from i2dl.samples.extract import class_statistics_path, prepare
 
 
 def run(cfg: DictConfig) -> Path:
@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> Path:
 
     Raises:
         i2dl.errors.I2dlError: bad reference data, rasters or configuration (see
-            :func:`i2dl.prepare.prepare`).
+            :func:`i2dl.samples.extract.prepare`).
     """
     out = run_dir(cfg)
     with stage_logging(out, "prepare"):

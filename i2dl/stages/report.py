@@ -1,6 +1,6 @@
 """Stage ``report``: aggregate runs (``python -m i2dl report DIR [DIR ...] [--out OUT]``).
 
-Statistics and outputs are those of :mod:`i2dl.aggregate` (iota2's ``RESULTS.txt``:
+Statistics and outputs are those of :mod:`i2dl.evaluation.aggregate` (iota2's ``RESULTS.txt``:
 mean +- std and 95 % Student t interval of OA, kappa, macro F1 and per-class F1; confusion
 matrix summed over runs); several DIRs are compared side by side.
 """
@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from i2dl.aggregate import (
+from i2dl.errors import I2dlError
+from i2dl.evaluation.aggregate import (
     COMPARISON_MD,
     RESULTS_TXT,
     aggregate,
@@ -20,8 +21,7 @@ from i2dl.aggregate import (
     write_comparison,
     write_results,
 )
-from i2dl.errors import I2dlError
-from i2dl.layout import SUMMARY_JSON
+from i2dl.io.layout import SUMMARY_JSON
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m i2dl report DIR [DIR ...] [--out OUT]``.
 
-    One DIR: aggregate its runs, write the report files (:func:`i2dl.aggregate.write_results`)
-    into OUT (default DIR itself, or the run's folder when DIR is a summary.json),
+    One DIR: aggregate its runs, write the report files
+    (:func:`i2dl.evaluation.aggregate.write_results`) into OUT (default DIR itself, or the
+    run's folder when DIR is a summary.json),
     print RESULTS.txt. Several DIRs: aggregate each DIR as one experiment group,
     write each group's report into that DIR, write comparison.md / comparison.csv
     into OUT (default: the common parent folder of the DIRs, ``os.path.commonpath``

@@ -13,13 +13,13 @@ import pandas as pd
 import rasterio
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from i2dl import autocontext, ddp
-from i2dl.aggregate import aggregate, write_results
+from i2dl import autocontext
 from i2dl.config import OBJECTIVES
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.fusion import fuse_maps, mass_of_belief
+from i2dl.evaluation.aggregate import aggregate, write_results
+from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.files import atomic_path
-from i2dl.layout import (
+from i2dl.io.layout import (
     FINAL_DIR,
     METRICS_JSON,
     REPORT_DIR,
@@ -30,10 +30,11 @@ from i2dl.layout import (
     versions,
     write_json,
 )
-from i2dl.map_quality import area_adjusted_accuracy, map_class_pixels
-from i2dl.report import CONFUSION_CSV
+from i2dl.maps.fusion import fuse_maps, mass_of_belief
+from i2dl.maps.quality import area_adjusted_accuracy, map_class_pixels
+from i2dl.samples.store import read_info
 from i2dl.stages import evaluate, fit, infer, prepare
-from i2dl.store import read_info
+from i2dl.training import ddp
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``seed, seed+1, ...`` — each run re-splits the polygons with its own seed — into
     ``<run>/seed_<i>/`` (one map per run), and the runs are aggregated into
     ``<run>/RESULTS.txt`` (mean ± std and 95 % interval of OA, kappa, F1; summed confusion
-    matrix), see :mod:`i2dl.aggregate`. With ``fusion=true`` the run maps are also fused
+    matrix), see :mod:`i2dl.evaluation.aggregate`. With ``fusion=true`` the run maps are also fused
     by majority vote into ``<run>/final/Classif_Fusion.tif`` with its agreement ratio
-    (:mod:`i2dl.fusion`). With ``kfold=K``, polygon-grouped, class-stratified k-fold
+    (:mod:`i2dl.maps.fusion`). With ``kfold=K``, polygon-grouped, class-stratified k-fold
     cross-validation (sits' ``sits_kfold_validate``): fold ``i`` is the val part of
     ``<run>/fold_<i>/`` (``sampling.folds=K sampling.fold=i``), aggregated the same way.
 
@@ -180,7 +181,7 @@ def with_objective(cfg: DictConfig, result: dict[str, Any], run_dirs: list[Path]
 def area_adjusted_report(out: Path, info: Any, classif: Path) -> dict[str, Any] | None:
     """Olofsson et al. (2014) area and accuracy estimates from the map and the val pixels.
 
-    Writes ``report/area_adjusted.csv`` (:func:`i2dl.map_quality.area_adjusted_accuracy`:
+    Writes ``report/area_adjusted.csv`` (:func:`i2dl.maps.quality.area_adjusted_accuracy`:
     strata = the map's classes, counts = the val confusion matrix transposed, areas in
     hectares from the map's pixel size when its CRS is projected in metres, else in
     pixels). The val pixels come from polygons, not from a stratified random sample of the

@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from i2dl.build import DataDims, build_classifier
+from i2dl.training.build import DataDims, build_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ Writes a synthetic Sentinel-2-like stack in a temporary folder: ``--size`` pixel
 - ``read_floor``: every ``--chunk`` block window read with rasterio as int16, as
   inference reads it (the floor: decoding, no cast);
 - ``read_i2dl``: the same windows through i2dl's reader (float32 values and validity);
-- ``infer``: :func:`i2dl.inference.classify_raster` on the CPU with the default LTAE
+- ``infer``: :func:`i2dl.maps.engine.classify_raster` on the CPU with the default LTAE
   config (``configs/model/ltae.yaml``, randomly initialised, 10 classes), writing
   ``classif.tif`` and ``confidence.tif``, for each variant of ``--variants``:
   ``NAME:FORWARD:BATCH[:READERS]`` with FORWARD ``lean`` (models/ltae.py) or ``before``
@@ -51,11 +51,11 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import Tensor
 
-from i2dl.build import DataDims, build_classifier
-from i2dl.inference import classify_raster, resolve_batch_size
 from i2dl.io.geotiff import block_windows
 from i2dl.io.raster import open_time_series
-from i2dl.store import StoreInfo
+from i2dl.maps.engine import classify_raster, resolve_batch_size
+from i2dl.samples.store import StoreInfo
+from i2dl.training.build import DataDims, build_classifier
 from models.ltae import LTAE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ For each layout, in ``--repeat`` rounds (medians reported):
 
 - ``baseline``: rasterio reads each polygon's bounding window, every band, in the file's
   dtype (the floor: the labelled pixels must be decoded);
-- ``prepare``: :func:`i2dl.prepare.prepare` builds the store (burning, extraction, split,
+- ``prepare``: :func:`i2dl.samples.extract.prepare` builds the store (burning, extraction, split,
   statistics, Zarr writing), from scratch each round.
 
 Prints JSON lines (seconds, seconds per labelled pixel, ratio to the baseline, peak
@@ -44,7 +44,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from i2dl.config import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from i2dl.prepare import prepare
+from i2dl.samples.extract import prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_infer import _timed, write_stack  # noqa: E402

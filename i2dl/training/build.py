@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2dl.errors import ConfigError, StoreError, UnsafeModelSpecError
 from i2dl.io.files import write_text_atomic
-from i2dl.layout import MODEL_SPEC, checkpoint_path
-from i2dl.store import StoreInfo, read_info
+from i2dl.io.layout import MODEL_SPEC, checkpoint_path
+from i2dl.samples.store import StoreInfo, read_info
 from models.base import Classifier
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
 
     Args:
         model_dir: a model folder written by ``fit`` (the run, or ``regions/region_<r>``).
-        which: ``best``, ``last`` or a checkpoint path (:func:`i2dl.layout.checkpoint_path`).
+        which: ``best``, ``last`` or a checkpoint path (:func:`i2dl.io.layout.checkpoint_path`).
 
     Returns:
         The classifier on the CPU, ready to predict, and the attributes of its store.

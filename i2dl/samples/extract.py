@@ -2,11 +2,11 @@
 
 Steps (iota2's vector sampling, pixel-based): read and check the polygons, rasterise them
 on the raster grid (pixel centres), split the polygons per class into learn/val
-(:mod:`i2dl.sampling.split`), extract every labelled pixel's series and validity mask
+(:mod:`i2dl.samples.split`), extract every labelled pixel's series and validity mask
 block by block, drop pixels with no valid date, compute learn-split per-channel statistics,
 and write the store atomically. A store whose fingerprint (config + source file sizes and
 modification times) matches is reused instead of rebuilt, once verified intact
-(:func:`i2dl.store.verify_store`); a damaged one is rebuilt with a warning, or refused when
+(:func:`i2dl.samples.store.verify_store`); a damaged one is rebuilt with a warning, or refused when
 ``store.rebuild_damaged=false``. The build holds the store's
 lock (:func:`i2dl.io.files.target_lock`): a second process preparing the same store waits,
 then reuses it; temporaries left by a killed build are removed first.
@@ -35,15 +35,22 @@ from i2dl.io.raster import days_since, read_dates_file, read_series_window
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import burn_window, read_reference
 from i2dl.obia import STATS, obia_settings, segment_samples, segmentation_for
-from i2dl.sampling.regions import read_regions
-from i2dl.sampling.selection import (
+from i2dl.samples.regions import read_regions
+from i2dl.samples.selection import (
     class_statistics,
     select_samples,
     selection_from_config,
     write_class_statistics,
 )
-from i2dl.sampling.split import split_polygons
-from i2dl.store import LEARN, SPLIT_NAMES, STORE_VERSION, RowsView, verify_store, write_store
+from i2dl.samples.split import split_polygons
+from i2dl.samples.store import (
+    LEARN,
+    SPLIT_NAMES,
+    STORE_VERSION,
+    RowsView,
+    verify_store,
+    write_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +281,7 @@ def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
     """Learn/selection/val split of the polygons, class by class, separately in each region.
 
     ``sampling.ratio`` (iota2), ``selection_ratio``, ``folds``/``fold`` and ``random_seed``:
-    see :func:`i2dl.sampling.split.split_polygons`.
+    see :func:`i2dl.samples.split.split_polygons`.
 
     One split unit per (region, polygon id): exploded MultiPolygon parts share their
     feature's id and so their side; a polygon cut by a region boundary is split per region.
@@ -675,11 +682,11 @@ def learn_statistics(
 
     Args:
         x: (N, T, C) float32 unscaled series of the learn pixels (an array, or a
-            :class:`i2dl.store.RowsView` read ``STAT_ROWS`` rows at a time: memory does not
+            :class:`i2dl.samples.store.RowsView` read ``STAT_ROWS`` rows at a time: memory does not
             grow with N, except for ``quantile``, which sorts every observation).
         valid: (N, T) bool, True = valid observation.
         method: ``standard`` or ``quantile`` (:data:`NORMALIZATIONS`): which statistics
-            become the ``offset`` and ``scale`` of :meth:`i2dl.store.StoreInfo.normalise`.
+            become the ``offset`` and ``scale`` of :meth:`i2dl.samples.store.StoreInfo.normalise`.
             ``quantile`` is sits' normalisation of deep-learning inputs
             (``(x - q02) / (q98 - q02)``, values outside the 2-98 % range not clipped), which
             an outlier (a cloud missed by the mask, a saturated band) cannot stretch.

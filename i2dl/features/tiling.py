@@ -28,7 +28,7 @@ tile's edge use the nearest row/column outside, i.e. edge replication); ``worldc
 per file in file-name order with the file stem as band description. ``s2_path`` (a folder
 of Sentinel-2 products, Sen2Cor ``.SAFE`` or THEIA) gives ``SOLAR_ZENITH``,
 ``SOLAR_AZIMUTH``, ``EVEN_ZENITH``, ``ODD_ZENITH``, ``EVEN_AZIMUTH``, ``ODD_AZIMUTH``
-per tile, one band per date (:mod:`i2dl.s2angles`). Sentinel-1 angles (``s1_dir``) are
+per tile, one band per date (:mod:`i2dl.io.sensors.s2angles`). Sentinel-1 angles (``s1_dir``) are
 not implemented: asking for them is an error, not a silent no-op.
 
 Command: ``python -m i2dl tiler [config=tiler.yaml] key=value ...`` with the keys of
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -57,10 +56,10 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rich.progress import Progress
 
-from i2dl.errors import ConfigError, I2dlError, InputDataError, InputFileNotFoundError
+from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.files import atomic_path
 from i2dl.io.geotiff import block_windows, geotiff_profile
-from i2dl.s2angles import write_s2_angles
+from i2dl.io.sensors.s2angles import write_s2_angles
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ log = logging.getLogger(__name__)
 BLOCK = 1024
 #: raster extensions looked for in the feature, WorldClim and grid folders
 RASTER_EXT = (".tif", ".tiff", ".vrt", ".img", ".jp2")
-DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "tiler.yaml"
+DEFAULTS = Path(__file__).resolve().parents[2] / "configs" / "tiler.yaml"
 
 
 @dataclass(frozen=True)
@@ -388,36 +387,3 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
                     handler.close()
                 bar.advance(task)
     return written
-
-
-def main(argv: list[str]) -> int:
-    """``python -m i2dl tiler [config=FILE.yaml] key=value ...``.
-
-    Returns:
-        0 on success, 2 on a usage error, 1 on bad input (printed without traceback).
-    """
-    cfg = OmegaConf.load(DEFAULTS)
-    dotlist = []
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"arguments are key=value, got {item!r}; keys: {sorted(cfg)}",
-                  file=sys.stderr)
-            return 2
-        if key == "config":
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(value))
-        elif key.split(".")[0] not in cfg:
-            print(f"unknown key {key!r}; keys: {sorted(cfg)}", file=sys.stderr)
-            return 2
-        else:
-            dotlist.append(item)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    try:
-        written = run_tiler(cfg)  # type: ignore[arg-type]
-    except I2dlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    n = sum(len(v) for v in written.values())
-    print(f"{n} rasters written for {len(written)} tile(s) under {cfg.output_path}")
-    return 0

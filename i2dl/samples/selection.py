@@ -1,6 +1,6 @@
 """Pixel selection inside the learn polygons (iota2 ``arg_train.sampleSelection``).
 
-iota2 first splits the reference polygons into learn/val (:mod:`i2dl.sampling.split`), then
+iota2 first splits the reference polygons into learn/val (:mod:`i2dl.samples.split`), then
 keeps only a subset of the learn pixels for training, with OTB's ``SampleSelection``
 application. This module reproduces that second step on pixel arrays. Two choices are
 made independently:
@@ -61,7 +61,7 @@ import pandas as pd
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.files import write_text_atomic
-from i2dl.store import LEARN, SELECTION, SPLIT_NAMES, VAL
+from i2dl.samples.store import LEARN, SELECTION, SPLIT_NAMES, VAL
 
 log = logging.getLogger(__name__)
 

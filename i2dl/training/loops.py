@@ -1,6 +1,6 @@
 """Fitting a classifier on the learn split of a sample store.
 
-Two loops for the two kinds of classifier that :func:`i2dl.build.build_classifier` makes:
+Two loops for the two kinds of classifier that :func:`i2dl.training.build.build_classifier` makes:
 
 * :func:`fit_network`: a :class:`models.SITSClassifier` with a Lightning ``Trainer``
   (callbacks and loggers of the config; checkpoint selection and early stopping on
@@ -27,10 +27,10 @@ from omegaconf import DictConfig
 
 from datamodules.pixel_series import StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
-from i2dl.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
-from i2dl.preview import write_learning_curves
-from i2dl.sampling.selection import largest_remainder
-from i2dl.store import LEARN, SELECTION, open_store, read_array, read_info
+from i2dl.io.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
+from i2dl.maps.preview import write_learning_curves
+from i2dl.samples.selection import largest_remainder
+from i2dl.samples.store import LEARN, SELECTION, open_store, read_array, read_info
 from models import SITSClassifier, SklearnClassifier, criterion_monitor
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def subsample_indices(y: np.ndarray, max_samples: int | None, seed: int = 0) -> 
     """Rows to keep for fitting: all, or ``max_samples`` drawn per class.
 
     Per-class counts are proportional to the class sizes (largest remainders,
-    :func:`i2dl.sampling.selection.largest_remainder`), with at least one sample of every
+    :func:`i2dl.samples.selection.largest_remainder`), with at least one sample of every
     class present (a class is never dropped; if ``max_samples`` is smaller than the number
     of classes present, one per class is kept and a warning logged). Rows are drawn
     without replacement by ``numpy.random.default_rng(seed)``.

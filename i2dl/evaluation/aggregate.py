@@ -7,7 +7,7 @@ confusion matrix summed over the runs (iota2 documentation, "Classification
 accuracy": ``final/RESULTS.txt``). This module does the same for i2dl run folders.
 
 Inputs: run folders written by ``python -m i2dl train`` (``<run>/summary.json`` and
-``<run>/report/metrics.json``, see :func:`i2dl.report.compute_metrics` for the keys),
+``<run>/report/metrics.json``, see :func:`i2dl.evaluation.run_report.compute_metrics` for the keys),
 alone or below a folder such as a Hydra multirun directory
 (``<multirun dir>/<job number>/``).
 
@@ -23,7 +23,7 @@ Statistics (decisions):
   values;
 * the summed confusion matrix aligns classes by CODE over the union of the runs'
   classes (sorted by code); a run lacking a class contributes zeros. Its OA, kappa
-  and macro F1 (:mod:`i2dl.metrics`: over the classes with reference samples) are
+  and macro F1 (:mod:`i2dl.evaluation.metrics`: over the classes with reference samples) are
   computed on the summed counts ("pooled" estimates, weighted by n_val).
 
 Runs of different experiments, with different class sets, with the same
@@ -51,10 +51,10 @@ from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
+from i2dl.evaluation.metrics import scores
+from i2dl.evaluation.run_report import confusion_csv, confusion_png
 from i2dl.io.files import write_bytes_atomic
-from i2dl.layout import METRICS_JSON, REPORT_DIR, SUMMARY_JSON
-from i2dl.metrics import scores
-from i2dl.report import confusion_csv, confusion_png
+from i2dl.io.layout import METRICS_JSON, REPORT_DIR, SUMMARY_JSON
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
 def _matrix_scores(cm: np.ndarray) -> dict[str, Any]:
     """OA, Cohen's kappa, per-class P/R/F1 and macro F1 of a (summed) confusion matrix.
 
-    Computed by :func:`i2dl.metrics.scores` (rows = reference; macro F1 over the classes
+    Computed by :func:`i2dl.evaluation.metrics.scores` (rows = reference; macro F1 over the classes
     with reference samples), rounded to :data:`DECIMALS`.
     """
     sc = scores(cm)
@@ -585,7 +585,7 @@ def _f1_png(agg: Mapping[str, Any]) -> bytes:
     """Horizontal bar chart of the mean per-class F1, std error bars, runs as dots.
 
     matplotlib object API with the Agg canvas (no pyplot), as
-    :func:`i2dl.report.confusion_png`.
+    :func:`i2dl.evaluation.run_report.confusion_png`.
     """
     classes = agg["classes"]
     k = len(classes)
@@ -626,7 +626,7 @@ def _f1_png(agg: Mapping[str, Any]) -> bytes:
 
 
 def _cm_metrics(agg: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics-like dict of the summed matrix for the i2dl.report drawing helpers."""
+    """metrics-like dict of the summed matrix for the i2dl.evaluation.run_report drawing helpers."""
     cms = agg["confusion_matrix_sum"]
     return {
         "confusion_matrix": cms["matrix"],
@@ -647,9 +647,9 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
     * ``RESULTS.txt``: :func:`format_results`;
     * ``results.json``: ``agg`` (strict JSON, indent 2);
     * ``confusion_matrix_sum.csv``: summed counts, header row / first column
-      ``"code name"``, rows = reference (format of i2dl.report's CSV);
+      ``"code name"``, rows = reference (format of i2dl.evaluation.run_report's CSV);
     * ``confusion_matrix_sum.png``: heatmap of the summed matrix, row-normalised
-      (:func:`i2dl.report.confusion_png`);
+      (:func:`i2dl.evaluation.run_report.confusion_png`);
     * ``f1_per_class.png``: bar chart of the mean per-class F1, std error bars.
 
     Args:

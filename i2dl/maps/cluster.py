@@ -2,7 +2,7 @@
 
 ``infer.engine=dask`` sends every window of a tile to the cluster's workers: each task
 reads its window, classifies it and returns the arrays of the maps; this process writes
-them (:func:`i2dl.inference.classify_raster`: same files, resume and checks as the local
+them (:func:`i2dl.maps.engine.classify_raster`: same files, resume and checks as the local
 engine, so the maps are identical to the serial path). A worker opens the raster and loads
 the model once per job (cached, one raster handle per worker thread). Without
 ``infer.dask.address`` a :class:`distributed.LocalCluster` is started on this machine
@@ -23,9 +23,9 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError
-from i2dl.inference import WindowClassifier, WindowEngine
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.maps.engine import WindowClassifier, WindowEngine
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def classify_window(job: WindowJob, i: int, window: Window) -> tuple[int, dict[s
     """The task run by a worker: read window ``i`` and classify it.
 
     Returns:
-        ``(i, arrays)`` as :meth:`i2dl.inference.WindowClassifier.__call__`.
+        ``(i, arrays)`` as :meth:`i2dl.maps.engine.WindowClassifier.__call__`.
     """
     series, classify = _worker_state(job)
     x, valid = read_series_window(series, window)
@@ -86,7 +86,7 @@ def release(job_key: str) -> None:
 
 
 def dask_engine(client: Any, job: WindowJob, max_in_flight: int | None = None) -> WindowEngine:
-    """An engine for :func:`i2dl.inference.classify_raster` that runs windows on Dask.
+    """An engine for :func:`i2dl.maps.engine.classify_raster` that runs windows on Dask.
 
     Args:
         client: a connected :class:`distributed.Client`.

@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from i2dl.errors import ConfigError
-from i2dl.store import LEARN, SELECTION, VAL
+from i2dl.samples.store import LEARN, SELECTION, VAL
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def split_polygons(
 
     Returns:
         polygon id -> split (``LEARN`` = 0, ``VAL`` = 1, ``SELECTION`` = 2, defined in
-        :mod:`i2dl.store`).
+        :mod:`i2dl.samples.store`).
 
     Raises:
         ConfigError: a ratio out of range, ``folds`` < 2 or ``fold`` not in 0..K-1,

@@ -5,7 +5,7 @@ The report follows the conventions of iota2's validation step (iota2 documentati
 rows of the confusion matrix are the reference (ground truth) classes, columns the
 predicted classes, and classes are identified by their nomenclature CODE.
 
-Metrics are computed by :mod:`i2dl.metrics` (the one definition shared with checkpoint
+Metrics are computed by :mod:`i2dl.evaluation.metrics` (the one definition shared with checkpoint
 selection and the multi-run aggregate) on class indices 0..K-1 obtained by mapping each
 code to its position in ``class_codes``:
 
@@ -37,9 +37,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from i2dl.errors import InputDataError
+from i2dl.evaluation.metrics import confusion_matrix, scores
 from i2dl.io import nomenclature as _nomenclature
 from i2dl.io.files import write_bytes_atomic
-from i2dl.metrics import confusion_matrix, scores
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Confusion matrix, OA, Cohen's kappa and per-class / macro scores.
 
-    Computed by :func:`i2dl.metrics.scores` on the indices of the codes in
+    Computed by :func:`i2dl.evaluation.metrics.scores` on the indices of the codes in
     ``class_codes``; formulas in the module docstring. Float values are rounded to
     :data:`METRIC_DECIMALS` decimals.
 

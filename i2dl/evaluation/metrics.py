@@ -1,8 +1,9 @@
 """Accuracy metrics of a classification, from its confusion matrix: one definition each.
 
 Checkpoint selection (:class:`models.SITSClassifier`), the validation report
-(:mod:`i2dl.report`) and the multi-run aggregate (:mod:`i2dl.aggregate`) all compute their
-scores here, so that the number a checkpoint was selected on is the number the user reads.
+(:mod:`i2dl.evaluation.run_report`) and the multi-run aggregate
+(:mod:`i2dl.evaluation.aggregate`) all compute their scores here, so that the number a
+checkpoint was selected on is the number the user reads.
 
 Conventions, as iota2's validation step (iota2 documentation, "Classification accuracy",
 ``RESULTS.txt``):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from i2dl.errors import ConfigError
-from i2dl.layout import FIT_STATE
+from i2dl.io.layout import FIT_STATE
 
 log = logging.getLogger(__name__)
 

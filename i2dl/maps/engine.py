@@ -7,7 +7,7 @@ bfloat16 autocast on CUDA) and written to tiled, DEFLATE-compressed GeoTIFF wind
 (:func:`i2dl.io.geotiff.geotiff_profile`). Reading the next window overlaps computing the
 current one (reader threads, ``infer.reader_threads`` and ``infer.read_ahead``) and a
 writer thread writes finished windows while the next ones are computed; the windows can
-also be computed on a Dask cluster (:mod:`i2dl.cluster`). Outputs are written under
+also be computed on a Dask cluster (:mod:`i2dl.maps.cluster`). Outputs are written under
 temporary names and renamed at the end (:func:`i2dl.io.files.atomic_path`): a map that
 exists is complete. Tile maps are merged by :func:`i2dl.io.geotiff.mosaic`.
 
@@ -54,7 +54,7 @@ from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.io.vector import burn_window
-from i2dl.store import StoreInfo
+from i2dl.samples.store import StoreInfo
 
 log = logging.getLogger(__name__)
 
@@ -554,7 +554,7 @@ def classify_raster(
         read_ahead: windows read ahead of the one computed (0 = read in this thread).
         open_reader: opens another reader of the same series, one per reader thread
             (needed when ``reader_threads > 1``).
-        engine: computes the windows elsewhere (e.g. :func:`i2dl.cluster.dask_engine`);
+        engine: computes the windows elsewhere (e.g. :func:`i2dl.maps.cluster.dask_engine`);
             None = :func:`local_engine` in this process. ``predict`` and ``region_index``
             are then unused (the engine classifies).
 

@@ -1,0 +1,1 @@
+"""Maps: the window engine (local or Dask), fusion, quality, products, zonal stats, previews."""

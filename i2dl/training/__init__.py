@@ -1,0 +1,1 @@
+"""Fitting: model construction, the training loops, DDP roles, the runs / k-fold loop."""
