@@ -144,8 +144,11 @@ def _device(v: Any) -> bool:
 
 
 #: ``objective`` values -> summary key: the selection-split score that a hyper-parameter
-#: search maximises (:func:`i2dl.stages.train.objective_value`).
-OBJECTIVES = {"selection_oa": "oa", "selection_f1": "f1_macro", "selection_kappa": "kappa"}
+#: search maximises (:func:`i2dl.stages.train.objective_value`). Macro F1 is ``fscore`` in
+#: configs (iota2's name) and ``f1_macro`` in reports: the same number.
+OBJECTIVES = {"selection_oa": "oa", "selection_fscore": "f1_macro", "selection_kappa": "kappa"}
+#: Former ``objective`` names -> current name, still accepted with a DeprecationWarning.
+DEPRECATED_OBJECTIVES = {"selection_f1": "selection_fscore"}
 
 #: Largest seed accepted by numpy and Lightning (unsigned 32 bits).
 MAX_SEED = 2**32 - 1
@@ -186,7 +189,8 @@ def config_checks() -> tuple[Check, ...]:
         _choice("resume", ["auto", "never"], "auto"),
         Check("infer.resume", "true or false", _bool, "true"),
         Check("objective", "null or one of " + ", ".join(sorted(OBJECTIVES)),
-              lambda v: v is None or v in OBJECTIVES, "selection_f1"),
+              lambda v: v is None or v in OBJECTIVES or v in DEPRECATED_OBJECTIVES,
+              "selection_fscore"),
         _int("datamodule.batch_size", 1, example="256"),
         Check("datamodule.num_workers", "auto (workers on CUDA, none on the CPU) or an integer "
               ">= 0", lambda v: v == "auto" or (_is_int(v) and v >= 0), "auto"),

@@ -64,14 +64,23 @@ def _summary(run: Path, selection: dict | None) -> Path:
 def test_objective_is_the_mean_selection_score(make_cfg, tmp_path: Path) -> None:
     runs = [_summary(tmp_path / f"r{i}", {"oa": oa, "f1_macro": f1, "kappa": 0.1})
             for i, (oa, f1) in enumerate([(0.9, 0.6), (0.7, 0.8)])]
-    assert objective_value(make_cfg("objective=selection_f1"), runs) == pytest.approx(0.7)
+    assert objective_value(make_cfg("objective=selection_fscore"), runs) == pytest.approx(0.7)
     assert objective_value(make_cfg("objective=selection_oa"), runs) == pytest.approx(0.8)
     assert objective_value(make_cfg(), runs) is None  # objective: null
+
+
+def test_objective_selection_f1_is_a_deprecated_name_of_selection_fscore(
+    make_cfg, tmp_path: Path
+) -> None:
+    runs = [_summary(tmp_path / f"r{i}", {"oa": 0.5, "f1_macro": f1, "kappa": 0.1})
+            for i, f1 in enumerate([0.6, 0.8])]
+    with pytest.warns(DeprecationWarning, match="selection_fscore"):
+        assert objective_value(make_cfg("objective=selection_f1"), runs) == pytest.approx(0.7)
 
 
 def test_objective_refuses_runs_without_selection_score(make_cfg, tmp_path: Path) -> None:
     run = _summary(tmp_path / "rf", None)  # a random forest: fits on the selection split
     with pytest.raises(ConfigError, match="no selection score"):
-        objective_value(make_cfg("objective=selection_f1"), [run])
+        objective_value(make_cfg("objective=selection_fscore"), [run])
     with pytest.raises(ConfigError, match="objective='val_f1'"):
         objective_value(make_cfg("objective=val_f1"), [run])

@@ -40,6 +40,7 @@ from i2dl.errors import InputDataError
 from i2dl.evaluation.metrics import confusion_matrix, scores
 from i2dl.io import nomenclature as _nomenclature
 from i2dl.io.files import write_bytes_atomic
+from i2dl.io.layout import METRICS_JSON
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ METRIC_DECIMALS = 6
 
 CONFUSION_CSV = "confusion_matrix.csv"
 CONFUSION_PNG = "confusion_matrix.png"
-METRICS_JSON = "metrics.json"
 
 
 # --------------------------------------------------------------------------- inputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import rasterio
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl import autocontext
-from i2dl.config import OBJECTIVES
+from i2dl.config import DEPRECATED_OBJECTIVES, OBJECTIVES
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.evaluation.aggregate import aggregate, write_results
 from i2dl.evaluation.run_report import CONFUSION_CSV
@@ -153,6 +154,11 @@ def objective_value(cfg: DictConfig, run_dirs: list[Path]) -> float | None:
     name = cfg.get("objective")
     if not name:
         return None
+    if name in DEPRECATED_OBJECTIVES:
+        warnings.warn(f"objective={name} is deprecated: use objective="
+                      f"{DEPRECATED_OBJECTIVES[name]} (the same macro F1)", DeprecationWarning,
+                      stacklevel=2)
+        name = DEPRECATED_OBJECTIVES[name]
     if name not in OBJECTIVES:
         raise ConfigError(f"objective={name!r} is not one of {sorted(OBJECTIVES)} (or null)")
     values = []
