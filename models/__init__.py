@@ -2,8 +2,8 @@
 
 * encoders ``(x, days, mask) -> (B, D)`` features: :class:`LTAE` (Garnot & Landrieu 2020),
   :class:`SimpleSelfAttention` (iota2 ``SimpleSelfAttentionClassifier``), :class:`TempCNN`
-  (Pelletier et al. 2019), :class:`MLPClassifier` and :class:`ANN` (iota2 ``MLPClassifier``
-  / ``ANN``, on the gap-filled flattened series);
+  (Pelletier et al. 2019), :class:`MLP` (iota2 ``MLPClassifier`` and ``ANN``, two configs
+  of one network on the gap-filled flattened series);
 * :class:`ClassifierHead`: the shared head, ``(B, D) -> (B, K)`` logits;
 * :class:`SITSClassifier`: Lightning module (encoder + head) owning loss, optimiser,
   scheduler and metrics;
@@ -12,23 +12,21 @@
 * :func:`criterion_monitor`: ``(metric key, mode)`` of a model-selection criterion.
 """
 
-from models.ann import ANN
 from models.base import CRITERIA, Classifier, SITSClassifier, criterion_monitor
 from models.head import ClassifierHead
 from models.ltae import LTAE, positional_encoding
-from models.mlp import MLPClassifier
+from models.mlp import MLP
 from models.sklearn_backends import CalibratedSVC, SklearnClassifier
 from models.ssa import SimpleSelfAttention
 from models.tempcnn import TempCNN
 
 __all__ = [
-    "ANN",
     "CRITERIA",
     "LTAE",
     "CalibratedSVC",
     "Classifier",
     "ClassifierHead",
-    "MLPClassifier",
+    "MLP",
     "SITSClassifier",
     "SimpleSelfAttention",
     "SklearnClassifier",

@@ -17,15 +17,20 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
-from models import ANN, LTAE, ClassifierHead, MLPClassifier, SimpleSelfAttention, TempCNN
+from models import LTAE, MLP, ClassifierHead, SimpleSelfAttention, TempCNN
 from models.ltae import positional_encoding
 
 NETS: dict[str, type[nn.Module]] = {
     "ltae": LTAE,
     "ssa": SimpleSelfAttention,
     "tempcnn": TempCNN,
-    "mlp": MLPClassifier,
-    "ann": ANN,
+    "mlp": MLP,
+    "ann": MLP,
+}
+#: Options of the configs that build a shared class with other defaults
+#: (``configs/model/ann.yaml``: the ANN is the MLP with one plain hidden layer).
+CONFIG_OPTIONS: dict[str, dict] = {
+    "ann": {"hidden": [128], "batch_norm": False, "dropout": 0.0},
 }
 #: Networks whose weights depend on T (gap-filled fixed-length input).
 FIXED_T = ["mlp", "ann", "tempcnn"]
@@ -56,6 +61,8 @@ def _inputs(b: int, t: int, c: int, seed: int = 0, p_invalid: float = 0.25):
 def _encoder(name: str, c: int, t: int, **options) -> nn.Module:
     """The encoder ``name`` for C channels; n_dates=T passed where the constructor takes it."""
     cls = NETS[name]
+    for key, value in CONFIG_OPTIONS.get(name, {}).items():
+        options.setdefault(key, value)
     if "n_dates" in inspect.signature(cls).parameters:
         options.setdefault("n_dates", t)
     return cls(in_channels=c, **options)
@@ -325,6 +332,14 @@ def test_ltae_plus_head_equals_hand_composed_reference():
 # ------------------------------------------------------------------ configs
 
 
+@pytest.mark.parametrize("name", list(CONFIG_OPTIONS))
+def test_config_of_a_shared_class_sets_its_defaults(make_cfg, name):
+    """``model=ann`` builds :class:`models.MLP` with the ANN's options."""
+    encoder = make_cfg(f"+experiment={name}").model.encoder
+    assert encoder._target_ == "models.MLP"
+    assert {k: encoder[k] for k in CONFIG_OPTIONS[name]} == CONFIG_OPTIONS[name]
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_instantiate_from_experiment_config(make_cfg, name):
     """Each experiment config composes and builds its encoder and head."""
@@ -488,10 +503,10 @@ def test_bad_shapes_raise_value_error(name):
 @pytest.mark.parametrize(
     "name,options,match",
     [
-        ("mlp", {"hidden": [256, 0]}, r"MLPClassifier: `hidden\[1\]` must be a positive int"),
+        ("mlp", {"hidden": [256, 0]}, r"MLP: `hidden\[1\]` must be a positive int"),
         ("mlp", {"hidden": 256}, "list of widths"),
         ("mlp", {"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
-        ("ann", {"batch_norm": "yes"}, "ANN: `batch_norm` must be true or false"),
+        ("ann", {"batch_norm": "yes"}, "MLP: `batch_norm` must be true or false"),
         ("ann", {"dropout": -0.1}, "dropout"),
         ("ssa", {"d_model": 30, "n_head": 4}, r"d_model=30 must be divisible by n_head=4.*28"),
         ("ssa", {"period": 0}, r"`period` .* must be a number > 0, got 0"),
@@ -619,7 +634,7 @@ def test_documented_reference_counts():
 
 def test_mlp_and_ann_defaults_differ_as_documented():
     """MLP: two hidden layers, batch norm, dropout; ANN: one plain hidden layer."""
-    mlp, ann = MLPClassifier(1, 68), ANN(1, 68)
+    mlp, ann = MLP(1, 68), _encoder("ann", 1, 68)
     assert mlp.hidden == (256, 128) and mlp.batch_norm and mlp.dropout == 0.2
     assert ann.hidden == (128,) and not ann.batch_norm and ann.dropout == 0.0
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.Dropout)) for m in ann.modules())
