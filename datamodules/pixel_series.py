@@ -79,7 +79,7 @@ class StoreBlockDataset(IterableDataset):
     def __init__(
         self,
         store_path: str | Path,
-        split: int,
+        split: int | tuple[int, ...],
         batch_size: int = 256,
         shuffle: bool = False,
         block_chunks: int = 8,
@@ -133,7 +133,7 @@ class StoreBlockDataset(IterableDataset):
         return -(-n // self.batch_size)
 
     def _selected(self, split: np.ndarray, region: np.ndarray) -> np.ndarray:
-        sel = split == self.split
+        sel = np.isin(split, self.split)
         return sel if self.region is None else sel & (region == self.region)
 
     def _seed(self) -> int:
@@ -299,7 +299,7 @@ class PixelSeriesDataModule(L.LightningDataModule):
     """Learn/val pixel series from a sample store (iota2's pixel-based deep learning input).
 
     Args:
-        store_path: the sample store (set by the pipeline after ``prepare``).
+        store_path: the sample store (the store that ``prepare`` wrote; set by ``fit``).
         batch_size: training and validation batch size.
         num_workers: DataLoader worker processes (0 = read in the main process), or
             ``auto``: :func:`loader_settings` (workers on CUDA, none on the CPU).
@@ -334,6 +334,8 @@ class PixelSeriesDataModule(L.LightningDataModule):
         self.block_chunks = block_chunks
         self.pin_memory = pin_memory
         self._info: StoreInfo | None = None
+        #: the split(s) of the training batches: learn, or learn + selection for a refit
+        self.train_splits: int | tuple[int, ...] = LEARN
 
     def _path(self) -> str | Path:
         """``store_path``, checked.
@@ -352,10 +354,11 @@ class PixelSeriesDataModule(L.LightningDataModule):
             self._info = read_info(self._path())
         return self._info
 
-    def dataset(self, split: int, shuffle: bool = False) -> StoreBlockDataset:
-        """The block dataset of one split (``LEARN``, ``SELECTION`` or ``VAL``).
+    def dataset(self, split: int | tuple[int, ...], shuffle: bool = False) -> StoreBlockDataset:
+        """The block dataset of one split (``LEARN``, ``SELECTION`` or ``VAL``), or several.
 
-        The split codes are those of :mod:`i2dl.samples.store`.
+        The split codes are those of :mod:`i2dl.samples.store`; a tuple reads the rows of
+        every split it names (``(LEARN, SELECTION)`` for a refit on all the labels).
 
         Raises:
             ConfigError: ``store_path`` is not set.
@@ -382,7 +385,7 @@ class PixelSeriesDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
-    def _loader(self, split: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: int | tuple[int, ...], shuffle: bool) -> DataLoader:
         workers, pin = loader_settings(self.num_workers, self.pin_memory, self._on_cuda())
         return DataLoader(
             self.dataset(split, shuffle),
@@ -393,8 +396,16 @@ class PixelSeriesDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Learn split, shuffled."""
-        return self._loader(LEARN, shuffle=True)
+        """Learn split, shuffled (learn + selection after :meth:`use_all_labels`)."""
+        return self._loader(self.train_splits, shuffle=True)
+
+    def use_all_labels(self) -> None:
+        """Train on learn + selection from now on, for a refit of a chosen epoch count.
+
+        The normalisation statistics stay those of the learn split (the store's); the val
+        split is never read.
+        """
+        self.train_splits = (LEARN, SELECTION)
 
     def val_dataloader(self) -> DataLoader:
         """Selection split, in store order (Lightning's validation loop).

@@ -169,6 +169,8 @@ def config_checks() -> tuple[Check, ...]:
              example="0"),
         _int("runs", 1, example="1"),
         _int("kfold", 2, null="no cross-validation", example="5"),
+        _int("ensemble_size", 1, example="5"),
+        Check("refit", "true or false", _bool, "true"),
         _int("cpu_threads", 1, null="torch's default", example="1"),
         _fraction("sampling.ratio", example="0.75"),
         _fraction("sampling.selection_ratio", zero=True, example="0.2"),

@@ -8,11 +8,13 @@
 * :class:`SITSClassifier`: Lightning module (encoder + head) owning loss, optimiser,
   scheduler and metrics;
 * :class:`SklearnClassifier`: scikit-learn estimators on the same samples;
+* :class:`DeepEnsemble`: N trained networks whose class probabilities are averaged;
 * :class:`Classifier`: the protocol both implement, ``predict_proba(x, days, mask)``;
 * :func:`criterion_monitor`: ``(metric key, mode)`` of a model-selection criterion.
 """
 
 from models.base import CRITERIA, Classifier, SITSClassifier, criterion_monitor
+from models.ensemble import DeepEnsemble, member_seed
 from models.head import ClassifierHead
 from models.ltae import LTAE, positional_encoding
 from models.mlp import MLP
@@ -26,11 +28,13 @@ __all__ = [
     "CalibratedSVC",
     "Classifier",
     "ClassifierHead",
+    "DeepEnsemble",
     "MLP",
     "SITSClassifier",
     "SimpleSelfAttention",
     "SklearnClassifier",
     "TempCNN",
     "criterion_monitor",
+    "member_seed",
     "positional_encoding",
 ]

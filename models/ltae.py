@@ -117,7 +117,9 @@ class LTAE(nn.Module):
     Classifying Satellite Images Time Series", AALTD 2020, Fig. 1 and Sec. 3):
 
     1. optionally ``LayerNorm(C)`` of each date (``input_layernorm``, off by default,
-       see below), linear projection ``C -> D`` ("inconv"), ``LayerNorm(D)``;
+       see below); optionally a per-date MLP ``input_mlp`` (Linear + BatchNorm1d + ReLU
+       per width, on the valid dates only: the pixel encoder of sits' ``sits_lighttae``,
+       see below); linear projection to ``D`` ("inconv"), ``LayerNorm(D)``;
     2. plus the sinusoidal encoding of the day offset (:func:`positional_encoding`);
     3. ``H`` heads, each with one learned master query ``q_h`` of size ``d_k``; keys are
        ``Linear(D, H * d_k)`` of the encoded dates; the attention of head ``h`` over dates
@@ -149,6 +151,18 @@ class LTAE(nn.Module):
     by the data pipeline, so this layer is off by default; ``input_layernorm=True``
     restores the paper's layer.
 
+    Per-date input MLP (``input_mlp``): in the paper the attention reads a 128-wide
+    embedding of each date made by the pixel-set encoder (an MLP over the pixels of a
+    parcel, Garnot et al. 2020, CVPR, "Satellite image time series classification with
+    pixel-set encoders and temporal self-attention"). On a single pixel there is no set,
+    but the per-date MLP is kept by sits' ``sits_lighttae`` (e-sensing/sits, widths
+    32 -> 64 -> 128, BatchNorm and ReLU). Without it, one linear layer from ``C`` channels
+    followed by the per-date ``LayerNorm(D)`` keeps little of each date: with ``C == 1``
+    the LayerNorm of ``w x + b`` takes only a few distinct shapes (the sign and offset of
+    ``x``), so the attention pools dates it can barely tell apart (docs/results.md,
+    "Why the LTAE lost"). The MLP runs on the valid dates only, so its BatchNorm
+    statistics never include the zeros of masked dates.
+
     Attention dropout: the reference implementation (``ScaledDotProductAttention`` of
     github.com/VSainteuf/lightweight-temporal-attention-pytorch, ``attn_dropout=0.1``)
     applies ``nn.Dropout`` to the attention weights after the softmax; a dropped weight
@@ -179,6 +193,7 @@ class LTAE(nn.Module):
         input_layernorm: bool = False,
         attention_dropout: float = 0.0,
         projection_norm: str | None = "date",
+        input_mlp: Sequence[int] | None = None,
     ) -> None:
         """Build the encoder.
 
@@ -203,12 +218,17 @@ class LTAE(nn.Module):
                 over the D values of all valid dates of a pixel together, as the reference
                 implementation's ``LayerNorm((d_model, len_max_seq))`` (there over all T),
                 with a learnt per-channel scale and shift; None, no normalisation.
+            input_mlp: widths of the per-date MLP applied to each valid date before the
+                projection (Linear + BatchNorm1d + ReLU each, e.g. ``[32, 64, 128]`` as
+                sits' ``sits_lighttae``); None or empty: no MLP (the projection reads the
+                ``C`` channels directly).
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
                 ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
                 ``dropout`` or ``attention_dropout`` outside ``[0, 1)`` or ``period`` not a
-                number > 0, ``projection_norm`` not one of ``"date"``, ``"series"``, None.
+                number > 0, ``projection_norm`` not one of ``"date"``, ``"series"``, None,
+                or a non-positive ``input_mlp`` width.
         """
         super().__init__()
         if projection_norm not in ("date", "series", None):
@@ -252,7 +272,14 @@ class LTAE(nn.Module):
         self.out_dim: int = mlp[-1]
 
         self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
-        self.inconv = nn.Linear(in_channels, d_model)
+        widths = check_widths("LTAE", "input_mlp", input_mlp or [], allow_empty=True)
+        self.input_mlp: nn.Sequential | None = None
+        if widths:
+            blocks: list[nn.Module] = []
+            for w_in, w_out in zip([in_channels, *widths[:-1]], widths, strict=True):
+                blocks += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
+            self.input_mlp = nn.Sequential(*blocks)
+        self.inconv = nn.Linear(widths[-1] if widths else in_channels, d_model)
         self.projection_norm = projection_norm
         self.in_out_norm: nn.Module = (
             nn.LayerNorm(d_model) if projection_norm == "date" else nn.Identity()
@@ -313,6 +340,9 @@ class LTAE(nn.Module):
         valid = mask.unsqueeze(-1)  # (B, T, 1)
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
         z = self.in_norm(x.float())  # (B, T, C)
+        if self.input_mlp is not None:  # per-date MLP on the valid dates only
+            enc = self.input_mlp(z[mask])  # (N_valid, C')
+            z = z.new_zeros(*mask.shape, enc.shape[-1]).index_put((mask,), enc)  # (B, T, C')
         table = self._date_table(days, mask)  # (T, D/H) shared, or (B, T, D/H)
         with torch.autocast(x.device.type, enabled=False):  # small float32 terms, see _attend
             out = self._attend(z, table, mask)  # (B, D)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ from datamodules.pixel_series import StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
 from i2dl.evaluation.metrics import confusion_matrix, scores
 from i2dl.evaluation.run_report import CONFUSION_PNG, write_report
+from i2dl.io.files import write_text_atomic
 from i2dl.io.layout import (
+    CHECKPOINT_DIR,
+    METRICS_JSON,
     REPORT_DIR,
     TB_DIR,
     checkpoint_path,
+    read_fit_state,
     run_dir,
     stage_logging,
     trained_model_dirs,
@@ -27,27 +32,13 @@ from i2dl.io.layout import (
 from i2dl.io.table import read_pixel_table
 from i2dl.samples.store import SELECTION, VAL, StoreInfo, verify_store
 from i2dl.training.build import load_classifier
-from models import Classifier, SITSClassifier
+from i2dl.training.trained import load_models
+from models import Classifier, DeepEnsemble, SITSClassifier
 
 log = logging.getLogger(__name__)
 
 #: Samples per forward pass when a split or a table is predicted.
 PREDICT_BATCH_SIZE = 4096
-
-
-def load_models(out: Path, which: str) -> tuple[dict[int | None, Classifier], StoreInfo]:
-    """Every trained model of a run: ``{None: model}``, or ``{region: model}``.
-
-    Raises:
-        StoreError: fit has not run in ``out``.
-    """
-    models: dict[int | None, Classifier] = {}
-    info: StoreInfo | None = None
-    for region, model_dir in trained_model_dirs(out).items():
-        models[region], info = load_classifier(model_dir, which)
-    if info is None:  # trained_model_dirs yields at least the run folder
-        raise StoreError(f"no trained model in {out}; run `python -m i2dl fit` first")
-    return models, info
 
 
 def predict_split(
@@ -161,9 +152,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             }
             for r, m in metrics["regions"].items():
                 log.info("%s: OA %.4f on %d val pixels", r, m["oa"], m["n_samples"])
-        selection = selection_scores(models, info)
+        # a refitted network has learnt the selection pixels: its selection scores are
+        # those of the network that the selection split chose (fit_state "selected")
+        chosen = selected_models(out) if cfg.get("refit", False) else models
+        selection = selection_scores(chosen, info) if chosen else None
         if selection is not None:
             metrics["selection"] = selection
+        members = member_scores(models, info)
+        if members:
+            metrics["members"] = members
+            write_text_atomic(report / METRICS_JSON,
+                              json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+            log.info("deep ensemble of %d: val OA %.4f; members %s", len(members),
+                     metrics["oa"], ", ".join(f"{m['oa']:.4f}" for m in members))
         if cfg.get("test_table"):
             if None not in models:
                 raise ConfigError("test_table cannot be scored with eco-regions: its rows have "
@@ -184,6 +185,46 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if None in models:
             log_to_tensorboard(cfg, out, metrics)
         return metrics
+
+
+def selected_models(out: Path) -> dict[int | None, Classifier]:
+    """The networks that the selection split chose, before their refit on all labels.
+
+    Returns:
+        ``{region: model}`` from each model folder's ``fit_state.json`` ``selected``
+        checkpoint; empty when a model folder has none (no refit, or an ensemble, whose
+        members each chose their own epoch: no single selection score exists).
+    """
+    chosen: dict[int | None, Classifier] = {}
+    for region, model_dir in trained_model_dirs(out).items():
+        state = read_fit_state(model_dir) or {}
+        if not state.get("selected"):
+            return {}
+        chosen[region], _ = load_classifier(
+            model_dir, str(model_dir / CHECKPOINT_DIR / str(state["selected"])))
+    return chosen
+
+
+def member_scores(models: dict[int | None, Classifier], info: StoreInfo) -> list[dict[str, Any]]:
+    """Val OA, kappa and macro F1 of each member of a deep ensemble (none for other models).
+
+    The ensemble's own scores are the report's; these say what averaging gained over its
+    members (issue 20). Same val pixels, same metric definitions
+    (:func:`i2dl.evaluation.metrics.scores`).
+    """
+    model = models.get(None)
+    if not isinstance(model, DeepEnsemble):
+        return []
+    codes = np.asarray(info.class_codes, dtype=np.int64)
+    out = []
+    for member in model.members:
+        assert isinstance(member, SITSClassifier)  # DeepEnsemble checks its members
+        t, p = predict_split(member, info.path, VAL)
+        cm = confusion_matrix(np.searchsorted(codes, t), np.searchsorted(codes, p), len(codes))
+        s = scores(cm)
+        out.append({"oa": s.oa, "kappa": s.kappa, "f1_macro": s.f1_macro,
+                    "n_samples": s.n_samples})
+    return out
 
 
 def selection_scores(

@@ -35,6 +35,7 @@ from i2dl.samples.extract import store_path
 from i2dl.samples.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
 from i2dl.training import ddp
 from i2dl.training.build import DataDims, build_classifier, save_model_spec
+from i2dl.training.deep import MEMBERS_DIR, ensemble_size, fit_deep, refit_enabled
 from i2dl.training.loops import fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
@@ -47,6 +48,9 @@ RESUME_MODES = ("auto", "never")
 COSMETIC_TRAINER_KEYS = (
     "enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir",
 )  # fmt: skip
+#: What a resumed deep fit keeps of the killed one's state: the selection-chosen epoch of a
+#: refit, the finished members of an ensemble (:func:`i2dl.training.deep.fit_deep`).
+RESUMABLE_KEYS = ("selected", "selected_epoch", "members", "members_done")
 #: Version of the fit fingerprint's recipe: bump when its content changes meaning.
 FIT_STATE_VERSION = 1
 
@@ -103,6 +107,11 @@ def fit_fingerprint(cfg: DictConfig, store: Path, region: int | None) -> str:
         "seed": cfg.get("seed"),
         "region": region,
     }
+    # the options of issue 20 enter the fingerprint only when set (older fits stay reusable)
+    if cfg.get("refit", False):
+        payload["refit"] = True
+    if int(cfg.get("ensemble_size", 1) or 1) > 1:
+        payload["ensemble_size"] = int(cfg.ensemble_size)
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -136,6 +145,8 @@ def plan_fit(cfg: DictConfig, store: Path, model_dir: Path, region: int | None) 
         except StoreError:
             return FitPlan("fresh", fingerprint, "the finished fit's checkpoint is missing")
         return FitPlan("reuse", fingerprint, "finished with the same config")
+    if state.get("members_done") or state.get("selected_epoch") is not None:
+        return FitPlan("resume", fingerprint, "unfinished ensemble or refit of the same config")
     if (model_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
         return FitPlan("resume", fingerprint, "unfinished fit of the same config")
     return FitPlan("fresh", fingerprint, "the unfinished fit left no last.ckpt")
@@ -143,7 +154,7 @@ def plan_fit(cfg: DictConfig, store: Path, model_dir: Path, region: int | None) 
 
 def clean_model_dir(model_dir: Path) -> None:
     """Remove what a previous fit left in a model folder: checkpoints, events, curves."""
-    for name in (CHECKPOINT_DIR, TB_DIR):
+    for name in (CHECKPOINT_DIR, TB_DIR, MEMBERS_DIR):
         shutil.rmtree(model_dir / name, ignore_errors=True)
     (model_dir / LEARNING_CURVES).unlink(missing_ok=True)
     (model_dir / MODEL_SPEC).unlink(missing_ok=True)
@@ -320,6 +331,9 @@ def fit_one(
     weights = datamodule.class_weights().tolist() if cw == "balanced" else None
     dims = DataDims.of(info)
     classifier = build_classifier(cfg.model, dims, class_weights=weights)
+    deep = isinstance(classifier, SITSClassifier)
+    n_members = ensemble_size(cfg) if deep else 1
+    refit_enabled(cfg)  # checked before any work
     if isinstance(classifier, SITSClassifier) and n_selection == 0:
         raise ConfigError(
             f"{where} has no selection pixel to choose the checkpoint on; set "
@@ -347,7 +361,7 @@ def fit_one(
         resume = follow.get("resume_from")
         return fit_network(cfg, classifier, datamodule, model_dir, region,
                            Path(resume) if resume else None)
-    save_model_spec(model_dir, cfg.model, dims, store, region, n_params)
+    save_model_spec(model_dir, cfg.model, dims, store, region, n_params, n_members)
     state: dict[str, Any] = {
         "fingerprint": plan.fingerprint,
         "status": "running",
@@ -360,11 +374,19 @@ def fit_one(
         previous = read_fit_state(model_dir) or {}
         state["started"] = previous.get("started", state["started"])
         state["resumed"] = int(previous.get("resumed", 0)) + 1
+        state.update({k: previous[k] for k in RESUMABLE_KEYS if k in previous})
         resume_from = model_dir / CHECKPOINT_DIR / "last.ckpt"
     state["resume_from"] = str(resume_from) if resume_from is not None else None
     write_fit_state(model_dir, state)
     if isinstance(classifier, SITSClassifier):
-        best = fit_network(cfg, classifier, datamodule, model_dir, region, resume_from)
+
+        def build() -> SITSClassifier:
+            net = build_classifier(cfg.model, dims, class_weights=weights)
+            assert isinstance(net, SITSClassifier)  # the same config built one above
+            return net
+
+        best = fit_deep(cfg, build, datamodule, model_dir, region, resume_from, state,
+                        lambda s: write_fit_state(model_dir, s))
     elif isinstance(classifier, SklearnClassifier):
         seed = int(cfg.seed) if cfg.seed is not None else 0
         best = fit_estimator(classifier, store, model_dir, region, seed)

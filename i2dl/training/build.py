@@ -28,7 +28,8 @@ from i2dl.errors import ConfigError, StoreError, UnsafeModelSpecError
 from i2dl.io.files import write_text_atomic
 from i2dl.io.layout import MODEL_SPEC, checkpoint_path
 from i2dl.samples.store import StoreInfo, read_info
-from models.base import Classifier
+from models.base import Classifier, SITSClassifier
+from models.ensemble import DeepEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,12 @@ def save_model_spec(
     store: Path,
     region: int | None,
     n_parameters: int | None = None,
+    ensemble_size: int = 1,
 ) -> Path:
     """Write ``<model_dir>/model.yaml``: the resolved model config and the data dimensions.
+
+    ``ensemble_size`` > 1: the checkpoint holds that many networks of this config
+    (:class:`models.DeepEnsemble`), which :func:`load_classifier` rebuilds.
 
     Returns:
         The written path.
@@ -145,6 +150,7 @@ def save_model_spec(
         "n_classes": dims.n_classes,
         "static_channels": list(dims.static_channels),
         "n_parameters": n_parameters,
+        "ensemble_size": int(ensemble_size),
         "store": str(store),
         "region": region,
     }
@@ -185,7 +191,14 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
     static = spec.get("static_channels") if isinstance(spec, DictConfig) else None
     dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes),
                     tuple(int(c) for c in static or []))
-    classifier = build_classifier({str(k): v for k, v in model.items()}, dims)
+    model_cfg = {str(k): v for k, v in model.items()}
+    n_members = int(spec.get("ensemble_size") or 1) if isinstance(spec, DictConfig) else 1
+    classifier: Classifier
+    if n_members > 1:
+        members = [build_classifier(model_cfg, dims) for _ in range(n_members)]
+        classifier = DeepEnsemble([m for m in members if isinstance(m, SITSClassifier)])
+    else:
+        classifier = build_classifier(model_cfg, dims)
     classifier.load_weights(ckpt)
     return classifier, info
 

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from datamodules.pixel_series import StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
+from i2dl.io.files import atomic_path
 from i2dl.io.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
 from i2dl.maps.preview import write_learning_curves
 from i2dl.samples.selection import largest_remainder
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Samples per block when the learn split is read for a scikit-learn fit.
 FIT_BATCH_SIZE = 65536
+#: checkpoint of the refit on learn + selection (:func:`refit_network`)
+REFIT_CHECKPOINT = "refit.ckpt"
 
 
 def precision(cfg: DictConfig) -> str:
@@ -104,7 +108,7 @@ class RandomState(Callback):
 
 def fit_network(
     cfg: DictConfig, module: SITSClassifier, datamodule: Any, model_dir: Path,
-    region: int | None, resume_from: Path | None = None,
+    region: int | None, resume_from: Path | None = None, own_folder: bool = False,
 ) -> Path:
     """Train a deep classifier with Lightning; the best epoch is kept by the checkpoint callback.
 
@@ -119,6 +123,9 @@ def fit_network(
             ``ckpt_path`` restores epoch, optimiser, scheduler, callbacks (best score,
             early stopping) and, with :class:`RandomState`, the RNGs. TensorBoard events
             logged after that checkpoint by the killed fit are purged (``purge_step``).
+        own_folder: write checkpoints and TensorBoard events in ``model_dir`` (always
+            true for a region; true for the members of an ensemble) instead of the
+            run's configured folders.
 
     Returns:
         Path of the best checkpoint.
@@ -126,7 +133,7 @@ def fit_network(
     Raises:
         ConfigError: no checkpoint was written (no ``callbacks.model_checkpoint``).
     """
-    own_dir = model_dir if region is not None else None
+    own_dir = model_dir if (region is not None or own_folder) else None
     extra: dict[str, Any] = {"save_dir": str(model_dir / TB_DIR)} if own_dir else {}
     purge: dict[str, Any] = {}
     if resume_from is not None:
@@ -158,6 +165,46 @@ def fit_network(
         log.info("learning curves: %s", curves)
     log.info("best checkpoint %s (%s = %.4f)", best, ckpt.monitor, float(ckpt.best_model_score))
     return Path(best)
+
+
+def refit_network(
+    cfg: DictConfig, module: SITSClassifier, datamodule: Any, model_dir: Path, epochs: int,
+) -> Path:
+    """Train ``module`` for exactly ``epochs`` epochs, no validation, and save its weights.
+
+    The refit on all the labels (:mod:`i2dl.training.deep`): ``datamodule`` already reads
+    learn + selection (:meth:`~datamodules.PixelSeriesDataModule.use_all_labels`); no
+    checkpoint selection, early stopping or learning-rate monitor (nothing is held
+    apart). The learn curves go to ``<model_dir>/tb/refit/`` when a logger is configured.
+
+    Args:
+        cfg: composed config (``trainer``, ``logger``).
+        module: a fresh network of the model config.
+        datamodule: the store's datamodule, training on learn + selection.
+        model_dir: the model folder; the weights go to ``<model_dir>/checkpoints/refit.ckpt``.
+        epochs: number of epochs (the selection-chosen epoch count), >= 1.
+
+    Returns:
+        Path of the refit checkpoint (written under a temporary name, then renamed).
+    """
+    logger: Any = False
+    if cfg.get("logger"):  # the run's tb/ is <model_dir>/tb (paths.output_dir = the run)
+        logger = TensorBoardLogger(save_dir=str(model_dir / TB_DIR), name="refit", version="",
+                                   default_hp_metric=False)
+    trainer = instantiate(
+        cfg.trainer, max_epochs=int(epochs), min_epochs=None, callbacks=[RandomState()],
+        logger=logger, precision=precision(cfg), enable_checkpointing=False,
+        limit_val_batches=0, num_sanity_val_steps=0,
+    )
+    log.info("refit on learn + selection for %d epochs (the epoch count chosen on selection)",
+             epochs)
+    trainer.fit(module, datamodule=datamodule)
+    path = model_dir / CHECKPOINT_DIR / REFIT_CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if trainer.global_rank == 0:
+        with atomic_path(path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=True)
+    return path
 
 
 def subsample_indices(y: np.ndarray, max_samples: int | None, seed: int = 0) -> np.ndarray:
