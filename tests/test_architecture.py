@@ -116,6 +116,18 @@ def test_only_the_cli_and_stages_import_stages() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_a_stage_imports_no_other_stage_but_the_main_job() -> None:
+    """Shared helpers live below the stages; only ``train`` (the main job) calls stages."""
+    bad = [
+        f"{mod} imports {dep}"
+        for mod, deps in _graph().items()
+        if mod.startswith("i2dl.stages.") and mod != "i2dl.stages.train"
+        for dep in deps
+        if dep.startswith("i2dl.stages.") and dep != mod
+    ]
+    assert not bad, "\n".join(bad)
+
+
 def test_a_shadowing_models_folder_is_a_clear_error(tmp_path: Path) -> None:
     """A user's own ``models/`` in the working directory is not silently imported."""
     import subprocess

@@ -9,7 +9,8 @@ import torch
 
 from i2dl.errors import ConfigError
 from i2dl.io.raster import open_time_series
-from i2dl.maps.engine import classify_raster, resolve_batch_size, resolve_device
+from i2dl.maps.device import resolve_batch_size, resolve_device
+from i2dl.maps.engine import classify_raster
 from i2dl.samples.extract import prepare
 from i2dl.samples.store import read_info
 from tests.conftest import write_stack

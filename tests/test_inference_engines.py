@@ -14,7 +14,9 @@ from rasterio.errors import RasterioIOError
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.geotiff import block_windows
 from i2dl.io.raster import open_time_series
-from i2dl.maps.engine import classify_raster, read_windows
+from i2dl.maps.engine import classify_raster
+from i2dl.maps.reading import read_windows
+from i2dl.maps.run_maps import TileJob
 from i2dl.stages import fit, infer, prepare
 from tests.conftest import FAST, SMALL_LTAE
 from tests.test_inference import _read, _setup, predict
@@ -149,11 +151,11 @@ def test_tile_job_pickles_with_the_same_key(make_cfg, tiny_dataset, tmp_path) ->
 
     cfg = make_cfg(*tiny_dataset["overrides"])
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "sampling")}
-    job = infer.TileJob(str(tmp_path), plain["data"], plain["sampling"], None, "best", "cpu",
+    job = TileJob(str(tmp_path), plain["data"], plain["sampling"], None, "best", "cpu",
                         "auto", True, False)
     again = pickle.loads(pickle.dumps(job))
     assert again == job and again.key == job.key
-    other = infer.TileJob(str(tmp_path), plain["data"], plain["sampling"], None, "last", "cpu",
+    other = TileJob(str(tmp_path), plain["data"], plain["sampling"], None, "last", "cpu",
                           "auto", True, False)
     assert other.key != job.key
     with again.open() as series:

@@ -40,8 +40,8 @@ def _halves(tmp_path: Path) -> tuple[Path, np.ndarray]:
 def test_two_regions_two_models_merged_map(make_cfg, slovenia_dir: Path, tmp_path: Path) -> None:
     from i2dl.features.source import open_source
     from i2dl.maps.engine import classify_raster
-    from i2dl.stages.evaluate import load_models as load_run_models
     from i2dl.stages.train import run as run_train
+    from i2dl.training.trained import load_models as load_run_models
 
     regions, region_of_pixel = _halves(tmp_path)
     cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, f"sampling.region_file={regions}",

@@ -2,7 +2,7 @@
 
 ``infer.engine=dask`` sends every window of a tile to the cluster's workers: each task
 reads its window, classifies it and returns the arrays of the maps; this process writes
-them (:func:`i2dl.maps.engine.classify_raster`: same files, resume and checks as the local
+them (:func:`i2dl.maps.engine.write_maps`: same files, resume and checks as the local
 engine, so the maps are identical to the serial path). A worker opens the raster and loads
 the model once per job (cached, one raster handle per worker thread). Without
 ``infer.dask.address`` a :class:`distributed.LocalCluster` is started on this machine
@@ -86,7 +86,7 @@ def release(job_key: str) -> None:
 
 
 def dask_engine(client: Any, job: WindowJob, max_in_flight: int | None = None) -> WindowEngine:
-    """An engine for :func:`i2dl.maps.engine.classify_raster` that runs windows on Dask.
+    """An engine for :func:`i2dl.maps.engine.write_maps` that runs windows on Dask.
 
     Args:
         client: a connected :class:`distributed.Client`.

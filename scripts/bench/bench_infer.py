@@ -53,7 +53,8 @@ from torch import Tensor
 
 from i2dl.io.geotiff import block_windows
 from i2dl.io.raster import open_time_series
-from i2dl.maps.engine import classify_raster, resolve_batch_size
+from i2dl.maps.device import resolve_batch_size
+from i2dl.maps.engine import classify_raster
 from i2dl.samples.store import StoreInfo
 from i2dl.training.build import DataDims, build_classifier
 from models.ltae import LTAE

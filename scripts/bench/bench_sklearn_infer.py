@@ -7,7 +7,7 @@ then times, on the same pixels:
 - ``plain``: the whole raster read at once and one ``predict_proba`` call of scikit-learn
   (the floor: no chunking, no writing);
 - ``i2dl``: the batch size of scikit-learn models under ``infer.batch_size=auto``
-  (:data:`i2dl.maps.engine.SKLEARN_BATCH_SIZE`) through
+  (:data:`i2dl.maps.device.SKLEARN_BATCH_SIZE`) through
   :func:`i2dl.maps.engine.classify_raster`, maps written;
 - ``i2dl_small``: the same with ``--small`` pixels per ``predict_proba`` (the former
   behaviour: the CPU batch of the deep models).
@@ -31,7 +31,8 @@ import torch
 from sklearn.ensemble import RandomForestClassifier
 
 from i2dl.io.raster import open_time_series
-from i2dl.maps.engine import SKLEARN_BATCH_SIZE, classify_raster
+from i2dl.maps.device import SKLEARN_BATCH_SIZE
+from i2dl.maps.engine import classify_raster
 from i2dl.samples.store import StoreInfo
 from models.sklearn_backends import SklearnClassifier, features
 
