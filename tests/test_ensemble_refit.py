@@ -1,0 +1,165 @@
+"""Issue 20: the LTAE's per-date input MLP, the refit on all labels, deep ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from i2dl.errors import ConfigError, StoreError
+from i2dl.io.layout import read_fit_state
+from i2dl.samples.store import LEARN, SELECTION
+from models import LTAE, ClassifierHead, DeepEnsemble, SITSClassifier, member_seed
+from tests.conftest import FAST, SMALL_LTAE
+
+
+def _net(seed: int, c: int = 2, k: int = 3) -> SITSClassifier:
+    torch.manual_seed(seed)
+    enc = LTAE(c, d_model=16, n_head=4, d_k=4, mlp=[16, 8], input_mlp=[8, 12])
+    return SITSClassifier(enc, ClassifierHead(enc.out_dim, k, hidden=[8]), k)
+
+
+def _batch(b: int = 6, t: int = 7, c: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, c, generator=g)
+    days = torch.arange(t).mul(10).expand(b, -1)
+    mask = torch.rand(b, t, generator=g) > 0.3
+    mask[:, 0] = True
+    return x, days, mask
+
+
+def test_input_mlp_ignores_masked_dates_and_keeps_the_magnitude_of_one_channel() -> None:
+    torch.manual_seed(0)
+    enc = LTAE(1, d_model=16, n_head=4, d_k=4, mlp=[16, 8], input_mlp=[8, 16]).eval()
+    x, days, mask = _batch(c=1)
+    out = enc(x, days, mask)
+    assert out.shape == (6, 8)
+    x2 = x.clone()
+    x2[~mask] = float("nan")  # whatever an invalid date holds has no effect
+    assert torch.allclose(enc(x2, days, mask), out, atol=1e-6)
+    # One channel: what the attention reads of a date is LayerNorm(inconv(x)). Without the
+    # MLP the date vectors of every x lie in a plane (span of the centred weight and bias:
+    # rank <= 2, saturating to two directions for large |x|); the per-date MLP bends them
+    # out of it, so dates of different values stay distinguishable.
+    torch.manual_seed(0)
+    plain = LTAE(1, d_model=16, n_head=4, d_k=4, mlp=[16, 8]).eval()
+    values = torch.linspace(-3, 3, 50).unsqueeze(-1)  # (50, 1) normalised values
+    with torch.no_grad():
+        z_plain = plain.in_out_norm(plain.inconv(values))
+        assert enc.input_mlp is not None
+        z_mlp = enc.in_out_norm(enc.inconv(enc.input_mlp(values)))
+    assert torch.linalg.matrix_rank(z_plain, rtol=1e-4) <= 2
+    assert torch.linalg.matrix_rank(z_mlp, rtol=1e-4) >= 4
+
+
+def test_input_mlp_bad_width_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="input_mlp"):
+        LTAE(2, d_model=16, n_head=4, mlp=[16, 8], input_mlp=[8, 0])
+
+
+def test_ensemble_averages_member_probabilities_and_round_trips(tmp_path: Path) -> None:
+    members = [_net(1), _net(2), _net(3)]
+    ens = DeepEnsemble(members)
+    x, days, mask = _batch()
+    p = ens.predict_proba(x, days, mask)
+    expected = torch.stack([m.predict_proba(x, days, mask) for m in members]).mean(0)
+    assert torch.allclose(p, expected, atol=1e-6)
+    assert torch.allclose(p.sum(1), torch.ones(len(x)), atol=1e-5)
+    # the members differ, so the average is not any one of them
+    assert not torch.allclose(p, members[0].predict_proba(x, days, mask), atol=1e-4)
+    assert torch.allclose(ens.eval()(x, days, mask).softmax(-1), p, atol=1e-5)
+    path = ens.save(tmp_path / "ensemble.ckpt")
+    other = DeepEnsemble([_net(7), _net(8), _net(9)])
+    other.load_weights(path)
+    assert torch.allclose(other.predict_proba(x, days, mask), p, atol=1e-6)
+    with pytest.raises(StoreError, match="does not match 2 members"):
+        DeepEnsemble([_net(7), _net(8)]).load_weights(path)
+
+
+def test_ensemble_refuses_non_networks_and_member_seeds_keep_the_run_seed() -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        DeepEnsemble([])
+    with pytest.raises(ConfigError, match="deep networks"):
+        DeepEnsemble([torch.nn.Linear(2, 2)])  # type: ignore[list-item]
+    assert member_seed(3, 0) == 3
+    assert len({member_seed(3, i) for i in range(5)}) == 5
+
+
+def test_refit_trains_on_learn_and_selection_for_the_chosen_epochs(
+    make_cfg, tiny_dataset: dict
+) -> None:
+    from i2dl.stages.train import run as run_train
+
+    cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
+                   "trainer.max_epochs=3", "refit=true", "infer.chunk_size=16")
+    summary = run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+    state = read_fit_state(run)
+    assert state is not None and state["best"] == "refit.ckpt"
+    assert state["selected"] == "best.ckpt" and 0 <= state["selected_epoch"] < 3
+    selected = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    refit = torch.load(run / "checkpoints" / "refit.ckpt", weights_only=True)
+    assert selected["epoch"] == state["selected_epoch"]
+    # trained for exactly the chosen number of epochs
+    assert refit["epoch"] == state["selected_epoch"] + 1
+    # a new network: not the selected one's weights
+    key = next(k for k in refit["state_dict"] if k.endswith("inconv.weight"))
+    assert not torch.equal(refit["state_dict"][key], selected["state_dict"][key])
+    # ...trained on the learn and selection rows: the refit's batches count both splits
+    from datamodules import PixelSeriesDataModule
+
+    dm = PixelSeriesDataModule(store_path=summary["store"], batch_size=4)
+    n_learn = dm.dataset(LEARN).n_samples
+    dm.use_all_labels()
+    assert dm.dataset(dm.train_splits).n_samples == n_learn + dm.dataset(SELECTION).n_samples
+    # evaluate scored the refit model on val; the map exists
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["oa"] == pytest.approx(summary["oa"])
+    assert (run / "maps" / "classif.tif").is_file()
+
+
+def test_ensemble_run_maps_the_mean_probability_and_reports_members(
+    make_cfg, tiny_dataset: dict
+) -> None:
+    from i2dl.stages.train import run as run_train
+    from i2dl.training.build import load_classifier
+
+    cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
+                   "ensemble_size=2", "infer.chunk_size=16", "infer.write_proba=true")
+    summary = run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert (run / "checkpoints" / "ensemble.ckpt").is_file()
+    for i in range(2):
+        assert (run / "members" / f"member_{i}" / "checkpoints" / "best.ckpt").is_file()
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert len(metrics["members"]) == 2 and metrics["oa"] == pytest.approx(summary["oa"])
+    model, _ = load_classifier(run)
+    assert isinstance(model, DeepEnsemble) and len(model) == 2
+    # the members are different networks (different seeds)
+    w = [dict(m.named_parameters())["encoder.inconv.weight"] for m in model.members]
+    assert not torch.equal(w[0], w[1])
+    # the map's probabilities are the members' average, pixel by pixel (store pixels)
+    import zarr
+
+    from i2dl.samples.store import read_info
+
+    info = read_info(summary["store"])
+    store = zarr.open_group(summary["store"], mode="r")
+    x, valid = store["X"][:].astype(np.float32), store["mask"][:]
+    rows, cols = store["row"][:], store["col"][:]
+    xt = torch.from_numpy(info.normalise(x, valid))
+    days = torch.from_numpy(info.days).expand(len(xt), -1)
+    mask = torch.from_numpy(valid)
+    expected = model.predict_proba(xt, days, mask).numpy()
+    members = np.stack([m.predict_proba(xt, days, mask).numpy() for m in model.members])
+    assert np.allclose(expected, members.mean(0), atol=1e-6)
+    with rasterio.open(run / "maps" / "proba.tif") as src:
+        proba = src.read()
+    with rasterio.open(run / "maps" / "confidence.tif") as src:
+        conf = src.read(1)
+    assert np.allclose(proba[:, rows, cols].T, expected, atol=1e-4)
+    assert np.allclose(conf[rows, cols], expected.max(1), atol=1e-4)
