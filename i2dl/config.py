@@ -144,7 +144,7 @@ def _device(v: Any) -> bool:
 
 
 #: ``objective`` values -> summary key: the selection-split score that a hyper-parameter
-#: search maximises (:func:`i2dl.stages.train.objective_value`). Macro F1 is ``fscore`` in
+#: search maximises (:func:`i2dl.training.runs.objective_value`). Macro F1 is ``fscore`` in
 #: configs (iota2's name) and ``f1_macro`` in reports: the same number.
 OBJECTIVES = {"selection_oa": "oa", "selection_fscore": "f1_macro", "selection_kappa": "kappa"}
 #: Former ``objective`` names -> current name, still accepted with a DeprecationWarning.

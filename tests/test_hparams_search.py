@@ -17,7 +17,7 @@ import yaml
 
 from i2dl.config import ROOT_DIR
 from i2dl.errors import ConfigError
-from i2dl.stages.train import objective_value
+from i2dl.training.runs import objective_value
 from tests.conftest import DATA_DIR, FAST, SMALL_LTAE
 
 

@@ -234,7 +234,7 @@ def selection_scores(
 
     These numbers chose the checkpoint (and stopped training), so they are optimistic and
     are **never** reported as the model's accuracy; they are what a hyper-parameter
-    search may maximise (``objective``, :func:`i2dl.stages.train.objective_value`)
+    search may maximise (``objective``, :func:`i2dl.training.runs.objective_value`)
     without touching the val polygons.
 
     Returns:

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import rasterio
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from i2dl import autocontext
-from i2dl.config import DEPRECATED_OBJECTIVES, OBJECTIVES
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.evaluation.aggregate import aggregate, write_results
 from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.files import atomic_path
 from i2dl.io.layout import (
-    FINAL_DIR,
     METRICS_JSON,
     REPORT_DIR,
     SUMMARY_JSON,
-    read_summary,
     run_dir,
     stage_logging,
     versions,
     write_json,
 )
-from i2dl.maps.fusion import fuse_maps, mass_of_belief
 from i2dl.maps.quality import area_adjusted_accuracy, map_class_pixels
 from i2dl.samples.store import read_info
 from i2dl.stages import evaluate, fit, infer, prepare
 from i2dl.training import ddp
+from i2dl.training.runs import check_runs, repeat_runs, requested_runs, with_objective
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +46,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cross-validation (sits' ``sits_kfold_validate``): fold ``i`` is the val part of
     ``<run>/fold_<i>/`` (``sampling.folds=K sampling.fold=i``), aggregated the same way.
 
+    The loop over runs and folds is :func:`i2dl.training.runs.repeat_runs`.
+
     Returns:
         The summary (also written to ``summary.json``); for N runs, the aggregate.
 
     Raises:
         ConfigError: ``runs`` < 1, ``kfold`` < 2, or both ``runs`` > 1 and ``kfold``.
     """
-    runs = int(cfg.get("runs", 1) or 1)
-    kfold = cfg.get("kfold")
-    if "ddp" in str(cfg.trainer.get("strategy", "")) and (runs > 1 or kfold is not None):
-        raise ConfigError(
-            f"trainer=ddp trains one model with several processes; runs={runs} and "
-            f"kfold={kfold} are not supported with it: sweep seeds or folds as a multirun "
-            "(-m seed=1,2,3 or sampling.fold=0,1,2 with hydra/launcher=slurm)"
-        )
+    runs, kfold = requested_runs(cfg)
     if cfg.get("enable_autocontext", False):
         if (cfg.get("obia") or {}).get("enabled", False):
             raise ConfigError("enable_autocontext and obia.enabled are separate builders: "
@@ -79,109 +67,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         store = prepare.run(cfg)
         best = fit.run(cfg, store=store)
         return {"ddp_rank": ddp.process_rank(), "best": str(best)}
-    if runs < 1:
-        raise ConfigError(f"runs must be >= 1, got {runs}")
-    if kfold is not None and (isinstance(kfold, bool) or int(kfold) < 2 or runs > 1):
-        raise ConfigError(
-            f"kfold must be null or an integer >= 2 (got {kfold!r}), and cannot be combined "
-            f"with runs={runs}: use seed=... to repeat a cross-validation"
-        )
+    check_runs(runs, kfold)
     if runs == 1 and kfold is None:
         return with_objective(cfg, train_one(cfg), [run_dir(cfg)])
-    out = run_dir(cfg)
-    base = int(cfg.seed) if cfg.seed is not None else 0
-    jobs: list[tuple[str, dict[str, Any]]]
-    if kfold is not None:
-        jobs = [
-            (f"fold_{i}", {"sampling.folds": int(kfold), "sampling.fold": i})
-            for i in range(int(kfold))
-        ]
-    else:
-        jobs = [(f"seed_{i}", {"seed": base + i}) for i in range(runs)]
-    run_dirs = []
-    for i, (name, overrides) in enumerate(jobs):
-        cfg_i = copy.deepcopy(cfg)
-        with open_dict(cfg_i):
-            cfg_i.runs = 1
-            cfg_i.kfold = None
-            for key, value in overrides.items():
-                OmegaConf.update(cfg_i, key, value, force_add=True)
-            cfg_i.paths.output_dir = str(out / name)
-        log.info("%s (%d/%d, seed %s) in %s", name, i + 1, len(jobs), cfg_i.seed,
-                 cfg_i.paths.output_dir)
-        train_one(cfg_i)
-        run_dirs.append(Path(cfg_i.paths.output_dir))
-    with stage_logging(out, "train"):
-        agg = aggregate(run_dirs)
-        files = write_results(out, agg)
-        log.info("%d runs aggregated: %s", len(run_dirs), files.get("RESULTS.txt", out))
-        summaries = [read_summary(d) for d in run_dirs]
-        maps = [str(s.get("classif_map") or "") for s in summaries]
-        if cfg.get("fusion", False) and all(maps):
-            codes = [c["code"] for c in summaries[0]["classes"]]
-            method = str(cfg.get("fusion_method", "majority_voting"))
-            mob = None
-            if method == "dempster_shafer":
-                mob = np.stack([
-                    mass_of_belief(pd.read_csv(d / REPORT_DIR / CONFUSION_CSV,
-                                               index_col=0).to_numpy(),
-                                   str(cfg.get("fusion_mob", "precision")))
-                    for d in run_dirs
-                ])
-            undecided = cfg.get("fusion_undecided_label")
-            fused, agreement = fuse_maps(
-                [Path(m) for m in maps], codes, out / FINAL_DIR, method=method, mob=mob,
-                undecided_label=None if undecided is None else int(undecided),
-            )
-            agg["fusion"] = {"classif": str(fused), "agreement": str(agreement),
-                             "method": method}
+    agg, run_dirs = repeat_runs(cfg, train_one, runs, kfold)
     return with_objective(cfg, agg, run_dirs)
-
-
-def objective_value(cfg: DictConfig, run_dirs: list[Path]) -> float | None:
-    """The score a hyper-parameter search maximises (``objective``), or None if unset.
-
-    The mean, over the runs or folds of this job, of the chosen checkpoint's score on the
-    **selection** split (``summary.json`` ``"selection"``, written by evaluate): the val
-    polygons, which the report scores, never inform the search (iota2's
-    ``hyperparameters_solver`` chooses on its own validation data likewise). With
-    ``kfold=K`` it is the cross-validated selection score.
-
-    Raises:
-        ConfigError: unknown ``objective``; a run without selection scores (a scikit-learn
-            model fits on the selection split, so it has none).
-    """
-    name = cfg.get("objective")
-    if not name:
-        return None
-    if name in DEPRECATED_OBJECTIVES:
-        warnings.warn(f"objective={name} is deprecated: use objective="
-                      f"{DEPRECATED_OBJECTIVES[name]} (the same macro F1)", DeprecationWarning,
-                      stacklevel=2)
-        name = DEPRECATED_OBJECTIVES[name]
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective={name!r} is not one of {sorted(OBJECTIVES)} (or null)")
-    values = []
-    for d in run_dirs:
-        selection = read_summary(d).get("selection") or {}
-        value = selection.get(OBJECTIVES[name])
-        if value is None:
-            raise ConfigError(
-                f"objective={name}: run {d} has no selection score (scikit-learn models fit "
-                "on the selection split; search them with kfold and report on val instead)"
-            )
-        values.append(float(value))
-    return float(np.mean(values))
-
-
-def with_objective(cfg: DictConfig, result: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
-    """``result`` with ``"objective"`` (:func:`objective_value`) when ``objective`` is set."""
-    value = objective_value(cfg, run_dirs)
-    if value is not None:
-        result["objective"] = value
-        log.info("objective %s = %.4f (mean over %d run(s))", cfg.objective, value,
-                 len(run_dirs))
-    return result
 
 
 def area_adjusted_report(out: Path, info: Any, classif: Path) -> dict[str, Any] | None:
