@@ -9,8 +9,9 @@ the same code feeds the sample store and the inference from any of them.
 
 They share :class:`RasterReader`, which gives, once, what every reader would otherwise
 re-write (as torchgeo's ``RasterDataset`` subclasses share ``GeoDataset``): ``n_dates``,
-``n_channels``, ``profile``, the context manager and ``repr``. A subclass sets the
-attributes in its ``__init__`` and implements ``read`` (and ``close`` when it holds
+``n_channels``, ``profile``, the start of every ``read`` (:meth:`RasterReader.start_read`:
+the window checked, the arrays to fill), the context manager and ``repr``. A subclass sets
+the attributes in its ``__init__`` and implements ``read`` (and ``close`` when it holds
 files).
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.io.geotiff import grid_profile
+from i2dl.io.sensors.common import resolve_window
 
 _R = TypeVar("_R", bound="RasterReader")
 
@@ -113,6 +115,33 @@ class RasterReader:
     def profile(self) -> dict[str, Any]:
         """Creation profile (rasterio) of the grid: driver, crs, transform, width, height."""
         return grid_profile(self)
+
+    def start_read(
+        self, window: Window | None, x_fill: float | None = None, valid_fill: bool | None = None,
+    ) -> tuple[Window, np.ndarray, np.ndarray]:
+        """The start of every ``read``: the window checked and the arrays that the read fills.
+
+        Args:
+            window: whole-pixel window of the grid; None = the whole grid.
+            x_fill: initial value of ``x``; None = uninitialised (the read writes every value).
+            valid_fill: initial value of ``valid``; None = uninitialised.
+
+        Returns:
+            ``(win, x, valid)``: the integer window, ``x`` (h, w, T, C) float32 and
+            ``valid`` (h, w, T) bool for the window's ``h`` rows and ``w`` columns.
+
+        Raises:
+            ValueError: the window is fractional, empty or reaches outside the grid
+                (:func:`i2dl.io.sensors.common.resolve_window`).
+        """
+        win = resolve_window(window, self.width, self.height, self.path)
+        shape = (int(win.height), int(win.width), self.n_dates)
+        if x_fill is None:
+            x = np.empty((*shape, self.n_channels), dtype=np.float32)
+        else:
+            x = np.full((*shape, self.n_channels), x_fill, dtype=np.float32)
+        valid = np.empty(shape, dtype=bool) if valid_fill is None else np.full(shape, valid_fill)
+        return win, x, valid
 
     def close(self) -> None:
         """Release open files (nothing to release in the base class)."""

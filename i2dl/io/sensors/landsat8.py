@@ -56,7 +56,6 @@ from i2dl.io.sensors.common import (
     in_range,
     nodata_or,
     open_meta,
-    resolve_window,
     short_list,
     tile_folder,
 )
@@ -370,10 +369,7 @@ class Landsat8N2A(RasterReader):
             InputFileNotFoundError: a file cannot be opened.
             InputDataError: a file is not on the tile's grid.
         """
-        win = resolve_window(window, self.width, self.height, self.path)
-        h, w = int(win.height), int(win.width)
-        x = np.empty((h, w, self.n_dates, self.n_channels), dtype=np.float32)
-        valid = np.empty((h, w, self.n_dates), dtype=bool)
+        win, x, valid = self.start_read(window)
         for t, product in enumerate(self.products):
             assert product.image is not None
             src = self._pool.get(product.image, f"image of {product.name}")

@@ -760,20 +760,10 @@ class Sentinel2Sen2Cor(RasterReader):
             where no band is NODATA and the SCL class is not invalid.
 
         Raises:
-            ValueError: the window is not inside the grid.
+            ValueError: the window is fractional, empty or not inside the grid.
         """
-        if window is None:
-            window = Window(0, 0, self.width, self.height)
-        col, row = int(window.col_off), int(window.row_off)
-        w, h = int(window.width), int(window.height)
-        if col < 0 or row < 0 or w < 0 or h < 0 or col + w > self.width or row + h > self.height:
-            raise ValueError(
-                f"window {window} is outside the {self.width}x{self.height} px grid of "
-                f"tile {self.tile}"
-            )
-        window = Window(col, row, w, h)
-        x = np.empty((h, w, self.n_dates, self.n_channels), dtype=np.float32)
-        invalid = np.zeros((h, w, self.n_dates), dtype=bool)
+        # the (h, w, T) mask starts as "nothing invalid"; bands and SCL add to it
+        window, x, invalid = self.start_read(window, valid_fill=False)
         for t, meta in enumerate(self.products):
             scale = np.float32(meta.quantification)
             for c, band in enumerate(self.band_names):

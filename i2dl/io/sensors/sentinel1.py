@@ -48,7 +48,6 @@ from i2dl.io.sensors.common import (
     equals_nodata,
     in_range,
     open_meta,
-    resolve_window,
     short_list,
     tile_folder,
 )
@@ -253,10 +252,7 @@ class Sentinel1(RasterReader):
 
     def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``x`` (H, W, T, C) float32 in ``values`` units and ``valid`` (H, W, T) bool."""
-        window = resolve_window(window, self.width, self.height, self.path)
-        h, w = int(window.height), int(window.width)
-        x = np.zeros((h, w, self.n_dates, self.n_channels), np.float32)
-        valid = np.ones((h, w, self.n_dates), bool)
+        window, x, valid = self.start_read(window, x_fill=0.0, valid_fill=True)
         for t, pols in enumerate(self._files):
             lin = {}
             for c, pol in enumerate(self.polarisations):

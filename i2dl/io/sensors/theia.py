@@ -69,7 +69,6 @@ from i2dl.io.sensors.common import (
     nodata_or,
     normalize_tile,
     open_meta,
-    resolve_window,
     short_list,
     tile_folder,
 )
@@ -545,10 +544,7 @@ class Sentinel2Theia(RasterReader):
             InputFileNotFoundError: a file cannot be opened.
             InputDataError: a file is not on the tile's grid.
         """
-        win = resolve_window(window, self.width, self.height, self.path)
-        h, w = int(win.height), int(win.width)
-        x = np.empty((h, w, self.n_dates, self.n_channels), dtype=np.float32)
-        valid = np.empty((h, w, self.n_dates), dtype=bool)
+        win, x, valid = self.start_read(window)
         for t, plan in enumerate(self._plans):
             values, invalid = self._read_plan(plan, win)
             x[:, :, t, :] = values.transpose(1, 2, 0) / np.float32(THEIA_SCALE)
