@@ -17,15 +17,8 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
-from i2dl.evaluation.aggregate import (
-    aggregate,
-    compare,
-    comparison_csv,
-    describe,
-    find_runs,
-    t_critical,
-    write_results,
-)
+from i2dl.evaluation.aggregate import aggregate, describe, find_runs, t_critical
+from i2dl.evaluation.results_files import compare, comparison_csv, write_results
 from i2dl.stages.report import main
 
 scipy_stats = pytest.importorskip("scipy.stats")

@@ -34,8 +34,6 @@ aggregated anyway; each such case is logged as a warning and listed under
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -46,27 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
 from i2dl.errors import InputDataError, InputFileNotFoundError
 from i2dl.evaluation.metrics import scores
-from i2dl.evaluation.run_report import confusion_csv, confusion_png
-from i2dl.io.files import write_bytes_atomic
 from i2dl.io.layout import METRICS_JSON, REPORT_DIR, SUMMARY_JSON
 
 log = logging.getLogger(__name__)
 
 METRICS_REL = Path(REPORT_DIR) / METRICS_JSON
-
-RESULTS_TXT = "RESULTS.txt"
-RESULTS_JSON = "results.json"
-CONFUSION_SUM_CSV = "confusion_matrix_sum.csv"
-CONFUSION_SUM_PNG = "confusion_matrix_sum.png"
-F1_PNG = "f1_per_class.png"
-COMPARISON_MD = "comparison.md"
-COMPARISON_CSV = "comparison.csv"
 
 #: Run metrics aggregated (keys of metrics.json / summary.json) and their labels.
 METRICS = {"oa": "OA", "kappa": "Kappa", "f1_macro": "Macro F1"}
@@ -336,7 +322,53 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
         raise InputDataError("no run folder to aggregate")
     loaded = [load_run(r) for r in runs]
     warn: list[str] = []
+    distinct = _experiment_warnings(loaded, warn)
+    names = _class_names(loaded, warn)
+    codes = sorted(names)
+    total = _summed_matrix(loaded, codes)
+    metric_stats = {
+        key: describe([_number(r["metrics"].get(key, r["summary"].get(key))) for r in loaded])
+        for key in METRICS
+    }
+    paths = [r["path"].resolve() for r in loaded]
+    try:
+        root = os.path.commonpath([str(p.parent) for p in paths])
+    except ValueError:  # different drives (Windows)
+        root = str(paths[0].parent)
 
+    for msg in warn:
+        log.warning("%s", msg)
+
+    return {
+        "experiment": "+".join(distinct),
+        "experiments": distinct,
+        "n_runs": len(loaded),
+        "seeds": [r["summary"].get("seed") for r in loaded],
+        "root": root,
+        "ci_level": CI_LEVEL,
+        "ci_method": CI_METHOD,
+        "runs": [
+            {
+                "path": str(p),
+                "experiment": r["summary"].get("experiment"),
+                "seed": r["summary"].get("seed"),
+                **{k: metric_stats[k]["values"][i] for k in METRICS},
+                "n_val": r["summary"].get("n_val", r["metrics"].get("n_samples")),
+                "n_learn": r["summary"].get("n_learn"),
+                "n_classes": len(r["codes"]),
+            }
+            for i, (p, r) in enumerate(zip(paths, loaded, strict=True))
+        ],
+        "metrics": metric_stats,
+        "classes": _class_stats(loaded, codes, names),
+        "confusion_matrix_sum": _summed_entry(total, codes, names),
+        "timings_s": _timings(loaded),
+        "warnings": warn,
+    }
+
+
+def _experiment_warnings(loaded: list[dict[str, Any]], warn: list[str]) -> list[str]:
+    """The distinct experiment names; warns of mixed experiments and repeated seeds."""
     experiments = [r["summary"].get("experiment") for r in loaded]
     seeds = [r["summary"].get("seed") for r in loaded]
     distinct = list(dict.fromkeys(str(e) for e in experiments))
@@ -352,8 +384,14 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
             f"several runs share experiment and seed ({', '.join(dups)}); they are "
             "not independent repetitions"
         )
+    return distinct
 
-    # classes: union by code, names from the first run that has the class
+
+def _class_names(loaded: list[dict[str, Any]], warn: list[str]) -> dict[int, str]:
+    """Class code -> name over the union of the runs' classes (name of the first run).
+
+    Warns of a code named differently in two runs and of runs with different class sets.
+    """
     names: dict[int, str] = {}
     for r in loaded:
         for code, name in zip(r["codes"], r["names"], strict=True):
@@ -363,7 +401,6 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
                 msg = f"class {code} is named {names[code]!r} and {name!r} in different runs"
                 if msg not in warn:
                     warn.append(msg)
-    codes = sorted(names)
     sets = {tuple(sorted(r["codes"])) for r in loaded}
     if len(sets) > 1:
         detail = "; ".join(f"{r['path'].name}: {sorted(r['codes'])}" for r in loaded)
@@ -372,15 +409,23 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
             "zeros in the summed confusion matrix and are left out of their per-class "
             "statistics"
         )
+    return names
 
-    # summed confusion matrix, aligned by code
+
+def _summed_matrix(loaded: list[dict[str, Any]], codes: list[int]) -> np.ndarray:
+    """(K, K) int64 confusion matrix summed over the runs, aligned by class code."""
     index = {c: i for i, c in enumerate(codes)}
     total = np.zeros((len(codes), len(codes)), dtype=np.int64)
     for r in loaded:
         idx = [index[c] for c in r["codes"]]
         total[np.ix_(idx, idx)] += r["cm"]
-    pooled = _matrix_scores(total)
+    return total
 
+
+def _class_stats(
+    loaded: list[dict[str, Any]], codes: list[int], names: Mapping[int, str],
+) -> list[dict[str, Any]]:
+    """Per class: runs having it, support per run, and F1 / precision / recall statistics."""
     classes = []
     for code in codes:
         per: dict[str, list[Any]] = {"f1": [], "precision": [], "recall": [], "support": []}
@@ -402,7 +447,11 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
                 "recall": describe(per["recall"]),
             }
         )
+    return classes
 
+
+def _timings(loaded: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stage: wall time of each run (s, null if absent) and their mean."""
     stages: list[str] = []
     for r in loaded:
         for s in r["summary"].get("timings_s") or {}:
@@ -413,407 +462,29 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
         vals = [_number((r["summary"].get("timings_s") or {}).get(s)) for r in loaded]
         defined = [v for v in vals if v is not None]
         timings[s] = {"values": vals, "mean": _rnd(float(np.mean(defined))) if defined else None}
+    return timings
 
-    metric_stats = {
-        key: describe([_number(r["metrics"].get(key, r["summary"].get(key))) for r in loaded])
-        for key in METRICS
-    }
-    paths = [r["path"].resolve() for r in loaded]
-    try:
-        root = os.path.commonpath([str(p.parent) for p in paths])
-    except ValueError:  # different drives (Windows)
-        root = str(paths[0].parent)
 
-    for msg in warn:
-        log.warning("%s", msg)
-
+def _summed_entry(total: np.ndarray, codes: list[int], names: Mapping[int, str]) -> dict[str, Any]:
+    """The ``confusion_matrix_sum`` entry: the summed matrix and its pooled scores."""
+    pooled = _matrix_scores(total)
     return {
-        "experiment": "+".join(distinct),
-        "experiments": distinct,
-        "n_runs": len(loaded),
-        "seeds": seeds,
-        "root": root,
-        "ci_level": CI_LEVEL,
-        "ci_method": CI_METHOD,
-        "runs": [
+        "codes": codes,
+        "names": [names[c] for c in codes],
+        "matrix": total.tolist(),
+        "n_samples": int(total.sum()),
+        "oa": pooled["oa"],
+        "kappa": pooled["kappa"],
+        "f1_macro": pooled["f1_macro"],
+        "classes": [
             {
-                "path": str(p),
-                "experiment": r["summary"].get("experiment"),
-                "seed": r["summary"].get("seed"),
-                **{k: metric_stats[k]["values"][i] for k in METRICS},
-                "n_val": r["summary"].get("n_val", r["metrics"].get("n_samples")),
-                "n_learn": r["summary"].get("n_learn"),
-                "n_classes": len(r["codes"]),
+                "code": c,
+                "name": names[c],
+                "precision": pooled["precision"][i],
+                "recall": pooled["recall"][i],
+                "f1": pooled["f1"][i],
+                "support": int(total[i].sum()),
             }
-            for i, (p, r) in enumerate(zip(paths, loaded, strict=True))
+            for i, c in enumerate(codes)
         ],
-        "metrics": metric_stats,
-        "classes": classes,
-        "confusion_matrix_sum": {
-            "codes": codes,
-            "names": [names[c] for c in codes],
-            "matrix": total.tolist(),
-            "n_samples": int(total.sum()),
-            "oa": pooled["oa"],
-            "kappa": pooled["kappa"],
-            "f1_macro": pooled["f1_macro"],
-            "classes": [
-                {
-                    "code": c,
-                    "name": names[c],
-                    "precision": pooled["precision"][i],
-                    "recall": pooled["recall"][i],
-                    "f1": pooled["f1"][i],
-                    "support": int(total[i].sum()),
-                }
-                for i, c in enumerate(codes)
-            ],
-        },
-        "timings_s": timings,
-        "warnings": warn,
     }
-
-
-# -------------------------------------------------------------------------- writing
-
-
-def _f(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def _runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
-
-
-def _label(code: int, name: str) -> str:
-    return str(code) if str(name) == str(code) else f"{code} {name}"
-
-
-def _ci_text(st: Mapping[str, Any]) -> str:
-    if st["ci_low"] is None:
-        return f"{int(CI_LEVEL * 100)}% CI n/a, n = {st['n']}"
-    return f"{int(CI_LEVEL * 100)}% CI {_f(st['ci_low'])}\u2013{_f(st['ci_high'])}"
-
-
-def stat_line(label: str, st: Mapping[str, Any]) -> str:
-    """One RESULTS.txt line, e.g. ``OA: 0.8000 +- 0.1000 (95% CI 0.5516–1.0484)``."""
-    return f"{label}: {_f(st['mean'])} +- {_f(st['std'])} ({_ci_text(st)})"
-
-
-def _pm(st: Mapping[str, Any], spec: str = ".4f") -> str:
-    return "n/a" if st["mean"] is None else f"{st['mean']:{spec}} \u00b1 {st['std']:{spec}}"
-
-
-def format_results(agg: Mapping[str, Any]) -> str:
-    """Text of RESULTS.txt (iota2-like multi-run report).
-
-    Args:
-        agg: dict from :func:`aggregate`.
-
-    Returns:
-        Header (experiment, runs, seeds, statistics used), one ``stat_line`` per
-        metric, the per-run values, the per-class table (F1 mean +- std, 95 % CI,
-        precision and recall means, runs having the class), the summed confusion
-        matrix with its OA/kappa, mean wall time per stage and the warnings.
-    """
-    seeds = ", ".join(str(s) for s in agg["seeds"])
-    lines = [
-        "i2dl multi-run accuracy report (iota2 RESULTS.txt style)",
-        f"experiment : {agg['experiment']}",
-        f"runs       : {agg['n_runs']} (seeds {seeds})",
-        f"folder     : {agg['root']}",
-        "statistics : mean +- sample standard deviation over runs (ddof=1); "
-        f"{int(agg['ci_level'] * 100)}% CI of the mean = mean +- t * std / sqrt(n), "
-        f"{agg['ci_method']}",
-        "",
-    ]
-    lines += [stat_line(label, agg["metrics"][key]) for key, label in METRICS.items()]
-
-    lines += ["", "Per run:"]
-    rw = max(3, *(len(Path(r["path"]).name) for r in agg["runs"]))
-    lines.append(f"  {'run':<{rw}} {'seed':>6} {'OA':>8} {'kappa':>8} {'macro F1':>9} {'n_val':>8}")
-    for r in agg["runs"]:
-        lines.append(
-            f"  {Path(r['path']).name:<{rw}} {r['seed']!s:>6} {_f(r['oa']):>8} "
-            f"{_f(r['kappa']):>8} {_f(r['f1_macro']):>9} {r['n_val']!s:>8}"
-        )
-
-    nw = min(30, max(4, *(len(c["name"]) for c in agg["classes"])))
-    lines += [
-        "",
-        "Per-class F1 over runs (mean +- std over the n runs where it is defined; "
-        "runs = runs having the class):",
-        f"  {'code':>6}  {'name':<{nw}} {'F1 mean':>8} {'+- std':>8}  "
-        f"{'95% CI':<17} {'P mean':>8} {'R mean':>8} {'n':>3} {'runs':>5}",
-    ]
-    for c in agg["classes"]:
-        f1 = c["f1"]
-        ci = "n/a" if f1["ci_low"] is None else f"{f1['ci_low']:.4f}\u2013{f1['ci_high']:.4f}"
-        name = c["name"] if len(c["name"]) <= nw else c["name"][: nw - 1] + "\u2026"
-        lines.append(
-            f"  {c['code']:>6}  {name:<{nw}} {_f(f1['mean']):>8} {_f(f1['std']):>8}  "
-            f"{ci:<17} {_f(c['precision']['mean']):>8} {_f(c['recall']['mean']):>8} "
-            f"{c['n_runs']:>5}"
-        )
-
-    cms = agg["confusion_matrix_sum"]
-    labels = [str(c) for c in cms["codes"]]
-    width = max(6, *(len(f"{v}") for row in cms["matrix"] for v in row), *map(len, labels))
-    lines += [
-        "",
-        f"Confusion matrix summed over {_runs(agg['n_runs'])} (rows = reference, "
-        f"columns = predicted, by class code; N = {cms['n_samples']}):",
-        f"  OA {_f(cms['oa'])}  kappa {_f(cms['kappa'])}  macro F1 {_f(cms['f1_macro'])} "
-        "(of the summed matrix)",
-        "  " + " " * 8 + " ".join(f"{lab:>{width}}" for lab in labels),
-    ]
-    for lab, row in zip(labels, cms["matrix"], strict=True):
-        lines.append(f"  {lab:>8}" + " ".join(f"{v:>{width}}" for v in row))
-
-    if agg["timings_s"]:
-        lines += [
-            "",
-            "Mean wall time per stage (s): "
-            + ", ".join(f"{s} {_f(t['mean'], '.1f')}" for s, t in agg["timings_s"].items()),
-        ]
-    if agg["warnings"]:
-        lines += ["", "Warnings:"] + [f"  - {w}" for w in agg["warnings"]]
-    return "\n".join(lines) + "\n"
-
-
-def _f1_png(agg: Mapping[str, Any]) -> bytes:
-    """Horizontal bar chart of the mean per-class F1, std error bars, runs as dots.
-
-    matplotlib object API with the Agg canvas (no pyplot), as
-    :func:`i2dl.evaluation.run_report.confusion_png`.
-    """
-    classes = agg["classes"]
-    k = len(classes)
-    labels = [
-        (lambda s: s if len(s) <= 28 else s[:27] + "\u2026")(_label(c["code"], c["name"]))
-        for c in classes
-    ]
-    means = [c["f1"]["mean"] if c["f1"]["mean"] is not None else 0.0 for c in classes]
-    stds = [c["f1"]["std"] or 0.0 for c in classes]
-    fig = Figure(figsize=(8.0, min(max(2.5, 0.45 * k + 1.6), 24.0)), dpi=100,
-                 layout="constrained")  # fmt: skip
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    y = np.arange(k)
-    ax.barh(y, means, xerr=stds, color="#4c72b0", alpha=0.85, capsize=4,
-            error_kw={"elinewidth": 1.2, "ecolor": "black"})  # fmt: skip
-    for i, c in enumerate(classes):
-        pts = [v for v in c["f1"]["values"] if v is not None]
-        ax.scatter(pts, [i] * len(pts), s=14, color="#dd8452", zorder=3,
-                   label="runs" if i == 0 else None)  # fmt: skip
-        text = "n/a" if c["f1"]["mean"] is None else f"{c['f1']['mean']:.3f}"
-        ax.text(1.01, i, text, va="center", fontsize=8, transform=ax.get_yaxis_transform())
-    ax.set_yticks(y, labels)
-    ax.invert_yaxis()
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("F1 (mean over runs, bar = \u00b1 1 std, dots = runs)")
-    ax.grid(axis="x", color="#dddddd")
-    ax.set_axisbelow(True)
-    m = agg["metrics"]
-    ax.set_title(
-        f"{agg['experiment']}: per-class F1 over {_runs(agg['n_runs'])}\n"
-        f"OA {_pm(m['oa'], '.3f')}   kappa {_pm(m['kappa'], '.3f')}   "
-        f"macro F1 {_pm(m['f1_macro'], '.3f')}"
-    )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _cm_metrics(agg: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics-like dict of the summed matrix for the i2dl.evaluation.run_report drawing helpers."""
-    cms = agg["confusion_matrix_sum"]
-    return {
-        "confusion_matrix": cms["matrix"],
-        "classes": cms["classes"],
-        "oa": cms["oa"],
-        "kappa": cms["kappa"],
-        "f1_macro": cms["f1_macro"],
-        "n_samples": cms["n_samples"],
-    }
-
-
-def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path]:
-    """Write the multi-run report files, each atomically.
-
-    All contents are built before the first write. Files in ``out_dir`` (created if
-    needed):
-
-    * ``RESULTS.txt``: :func:`format_results`;
-    * ``results.json``: ``agg`` (strict JSON, indent 2);
-    * ``confusion_matrix_sum.csv``: summed counts, header row / first column
-      ``"code name"``, rows = reference (format of i2dl.evaluation.run_report's CSV);
-    * ``confusion_matrix_sum.png``: heatmap of the summed matrix, row-normalised
-      (:func:`i2dl.evaluation.run_report.confusion_png`);
-    * ``f1_per_class.png``: bar chart of the mean per-class F1, std error bars.
-
-    Args:
-        out_dir: output folder.
-        agg: dict from :func:`aggregate`.
-
-    Returns:
-        File name -> path written, for the five files above.
-
-    Raises:
-        OSError: ``out_dir`` cannot be created or written.
-    """
-    title = f"{agg['experiment']}: confusion matrix summed over {_runs(agg['n_runs'])}"
-    contents = {
-        RESULTS_TXT: format_results(agg).encode("utf-8"),
-        RESULTS_JSON: (json.dumps(agg, indent=2, allow_nan=False) + "\n").encode("utf-8"),
-        CONFUSION_SUM_CSV: confusion_csv(_cm_metrics(agg)),
-        CONFUSION_SUM_PNG: confusion_png(_cm_metrics(agg), title),
-        F1_PNG: _f1_png(agg),
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in contents.items():
-        write_bytes_atomic(out / name, data)
-        written[name] = out / name
-    log.info("multi-run report written to %s", out)
-    return written
-
-
-# ----------------------------------------------------------------------- comparison
-
-
-def _group_labels(groups: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Experiment name per group; repeated names get their folder name appended."""
-    names = [str(g.get("label") or g["experiment"]) for g in groups]
-    return [
-        f"{n} ({Path(g['root']).name})" if names.count(n) > 1 else n
-        for n, g in zip(names, groups, strict=True)
-    ]
-
-
-def _fit_time(g: Mapping[str, Any]) -> float | None:
-    return (g.get("timings_s") or {}).get("fit", {}).get("mean")
-
-
-def _all_codes(groups: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    names: dict[int, str] = {}
-    for g in groups:
-        for c in g["classes"]:
-            names.setdefault(c["code"], c["name"])
-    return sorted(names.items())
-
-
-def _class_f1(g: Mapping[str, Any], code: int) -> Mapping[str, Any] | None:
-    return next((c["f1"] for c in g["classes"] if c["code"] == code), None)
-
-
-def compare(groups: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of several experiments side by side (``comparison.md``).
-
-    Args:
-        groups: dicts from :func:`aggregate`, one per experiment group.
-
-    Returns:
-        Markdown: one row per group (experiment, runs, OA / kappa / macro F1 as
-        mean ± sample std, mean fit time in s, folder), then a per-class F1 table
-        (mean ± std over runs) with one column per group ("–" where the group lacks
-        the class).
-
-    Raises:
-        InputDataError: ``groups`` is empty.
-    """
-    if not groups:
-        raise InputDataError("no experiment group to compare")
-    labels = _group_labels(groups)
-    lines = [
-        "# Experiment comparison",
-        "",
-        "Mean ± sample standard deviation (ddof=1) over the runs of each group.",
-        "",
-        "| experiment | runs | OA | kappa | macro F1 | fit time (s) | folder |",
-        "|---|---:|---|---|---|---:|---|",
-    ]
-    for lab, g in zip(labels, groups, strict=True):
-        m = g["metrics"]
-        lines.append(
-            f"| {lab} | {g['n_runs']} | {_pm(m['oa'])} | {_pm(m['kappa'])} | "
-            f"{_pm(m['f1_macro'])} | {_f(_fit_time(g), '.1f')} | {g['root']} |"
-        )
-    lines += [
-        "",
-        "## Per-class F1 (mean ± std over runs)",
-        "",
-        "| code | class | " + " | ".join(labels) + " |",
-        "|---:|---|" + "---|" * len(labels),
-    ]
-    for code, name in _all_codes(groups):
-        cells = []
-        for g in groups:
-            st = _class_f1(g, code)
-            cells.append("\u2013" if st is None else _pm(st))
-        lines.append(f"| {code} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_csv(groups: Sequence[Mapping[str, Any]]) -> str:
-    """CSV of the comparison (``comparison.csv``), one row per group.
-
-    Columns: ``experiment, n_runs, folder``, then for ``oa``, ``kappa``,
-    ``f1_macro``: ``<m>_mean, <m>_std, <m>_ci_low, <m>_ci_high``, then
-    ``fit_time_mean_s``, then per class code ``f1_<code>_mean, f1_<code>_std``
-    (empty cells = undefined).
-
-    Raises:
-        InputDataError: ``groups`` is empty.
-    """
-    if not groups:
-        raise InputDataError("no experiment group to compare")
-    codes = [c for c, _ in _all_codes(groups)]
-    header = ["experiment", "n_runs", "folder"]
-    for key in METRICS:
-        header += [f"{key}_mean", f"{key}_std", f"{key}_ci_low", f"{key}_ci_high"]
-    header.append("fit_time_mean_s")
-    for c in codes:
-        header += [f"f1_{c}_mean", f"f1_{c}_std"]
-
-    def cell(x: Any) -> Any:
-        return "" if x is None else x
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for lab, g in zip(_group_labels(groups), groups, strict=True):
-        row: list[Any] = [lab, g["n_runs"], g["root"]]
-        for key in METRICS:
-            st = g["metrics"][key]
-            row += [cell(st[k]) for k in ("mean", "std", "ci_low", "ci_high")]
-        row.append(cell(_fit_time(g)))
-        for c in codes:
-            st = _class_f1(g, c)
-            row += ["", ""] if st is None else [cell(st["mean"]), cell(st["std"])]
-        writer.writerow(row)
-    return buf.getvalue()
-
-
-def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write ``comparison.md`` (:func:`compare`) and ``comparison.csv`` atomically.
-
-    Returns:
-        File name -> path written.
-
-    Raises:
-        InputDataError: ``groups`` is empty.
-        OSError: ``out_dir`` cannot be created or written.
-    """
-    contents = {
-        COMPARISON_MD: compare(groups).encode("utf-8"),
-        COMPARISON_CSV: comparison_csv(groups).encode("utf-8"),
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in contents.items():
-        write_bytes_atomic(out / name, data)
-        written[name] = out / name
-    return written

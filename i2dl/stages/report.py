@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 from i2dl.errors import I2dlError
-from i2dl.evaluation.aggregate import (
+from i2dl.evaluation.aggregate import aggregate, find_runs
+from i2dl.evaluation.results_files import (
     COMPARISON_MD,
     RESULTS_TXT,
-    aggregate,
-    find_runs,
     write_comparison,
     write_results,
 )
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m i2dl report DIR [DIR ...] [--out OUT]``.
 
     One DIR: aggregate its runs, write the report files
-    (:func:`i2dl.evaluation.aggregate.write_results`) into OUT (default DIR itself, or the
+    (:func:`i2dl.evaluation.results_files.write_results`) into OUT (default DIR itself, or the
     run's folder when DIR is a summary.json),
     print RESULTS.txt. Several DIRs: aggregate each DIR as one experiment group,
     write each group's report into that DIR, write comparison.md / comparison.csv

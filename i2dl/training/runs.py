@@ -3,7 +3,8 @@
 The train stage (:mod:`i2dl.stages.train`) hands its one-run function to
 :func:`repeat_runs`, which runs it once per seed (``<run>/seed_<i>/``, iota2's
 ``arg_train.runs``) or per fold (``<run>/fold_<i>/``, sits' ``sits_kfold_validate``),
-aggregates the runs into ``<run>/RESULTS.txt`` (:mod:`i2dl.evaluation.aggregate`) and with
+aggregates the runs into ``<run>/RESULTS.txt`` (:mod:`i2dl.evaluation.aggregate`,
+:mod:`i2dl.evaluation.results_files`) and with
 ``fusion=true`` fuses their maps (:mod:`i2dl.maps.fusion`). :func:`objective_value` is the
 score a hyper-parameter search maximises over these runs.
 """
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from i2dl.config import DEPRECATED_OBJECTIVES, OBJECTIVES
 from i2dl.errors import ConfigError
-from i2dl.evaluation.aggregate import aggregate, write_results
+from i2dl.evaluation.aggregate import aggregate
+from i2dl.evaluation.results_files import write_results
 from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.layout import FINAL_DIR, REPORT_DIR, read_summary, run_dir, stage_logging
 from i2dl.maps.fusion import fuse_maps, mass_of_belief
