@@ -12,6 +12,7 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 
 import i2dl.samples.extract as prepare_module
+import i2dl.samples.reading as reading_module
 from i2dl.io.vector import burn_polygons, burn_window
 from i2dl.samples.extract import prepare
 from i2dl.samples.store import open_store, read_array
@@ -67,7 +68,7 @@ def _samples(store) -> dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]]
 def test_block_extraction_equals_a_whole_raster_computation(
     make_cfg, irregular, monkeypatch, block
 ) -> None:
-    monkeypatch.setattr(prepare_module, "EXTRACT_BLOCK", block)
+    monkeypatch.setattr(reading_module, "EXTRACT_BLOCK", block)
     monkeypatch.setattr(prepare_module, "STAT_ROWS", 7)  # statistics merged over chunks
     store = prepare(make_cfg(*irregular["overrides"]))
     got = _samples(store)
