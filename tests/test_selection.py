@@ -21,17 +21,15 @@ import rasterio
 from rasterio.features import rasterize
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+from i2dl.samples.class_statistics import STAT_COLUMNS, class_statistics, write_class_statistics
 from i2dl.samples.selection import (
     SAMPLERS,
-    STAT_COLUMNS,
     SampleSelectionWarning,
-    class_statistics,
     largest_remainder,
     periodic_indices,
     read_byclass_csv,
     select_samples,
     selection_from_config,
-    write_class_statistics,
 )
 from i2dl.samples.split import split_polygons
 from i2dl.samples.store import LEARN, VAL

@@ -29,18 +29,14 @@ from i2dl.features.source import data_tiles, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.nomenclature import read_class_names
 from i2dl.obia import obia_settings
+from i2dl.samples.class_statistics import class_statistics, write_class_statistics
 from i2dl.samples.reading import (
     SampleSpool,
     samples_from_raster,
     samples_from_segments,
     samples_from_table,
 )
-from i2dl.samples.selection import (
-    class_statistics,
-    select_samples,
-    selection_from_config,
-    write_class_statistics,
-)
+from i2dl.samples.selection import select_samples, selection_from_config
 from i2dl.samples.split import split_polygons
 from i2dl.samples.store import (
     LEARN,
