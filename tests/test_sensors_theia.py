@@ -18,10 +18,10 @@ from rasterio.windows import Window
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.geotiff import block_windows
 from i2dl.io.sensors.base import TimeSeriesSource
-from i2dl.io.sensors.theia import (
+from i2dl.io.sensors.theia import Sentinel2Theia
+from i2dl.io.sensors.theia_products import (
     BANDS_10M,
     THEIA_BANDS,
-    Sentinel2Theia,
     TheiaProduct,
     find_theia_products,
 )
