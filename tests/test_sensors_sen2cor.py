@@ -14,12 +14,8 @@ from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
 from i2dl.io.sensors.base import TimeSeriesSource
-from i2dl.io.sensors.sen2cor import (
-    SCL_CLASSES,
-    Sentinel2Sen2Cor,
-    find_sen2cor_products,
-    parse_mtd_msil2a,
-)
+from i2dl.io.sensors.sen2cor import SCL_CLASSES, Sentinel2Sen2Cor
+from i2dl.io.sensors.sen2cor_metadata import find_sen2cor_products, parse_mtd_msil2a
 from tests.conftest import DATA_DIR
 
 IOTA2_DATA = DATA_DIR / "iota2_testdata"
