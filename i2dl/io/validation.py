@@ -101,90 +101,12 @@ def validate_reference(
     path = Path(path)
     fids = gdf.index.to_numpy()
     geoms = np.asarray(gdf.geometry.array, dtype=object)
-    problems: list[str] = []
-
-    # 1. file name
-    if not path.name[:1] or path.name[0] not in string.ascii_letters:
-        problems.append(
-            f"file name: {path.name!r} does not start with an ASCII letter (a-z, A-Z), as "
-            "iota2 requires. Rename the file (and its side files) so that its name starts "
-            "with a letter"
-        )
-
-    # 2. label field
-    problems += _check_label_field(gdf, data_field)
-
-    # 3. geometry types
-    null = shapely.is_missing(geoms)
-    empty = null | shapely.is_empty(geoms)
-    types = np.array([g.geom_type if g is not None else "None" for g in geoms], dtype=object)
-    is_poly = ~empty & (types == "Polygon")
-    is_multi = ~empty & (types == "MultiPolygon")
-    other = ~empty & ~is_poly & ~is_multi
-    if empty.any():
-        ids = fids[empty].tolist()
-        problems.append(
-            f"empty geometry: {len(ids)} feature(s) without a geometry, fid {_listing(ids)}. "
-            "Delete these features or draw their polygon"
-        )
-    if other.any():
-        rows = [(int(f), str(t)) for f, t in zip(fids[other], types[other], strict=True)]
-        problems.append(
-            f"not polygons: {len(rows)} feature(s) that are not polygons (fid, type): "
-            f"{_listing(rows)}; reference data must be Polygons. Delete these features or "
-            "replace them by the polygons they stand for"
-        )
-    if is_multi.any() and not explode_multipolygons:
-        ids = fids[is_multi].tolist()
-        problems.append(
-            f"MultiPolygon: {len(ids)} MultiPolygon feature(s), fid {_listing(ids)}; iota2 "
-            "requires single Polygons. Split them into Polygons, or set "
-            "sampling.explode_multipolygons=true to split each into its parts (same label "
-            "and polygon id)"
-        )
-
-    # 4. validity (polygonal features only; others are already refused)
-    polygonal = is_poly | is_multi
-    valid = np.zeros(len(geoms), dtype=bool)
-    valid[polygonal] = shapely.is_valid(geoms[polygonal])
-    invalid = polygonal & ~valid
-    checked = geoms.copy()  # geometries used from here on (repaired ones replaced)
-    repaired: list[int] = []
-    if invalid.any():
-        reasons = shapely.is_valid_reason(geoms[invalid])
-        if make_valid:
-            lost = []
-            for i, reason in zip(np.flatnonzero(invalid), reasons, strict=True):
-                fixed = _polygonal_part(shapely.make_valid(geoms[i]))
-                if fixed is None:
-                    lost.append((int(fids[i]), f"{reason}; no area left after repair"))
-                else:
-                    checked[i], valid[i] = fixed, True
-                    repaired.append(int(fids[i]))
-            if lost:
-                problems.append(
-                    f"invalid geometry: {len(lost)} invalid feature(s) with no area left "
-                    f"after sampling.make_valid (fid, reason): {_listing(lost)}. Delete "
-                    "these features or redraw them"
-                )
-            if repaired:
-                log.warning(
-                    "%s: repaired %d invalid feature(s) with shapely.make_valid "
-                    "(polygonal parts kept), fid %s",
-                    path,
-                    len(repaired),
-                    _listing(repaired),
-                )
-        else:
-            rows = [(int(f), str(r)) for f, r in zip(fids[invalid], reasons, strict=True)]
-            problems.append(
-                f"invalid geometry: {len(rows)} invalid feature(s) (fid, reason): "
-                f"{_listing(rows)}. Fix them in a GIS (e.g. QGIS 'Fix geometries'), or set "
-                "sampling.make_valid=true to repair them (only polygonal parts are kept)"
-            )
-
-    # 5. overlaps, between features whose geometry can be trusted
-    pairs = _overlapping_pairs(checked[valid], fids[valid])
+    problems = _check_file_name(path) + _check_label_field(gdf, data_field)
+    kinds, is_multi = _check_geometry_types(fids, geoms, explode_multipolygons)
+    problems += kinds
+    invalid, checked, valid, repaired = _check_validity(path, fids, geoms, make_valid)
+    problems += invalid
+    pairs = _overlapping_pairs(checked[valid], fids[valid])  # trusted geometries only
     if pairs:
         problems.append(
             f"overlaps: {len(pairs)} pair(s) of overlapping features (fid, fid): "
@@ -192,7 +114,6 @@ def validate_reference(
             "would get two labels). Remove or merge the overlapping polygons, or cut one "
             "out of the other"
         )
-
     if problems:
         raise InputDataError(
             f"{path}: {len(problems)} kind(s) of problem with the reference polygons "
@@ -219,6 +140,115 @@ def validate_reference(
         "polygons": len(out),
     }
     return out, report
+
+
+def _check_file_name(path: Path) -> list[str]:
+    """Rule 1: the file's name starts with an ASCII letter."""
+    if not path.name[:1] or path.name[0] not in string.ascii_letters:
+        return [
+            f"file name: {path.name!r} does not start with an ASCII letter (a-z, A-Z), as "
+            "iota2 requires. Rename the file (and its side files) so that its name starts "
+            "with a letter"
+        ]
+    return []
+
+
+def _geometry_kinds(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(empty, is_poly, is_multi, types)``: (N,) bool masks and (N,) geometry type names."""
+    null = shapely.is_missing(geoms)
+    empty = null | shapely.is_empty(geoms)
+    types = np.array([g.geom_type if g is not None else "None" for g in geoms], dtype=object)
+    is_poly = ~empty & (types == "Polygon")
+    is_multi = ~empty & (types == "MultiPolygon")
+    return empty, is_poly, is_multi, types
+
+
+def _check_geometry_types(
+    fids: np.ndarray, geoms: np.ndarray, explode_multipolygons: bool,
+) -> tuple[list[str], np.ndarray]:
+    """Rule 3: empty geometries, non-polygons and (unless exploded) MultiPolygons.
+
+    Returns:
+        The problems and the (N,) bool mask of MultiPolygon features.
+    """
+    problems: list[str] = []
+    empty, is_poly, is_multi, types = _geometry_kinds(geoms)
+    other = ~empty & ~is_poly & ~is_multi
+    if empty.any():
+        ids = fids[empty].tolist()
+        problems.append(
+            f"empty geometry: {len(ids)} feature(s) without a geometry, fid {_listing(ids)}. "
+            "Delete these features or draw their polygon"
+        )
+    if other.any():
+        rows = [(int(f), str(t)) for f, t in zip(fids[other], types[other], strict=True)]
+        problems.append(
+            f"not polygons: {len(rows)} feature(s) that are not polygons (fid, type): "
+            f"{_listing(rows)}; reference data must be Polygons. Delete these features or "
+            "replace them by the polygons they stand for"
+        )
+    if is_multi.any() and not explode_multipolygons:
+        ids = fids[is_multi].tolist()
+        problems.append(
+            f"MultiPolygon: {len(ids)} MultiPolygon feature(s), fid {_listing(ids)}; iota2 "
+            "requires single Polygons. Split them into Polygons, or set "
+            "sampling.explode_multipolygons=true to split each into its parts (same label "
+            "and polygon id)"
+        )
+    return problems, is_multi
+
+
+def _check_validity(
+    path: Path, fids: np.ndarray, geoms: np.ndarray, make_valid: bool,
+) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
+    """OGC validity of the polygonal features (others are refused by rule 3), or repair.
+
+    Returns:
+        ``(problems, checked, valid, repaired)``: the geometries used from here on
+        (repaired ones replaced), the (N,) bool mask of valid (or repaired) polygonal
+        features, and the ids of the repaired features.
+    """
+    _, is_poly, is_multi, _ = _geometry_kinds(geoms)
+    polygonal = is_poly | is_multi
+    valid = np.zeros(len(geoms), dtype=bool)
+    valid[polygonal] = shapely.is_valid(geoms[polygonal])
+    invalid = polygonal & ~valid
+    checked = geoms.copy()
+    repaired: list[int] = []
+    if not invalid.any():
+        return [], checked, valid, repaired
+    reasons = shapely.is_valid_reason(geoms[invalid])
+    if not make_valid:
+        rows = [(int(f), str(r)) for f, r in zip(fids[invalid], reasons, strict=True)]
+        return [
+            f"invalid geometry: {len(rows)} invalid feature(s) (fid, reason): "
+            f"{_listing(rows)}. Fix them in a GIS (e.g. QGIS 'Fix geometries'), or set "
+            "sampling.make_valid=true to repair them (only polygonal parts are kept)"
+        ], checked, valid, repaired
+    problems: list[str] = []
+    lost = []
+    for i, reason in zip(np.flatnonzero(invalid), reasons, strict=True):
+        fixed = _polygonal_part(shapely.make_valid(geoms[i]))
+        if fixed is None:
+            lost.append((int(fids[i]), f"{reason}; no area left after repair"))
+        else:
+            checked[i], valid[i] = fixed, True
+            repaired.append(int(fids[i]))
+    if lost:
+        problems.append(
+            f"invalid geometry: {len(lost)} invalid feature(s) with no area left "
+            f"after sampling.make_valid (fid, reason): {_listing(lost)}. Delete "
+            "these features or redraw them"
+        )
+    if repaired:
+        log.warning(
+            "%s: repaired %d invalid feature(s) with shapely.make_valid "
+            "(polygonal parts kept), fid %s",
+            path,
+            len(repaired),
+            _listing(repaired),
+        )
+    return problems, checked, valid, repaired
 
 
 def _check_label_field(gdf: gpd.GeoDataFrame, data_field: str) -> list[str]:
