@@ -89,49 +89,13 @@ def read_reference(
             polygon intersects the raster.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputFileNotFoundError(
-            f"reference polygons {path} do not exist (data.reference); give a GeoPackage or "
-            "Shapefile path"
-        )
-    try:
-        gdf = gpd.read_file(path, engine="pyogrio", fid_as_index=True)
-    except Exception as exc:  # pyogrio raises several DataSource errors
-        raise InputFileNotFoundError(f"cannot read reference polygons {path}: {exc}") from None
-    gdf, report = validate_reference(
-        gdf, path, data_field, explode_multipolygons=explode_multipolygons, make_valid=make_valid
-    )
-    log.info(
-        "%s: %d feature(s) read, %d MultiPolygon(s) split, %d invalid geometry(ies) "
-        "repaired: %d polygon(s)",
-        path,
-        report["features_read"],
-        report["exploded"],
-        report["repaired"],
-        report["polygons"],
-    )
+    gdf = _read_checked(path, data_field, explode_multipolygons, make_valid)
     # feature ids apart: the file may have a field of its own called "fid"
     fids = gdf.index.to_numpy()
     gdf = gdf.reset_index(drop=True)
-
-    labels = gdf[data_field]
-    string_labels = not pd.api.types.is_numeric_dtype(labels)
-    if string_labels:
-        text = labels.astype("string").str.strip()
-        nodata = text.isna() | (text == "") | (text == "0")
-        names = sorted(text[~nodata].unique())
-        if nomenclature:
-            mapping = _codes_from_nomenclature(names, nomenclature, text, fids, path, data_field)
-        else:
-            mapping = {name: i + 1 for i, name in enumerate(names)}
-        codes = text.map(mapping)
-        class_names = {code: name for name, code in mapping.items()}
-    else:
-        nodata = labels.isna() | (labels == 0)
-        values = labels[~nodata]  # whole numbers >= 1: checked by validate_reference
-        codes = labels
-        class_names = {int(c): str(int(c)) for c in sorted(values.unique())}
-    nodata = nodata.to_numpy(dtype=bool)
+    codes, nodata, class_names, string_labels = _label_codes(
+        gdf[data_field], nomenclature, fids, path, data_field
+    )
     n_nodata = int(nodata.sum())
     if n_nodata == len(nodata):
         raise InputDataError(
@@ -154,6 +118,87 @@ def read_reference(
         geometry=gdf.loc[~nodata].geometry.to_numpy(),
         crs=gdf.crs,
     )
+    out = _on_raster(out, path, raster_crs, raster_bounds)
+    class_names = {c: n for c, n in class_names.items() if c in set(out["code"])}
+    return ReferenceData(polygons=out, class_names=class_names, string_labels=string_labels)
+
+
+def _read_checked(
+    path: Path, data_field: str, explode_multipolygons: bool, make_valid: bool,
+) -> gpd.GeoDataFrame:
+    """The file's features, indexed by feature id, checked by :func:`validate_reference`.
+
+    Raises:
+        InputFileNotFoundError: the file does not exist or cannot be read.
+        InputDataError: iota2's rules for reference data are broken.
+    """
+    if not path.exists():
+        raise InputFileNotFoundError(
+            f"reference polygons {path} do not exist (data.reference); give a GeoPackage or "
+            "Shapefile path"
+        )
+    try:
+        gdf = gpd.read_file(path, engine="pyogrio", fid_as_index=True)
+    except Exception as exc:  # pyogrio raises several DataSource errors
+        raise InputFileNotFoundError(f"cannot read reference polygons {path}: {exc}") from None
+    gdf, report = validate_reference(
+        gdf, path, data_field, explode_multipolygons=explode_multipolygons, make_valid=make_valid
+    )
+    log.info(
+        "%s: %d feature(s) read, %d MultiPolygon(s) split, %d invalid geometry(ies) "
+        "repaired: %d polygon(s)",
+        path,
+        report["features_read"],
+        report["exploded"],
+        report["repaired"],
+        report["polygons"],
+    )
+    return gdf
+
+
+def _label_codes(
+    labels: pd.Series, nomenclature: Mapping[int, str] | None, fids: np.ndarray, path: Path,
+    data_field: str,
+) -> tuple[pd.Series, np.ndarray, dict[int, str], bool]:
+    """Class code of each feature from its label (integer codes, or names).
+
+    Returns:
+        ``(codes, nodata, class_names, string_labels)``: the codes (undefined where
+        ``nodata``), the (N,) bool no-data mask (0 or empty labels), code -> name, and
+        whether the labels are strings.
+
+    Raises:
+        InputDataError: a string label is not a name of ``nomenclature``, or matches a name
+            that several codes share.
+    """
+    string_labels = not pd.api.types.is_numeric_dtype(labels)
+    if string_labels:
+        text = labels.astype("string").str.strip()
+        nodata = text.isna() | (text == "") | (text == "0")
+        names = sorted(text[~nodata].unique())
+        if nomenclature:
+            mapping = _codes_from_nomenclature(names, nomenclature, text, fids, path, data_field)
+        else:
+            mapping = {name: i + 1 for i, name in enumerate(names)}
+        codes = text.map(mapping)
+        class_names = {code: name for name, code in mapping.items()}
+    else:
+        nodata = labels.isna() | (labels == 0)
+        values = labels[~nodata]  # whole numbers >= 1: checked by validate_reference
+        codes = labels
+        class_names = {int(c): str(int(c)) for c in sorted(values.unique())}
+    return codes, nodata.to_numpy(dtype=bool), class_names, string_labels
+
+
+def _on_raster(
+    out: gpd.GeoDataFrame, path: Path, raster_crs: Any,
+    raster_bounds: tuple[float, float, float, float],
+) -> gpd.GeoDataFrame:
+    """The polygons in the raster's CRS that intersect it (the others dropped, logged).
+
+    Raises:
+        InputDataError: no polygon intersects the raster.
+    """
     if raster_crs is not None and out.crs is not None and out.crs != raster_crs:
         log.info("reprojecting %s from %s to the raster CRS %s", path, out.crs, raster_crs)
         out = out.to_crs(raster_crs)
@@ -168,9 +213,7 @@ def read_reference(
         )
     if (~inside).any():
         log.info("%d polygon(s) outside the raster ignored", int((~inside).sum()))
-    out = out[inside].reset_index(drop=True)
-    class_names = {c: n for c, n in class_names.items() if c in set(out["code"])}
-    return ReferenceData(polygons=out, class_names=class_names, string_labels=string_labels)
+    return out[inside].reset_index(drop=True)
 
 
 def _codes_from_nomenclature(
