@@ -205,6 +205,27 @@ def _round(x: float | None) -> float | None:
 # -------------------------------------------------------------------------- metrics
 
 
+def _paired_codes(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_pred`` as (N,) int64 code arrays of one non-zero length.
+
+    Raises:
+        InputDataError: not integer codes, different lengths, or empty.
+    """
+    true_codes = _as_code_array(y_true, "y_true")
+    pred_codes = _as_code_array(y_pred, "y_pred")
+    if true_codes.shape != pred_codes.shape:
+        raise InputDataError(
+            f"y_true has {true_codes.shape[0]} samples but y_pred has "
+            f"{pred_codes.shape[0]}; give one prediction per reference sample"
+        )
+    if true_codes.shape[0] == 0:
+        raise InputDataError(
+            "y_true and y_pred are empty; the accuracy report needs at least one "
+            "validation sample (check the validation split and no-data masking)"
+        )
+    return true_codes, pred_codes
+
+
 def compute_metrics(
     y_true: Any,
     y_pred: Any,
@@ -260,19 +281,8 @@ def compute_metrics(
     """
     codes = _check_class_codes(class_codes)
     names = _resolve_names(codes, class_names)
-    true_codes = _as_code_array(y_true, "y_true")
-    pred_codes = _as_code_array(y_pred, "y_pred")
-    if true_codes.shape != pred_codes.shape:
-        raise InputDataError(
-            f"y_true has {true_codes.shape[0]} samples but y_pred has "
-            f"{pred_codes.shape[0]}; give one prediction per reference sample"
-        )
+    true_codes, pred_codes = _paired_codes(y_true, y_pred)
     n = int(true_codes.shape[0])
-    if n == 0:
-        raise InputDataError(
-            "y_true and y_pred are empty; the accuracy report needs at least one "
-            "validation sample (check the validation split and no-data masking)"
-        )
     k = len(codes)
     cm_np = confusion_matrix(
         _codes_to_indices(true_codes, codes, "y_true"),
