@@ -129,6 +129,42 @@ def write_label_table(
     return write_text_atomic(path, buf.getvalue())
 
 
+def _palette(
+    colours: Mapping[int, RGB], nodata_colour: RGB,
+) -> dict[int, tuple[int, int, int, int]]:
+    """Code -> ``(R, G, B, A)`` palette entries, code 0 the transparent nodata colour.
+
+    Raises:
+        InputDataError: a code outside 1-65535 or a colour value outside 0-255.
+    """
+    palette: dict[int, tuple[int, int, int, int]] = {}
+    for code, rgb in colours.items():
+        code = int(code)
+        if code == 0:
+            continue
+        if not 1 <= code <= MAX_CODE:
+            raise InputDataError(f"colour code {code} out of range: palettes hold 1-{MAX_CODE}")
+        r, g, b = (int(v) for v in rgb)
+        if not all(0 <= v <= 255 for v in (r, g, b)):
+            raise InputDataError(f"colour {tuple(rgb)!r} of code {code} has a value outside 0-255")
+        palette[code] = (r, g, b, 255)
+    nr, ng, nb = (int(v) for v in nodata_colour)
+    palette[0] = (nr, ng, nb, 0)
+    return palette
+
+
+def _palette_dtype(src_dtype: np.dtype, max_code: int) -> np.dtype:
+    """uint8 when the map and every colour code fit in it, else uint16."""
+    dtype: np.dtype
+    if src_dtype == np.uint8 or (src_dtype != np.uint16 and max_code <= 255):
+        dtype = np.dtype(np.uint8)
+    else:
+        dtype = np.dtype(np.uint16)
+    if max_code > np.iinfo(dtype).max:
+        dtype = np.dtype(np.uint16)
+    return dtype
+
+
 def write_colour_map(
     classif_path: str | Path,
     out_path: str | Path,
@@ -167,19 +203,7 @@ def write_colour_map(
             f"colour map output {out_path} is the classification itself; choose another "
             "name (e.g. <stem>_ColorIndexed.tif)"
         )
-    palette: dict[int, tuple[int, int, int, int]] = {}
-    for code, rgb in colours.items():
-        code = int(code)
-        if code == 0:
-            continue
-        if not 1 <= code <= MAX_CODE:
-            raise InputDataError(f"colour code {code} out of range: palettes hold 1-{MAX_CODE}")
-        r, g, b = (int(v) for v in rgb)
-        if not all(0 <= v <= 255 for v in (r, g, b)):
-            raise InputDataError(f"colour {tuple(rgb)!r} of code {code} has a value outside 0-255")
-        palette[code] = (r, g, b, 255)
-    nr, ng, nb = (int(v) for v in nodata_colour)
-    palette[0] = (nr, ng, nb, 0)
+    palette = _palette(colours, nodata_colour)
 
     with rasterio.open(classif_path) as src:
         if src.count != 1:
@@ -193,13 +217,7 @@ def write_colour_map(
                 f"classification {classif_path} has pixel type {src_dtype}; class codes "
                 "must be integers (uint8 or uint16)"
             )
-        dtype: np.dtype
-        if src_dtype == np.uint8 or (src_dtype != np.uint16 and max(palette) <= 255):
-            dtype = np.dtype(np.uint8)
-        else:
-            dtype = np.dtype(np.uint16)
-        if max(palette) > np.iinfo(dtype).max:
-            dtype = np.dtype(np.uint16)
+        dtype = _palette_dtype(src_dtype, max(palette))
         src_nodata = src.nodata
         remap_nodata = src_nodata is not None and src_nodata != 0
         profile = geotiff_profile(
