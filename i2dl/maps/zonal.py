@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -43,6 +44,70 @@ def _open(path: str | Path, what: str) -> rasterio.DatasetReader:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise InputFileNotFoundError(f"cannot open the {what} {path}: {exc}") from None
+
+
+def _read_zones(zones: str | Path | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The zone polygons, read from a vector file unless already a GeoDataFrame.
+
+    Raises:
+        InputFileNotFoundError: the file cannot be read.
+        InputDataError: no polygon.
+    """
+    if isinstance(zones, gpd.GeoDataFrame):
+        gdf = zones
+    else:
+        try:
+            gdf = gpd.read_file(zones)
+        except Exception as exc:  # noqa: BLE001 (pyogrio raises several kinds)
+            raise InputFileNotFoundError(f"cannot read the zones {zones}: {exc}") from None
+    if len(gdf) == 0:
+        raise InputDataError(f"{zones}: no polygon to summarise")
+    return gdf
+
+
+def _check_same_grid(h: Any, path: Path, what: str, grid: tuple, map_path: str | Path) -> None:
+    """Refuse a raster that is not on the map's grid.
+
+    Raises:
+        InputDataError: another size or transform than the map.
+    """
+    if (h.width, h.height, h.transform) != grid[:3]:
+        raise InputDataError(
+            f"{what} {path} is {h.width}x{h.height} with transform {h.transform}, "
+            f"but the map {map_path} is {grid[0]}x{grid[1]} with {grid[2]}: resample "
+            "it onto the map's grid first"
+        )
+
+
+def _columns(
+    n_pix: np.ndarray, class_counts: dict[int, np.ndarray],
+    moments: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]],
+    names: list[str], k_bands: list[int], with_confidence: bool,
+) -> dict[str, np.ndarray]:
+    """The statistics columns from the per-polygon counts, sums, squares, minima, maxima."""
+    n = len(n_pix)
+    sums, sq, mins, maxs = moments
+    cols: dict[str, np.ndarray] = {"n_pixels": n_pix}
+    codes = sorted(class_counts)
+    table = np.stack([class_counts[c] for c in codes], axis=1) if codes else np.zeros((n, 0))
+    has = n_pix > 0
+    cols["majority"] = np.where(has, np.asarray(codes)[table.argmax(axis=1)] if codes else 0, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j, code in enumerate(codes):
+            cols[f"rate_{code}"] = np.where(has, table[:, j] / np.maximum(n_pix, 1), np.nan)
+        for i, name in enumerate(names):
+            mean = np.where(has[:, None], sums[i] / np.maximum(n_pix, 1)[:, None], np.nan)
+            var = np.where(has[:, None], sq[i] / np.maximum(n_pix, 1)[:, None] - mean**2, np.nan)
+            if with_confidence and i == 0:
+                cols["confidence_mean"] = mean[:, 0]
+                continue
+            for b in range(k_bands[i]):
+                prefix = f"{name}_b{b + 1}"
+                cols[f"{prefix}_mean"] = mean[:, b]
+                cols[f"{prefix}_std"] = np.sqrt(np.maximum(var[:, b], 0))
+                cols[f"{prefix}_min"] = np.where(has, mins[i][:, b], np.nan)
+                cols[f"{prefix}_max"] = np.where(has, maxs[i][:, b], np.nan)
+    return cols
 
 
 def zonal_stats(
@@ -72,15 +137,7 @@ def zonal_stats(
         InputFileNotFoundError: a file cannot be opened.
         InputDataError: a raster is not on the map's grid, or no polygon.
     """
-    if isinstance(zones, gpd.GeoDataFrame):
-        gdf = zones
-    else:
-        try:
-            gdf = gpd.read_file(zones)
-        except Exception as exc:  # noqa: BLE001 (pyogrio raises several kinds)
-            raise InputFileNotFoundError(f"cannot read the zones {zones}: {exc}") from None
-    if len(gdf) == 0:
-        raise InputDataError(f"{zones}: no polygon to summarise")
+    gdf = _read_zones(zones)
     extra = [(Path(p), "raster") for p in rasters]
     if confidence is not None:
         extra.insert(0, (Path(confidence), "confidence map"))
@@ -96,12 +153,7 @@ def zonal_stats(
         for path, what in extra:
             h = _open(path, what)
             handles.append(h)
-            if (h.width, h.height, h.transform) != grid[:3]:
-                raise InputDataError(
-                    f"{what} {path} is {h.width}x{h.height} with transform {h.transform}, "
-                    f"but the map {map_path} is {grid[0]}x{grid[1]} with {grid[2]}: resample "
-                    "it onto the map's grid first"
-                )
+            _check_same_grid(h, path, what, grid, map_path)
             others.append(h)
         n = len(gdf)
         ids = np.arange(n)
@@ -136,28 +188,10 @@ def zonal_stats(
     finally:
         for h in handles:
             h.close()
-    cols: dict[str, np.ndarray] = {"n_pixels": n_pix}
-    codes = sorted(class_counts)
-    table = np.stack([class_counts[c] for c in codes], axis=1) if codes else np.zeros((n, 0))
-    has = n_pix > 0
-    cols["majority"] = np.where(has, np.asarray(codes)[table.argmax(axis=1)] if codes else 0, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for j, code in enumerate(codes):
-            cols[f"rate_{code}"] = np.where(has, table[:, j] / np.maximum(n_pix, 1), np.nan)
-        names = ["confidence"] if confidence is not None else []
-        names += [Path(p).stem for p in rasters]
-        for i, name in enumerate(names):
-            mean = np.where(has[:, None], sums[i] / np.maximum(n_pix, 1)[:, None], np.nan)
-            var = np.where(has[:, None], sq[i] / np.maximum(n_pix, 1)[:, None] - mean**2, np.nan)
-            if confidence is not None and i == 0:
-                cols["confidence_mean"] = mean[:, 0]
-                continue
-            for b in range(k_bands[i]):
-                prefix = f"{name}_b{b + 1}"
-                cols[f"{prefix}_mean"] = mean[:, b]
-                cols[f"{prefix}_std"] = np.sqrt(np.maximum(var[:, b], 0))
-                cols[f"{prefix}_min"] = np.where(has, mins[i][:, b], np.nan)
-                cols[f"{prefix}_max"] = np.where(has, maxs[i][:, b], np.nan)
+    names = ["confidence"] if confidence is not None else []
+    names += [Path(p).stem for p in rasters]
+    cols = _columns(n_pix, class_counts, (sums, sq, mins, maxs), names, k_bands,
+                    confidence is not None)
     extra = pd.DataFrame(cols, index=gdf.index)
     return gpd.GeoDataFrame(pd.concat([gdf.drop(columns=list(cols), errors="ignore"), extra],
                                       axis=1), geometry=gdf.geometry.name, crs=gdf.crs)
