@@ -424,6 +424,27 @@ def segment_samples(
     }, feats.names
 
 
+def _segment_proba(feats: Any, info: Any, predict_proba: Any, batch_size: int) -> np.ndarray:
+    """(S, K) float32 class probabilities of the segments, ``batch_size`` at a time.
+
+    The segment features are normalised with the store's statistics (NaN read as 0 at
+    invalid dates) and classified with the store's days.
+    """
+    import torch
+
+    x = info.normalise(np.nan_to_num(feats.x, nan=0.0), feats.valid)
+    days = np.broadcast_to(info.days, feats.valid.shape)
+    k = len(info.class_codes)
+    proba = np.zeros((len(feats.ids), k), np.float32)
+    for i in range(0, len(feats.ids), batch_size):
+        sl = slice(i, i + batch_size)
+        out = predict_proba(torch.from_numpy(np.ascontiguousarray(x[sl])),
+                            torch.from_numpy(np.ascontiguousarray(days[sl])),
+                            torch.from_numpy(np.ascontiguousarray(feats.valid[sl])))
+        proba[sl] = np.asarray(out.cpu() if hasattr(out, "cpu") else out)
+    return proba
+
+
 def classify_segments(
     series: Any, segments_path: Path, stats: Sequence[str], info: Any,
     predict_proba: Any, maps_dir: Path, codes_names: Sequence[str],
@@ -459,7 +480,6 @@ def classify_segments(
         InputDataError: the segment features do not match the store's channels.
     """
     import geopandas as gpd
-    import torch
     from rasterio.features import shapes
     from rasterio.windows import transform as window_transform
     from shapely.geometry import shape
@@ -472,16 +492,7 @@ def classify_segments(
             f"segment features {feats.names} differ from the store's {info.band_names}: "
             "prepare the store again with the same obia.stats_used")
     ok = feats.valid.any(axis=1)
-    x = info.normalise(np.nan_to_num(feats.x, nan=0.0), feats.valid)
-    days = np.broadcast_to(info.days, feats.valid.shape)
-    k = len(info.class_codes)
-    proba = np.zeros((len(feats.ids), k), np.float32)
-    for i in range(0, len(feats.ids), batch_size):
-        sl = slice(i, i + batch_size)
-        out = predict_proba(torch.from_numpy(np.ascontiguousarray(x[sl])),
-                            torch.from_numpy(np.ascontiguousarray(days[sl])),
-                            torch.from_numpy(np.ascontiguousarray(feats.valid[sl])))
-        proba[sl] = np.asarray(out.cpu() if hasattr(out, "cpu") else out)
+    proba = _segment_proba(feats, info, predict_proba, batch_size)
     codes = np.asarray(info.class_codes, np.int64)
     seg_code = np.where(ok, codes[proba.argmax(axis=1)], 0)
     seg_conf = np.where(ok, proba.max(axis=1), 0.0).astype(np.float32)
