@@ -33,6 +33,7 @@ from models.layers import (
     check_positive_int,
     check_widths,
     dense_block,
+    gapfilled,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,9 @@ class LTAE(nn.Module):
     1. optionally ``LayerNorm(C)`` of each date (``input_layernorm``, off by default,
        see below); optionally a per-date MLP ``input_mlp`` (Linear + BatchNorm1d + ReLU
        per width, on the valid dates only: the pixel encoder of sits' ``sits_lighttae``,
-       see below); linear projection to ``D`` ("inconv"), ``LayerNorm(D)``;
+       see below), or before it a temporal convolution ``temporal_conv`` of the
+       gap-filled series (see below); linear projection to ``D`` ("inconv"),
+       ``LayerNorm(D)``;
     2. plus the sinusoidal encoding of the day offset (:func:`positional_encoding`);
     3. ``H`` heads, each with one learned master query ``q_h`` of size ``d_k``; keys are
        ``Linear(D, H * d_k)`` of the encoded dates; the attention of head ``h`` over dates
@@ -163,6 +166,18 @@ class LTAE(nn.Module):
     "Why the LTAE lost"). The MLP runs on the valid dates only, so its BatchNorm
     statistics never include the zeros of masked dates.
 
+    Temporal convolution (``temporal_conv``): the attention pools a weighted average of
+    per-date vectors, whose only notion of order is the date encoding; on a single pixel
+    series the shape of the curve around a date (a rise, a peak, a harvest drop) is what
+    tells crops apart, and TempCNN (Pelletier et al. 2019), which reads it with 1-D
+    convolutions over time, beats the plain LTAE on every pixel table (docs/results.md).
+    With ``temporal_conv=[F1, F2, ...]`` the series is gap-filled (linear interpolation of
+    invalid dates, as TempCNN) and passed through ``Conv1d(kernel_size=conv_kernel,
+    padding="same") + BatchNorm1d + ReLU`` per width, so that each date's vector also
+    describes its neighbourhood in time (a convolutional embedding before attention, as
+    in Foumani et al. 2024, "Improving position encoding of transformers for multivariate
+    time series classification", DMKD, ConvTran). Invalid dates still get no attention.
+
     Attention dropout: the reference implementation (``ScaledDotProductAttention`` of
     github.com/VSainteuf/lightweight-temporal-attention-pytorch, ``attn_dropout=0.1``)
     applies ``nn.Dropout`` to the attention weights after the softmax; a dropped weight
@@ -194,6 +209,9 @@ class LTAE(nn.Module):
         attention_dropout: float = 0.0,
         projection_norm: str | None = "date",
         input_mlp: Sequence[int] | None = None,
+        temporal_conv: Sequence[int] | None = None,
+        conv_kernel: int = 5,
+        n_dates: int | None = None,
     ) -> None:
         """Build the encoder.
 
@@ -217,23 +235,41 @@ class LTAE(nn.Module):
                 with ``C == 1`` only the sign and offset of ``x`` survive); ``"series"``,
                 over the D values of all valid dates of a pixel together, as the reference
                 implementation's ``LayerNorm((d_model, len_max_seq))`` (there over all T),
-                with a learnt per-channel scale and shift; None, no normalisation.
+                with a learnt per-channel scale and shift; ``"reference"``, the same
+                statistics with a learnt scale and shift per date **and** channel
+                (``(T, D)``, exactly the reference's elementwise affine; needs
+                ``n_dates``): a learnt offset per date acts as a learnt date embedding
+                beside the sinusoids; None, no normalisation.
             input_mlp: widths of the per-date MLP applied to each valid date before the
                 projection (Linear + BatchNorm1d + ReLU each, e.g. ``[32, 64, 128]`` as
                 sits' ``sits_lighttae``); None or empty: no MLP (the projection reads the
                 ``C`` channels directly).
+            temporal_conv: widths of the 1-D convolutions over time applied to the
+                gap-filled series first (Conv1d + BatchNorm1d + ReLU each); None or empty:
+                none.
+            conv_kernel: kernel size (dates) of those convolutions, odd, >= 1.
+            n_dates: number of dates ``T`` of the store (set by the model builder); used
+                only by ``projection_norm="reference"``, which then needs series of
+                exactly ``T`` dates.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
                 ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
                 ``dropout`` or ``attention_dropout`` outside ``[0, 1)`` or ``period`` not a
                 number > 0, ``projection_norm`` not one of ``"date"``, ``"series"``, None,
-                or a non-positive ``input_mlp`` width.
+                or a non-positive ``input_mlp`` or ``temporal_conv`` width, or
+                ``conv_kernel`` not a positive odd int.
         """
         super().__init__()
-        if projection_norm not in ("date", "series", None):
+        if projection_norm not in ("date", "series", "reference", None):
             raise ConfigError(
-                f"LTAE: projection_norm={projection_norm!r} must be 'date', 'series' or null"
+                f"LTAE: projection_norm={projection_norm!r} must be 'date', 'series', "
+                "'reference' or null"
+            )
+        if projection_norm == "reference" and not (isinstance(n_dates, int) and n_dates > 0):
+            raise ConfigError(
+                "LTAE: projection_norm='reference' learns a scale and shift per date and needs "
+                f"n_dates (a positive int, set from the sample store), got {n_dates!r}"
             )
         for name, value in (
             ("in_channels", in_channels),
@@ -272,22 +308,37 @@ class LTAE(nn.Module):
         self.out_dim: int = mlp[-1]
 
         self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
+        convs = check_widths("LTAE", "temporal_conv", temporal_conv or [], allow_empty=True)
+        check_positive_int("LTAE", "conv_kernel", conv_kernel)
+        if conv_kernel % 2 == 0:
+            raise ConfigError(f"LTAE: conv_kernel={conv_kernel} must be odd (e.g. 5)")
+        self.temporal_conv: nn.Sequential | None = None
+        if convs:
+            layers: list[nn.Module] = []
+            for c_in, c_out in zip([in_channels, *convs[:-1]], convs, strict=True):
+                layers += [nn.Conv1d(c_in, c_out, conv_kernel, padding="same"),
+                           nn.BatchNorm1d(c_out), nn.ReLU()]
+            self.temporal_conv = nn.Sequential(*layers)
+        c_date = convs[-1] if convs else in_channels  # channels of one date from here
         widths = check_widths("LTAE", "input_mlp", input_mlp or [], allow_empty=True)
         self.input_mlp: nn.Sequential | None = None
         if widths:
             blocks: list[nn.Module] = []
-            for w_in, w_out in zip([in_channels, *widths[:-1]], widths, strict=True):
+            for w_in, w_out in zip([c_date, *widths[:-1]], widths, strict=True):
                 blocks += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
             self.input_mlp = nn.Sequential(*blocks)
-        self.inconv = nn.Linear(widths[-1] if widths else in_channels, d_model)
+        self.inconv = nn.Linear(widths[-1] if widths else c_date, d_model)
         self.projection_norm = projection_norm
         self.in_out_norm: nn.Module = (
             nn.LayerNorm(d_model) if projection_norm == "date" else nn.Identity()
         )
-        # per-channel affine of the "series" normalisation (ones/zeros: identity at init)
-        series = projection_norm == "series"
-        self.series_scale = nn.Parameter(torch.ones(d_model)) if series else None
-        self.series_shift = nn.Parameter(torch.zeros(d_model)) if series else None
+        # affine of the "series" normalisation, per channel (D,) or for "reference" per date
+        # and channel (T, D); ones/zeros: identity at init
+        shape = {"series": (d_model,), "reference": (n_dates or 0, d_model)}.get(
+            str(projection_norm))
+        self.series_scale = nn.Parameter(torch.ones(shape)) if shape else None
+        self.series_shift = nn.Parameter(torch.zeros(shape)) if shape else None
+        self.n_dates = n_dates
 
         self.query = nn.Parameter(torch.empty(n_head, d_k))
         nn.init.normal_(self.query, mean=0.0, std=math.sqrt(2.0 / d_k))
@@ -340,6 +391,9 @@ class LTAE(nn.Module):
         valid = mask.unsqueeze(-1)  # (B, T, 1)
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
         z = self.in_norm(x.float())  # (B, T, C)
+        if self.temporal_conv is not None:  # convolution of the gap-filled series
+            z = self.temporal_conv(gapfilled(z, days, mask).transpose(1, 2)).transpose(1, 2)
+            z = torch.where(valid, z, torch.zeros((), dtype=z.dtype, device=z.device))
         if self.input_mlp is not None:  # per-date MLP on the valid dates only
             enc = self.input_mlp(z[mask])  # (N_valid, C')
             z = z.new_zeros(*mask.shape, enc.shape[-1]).index_put((mask,), enc)  # (B, T, C')
@@ -427,7 +481,7 @@ class LTAE(nn.Module):
             scores = torch.baddbmm(scores_pe, w_s.expand(B, H, C + 2), xt.transpose(1, 2))
         else:
             z = norm(self.inconv(x))  # (B, T, D)
-            if self.series_scale is not None:  # projection_norm="series"
+            if self.series_scale is not None:  # projection_norm="series" or "reference"
                 z = self._series_norm(z, mask.unsqueeze(-1))
             scores = torch.baddbmm(scores_pe, (wq).expand(B, H, D), z.transpose(1, 2))
             scores = scores + qb.view(1, H, 1)  # (B, H, T)
@@ -460,6 +514,11 @@ class LTAE(nn.Module):
             ``(B, T, D)``: ``(z - mean) / sqrt(var + eps) * scale + shift``, mean and var
             over the valid ``(t, d)`` of each pixel (a pixel with no valid date: 0).
         """
+        if self.series_scale is not None and self.series_scale.ndim == 2 \
+                and self.series_scale.shape[0] != z.shape[1]:
+            raise ValueError(
+                f"LTAE: this network (projection_norm='reference') was built for "
+                f"T={self.series_scale.shape[0]} dates, got series of {z.shape[1]}")
         w = valid.to(z.dtype)  # (B, T, 1)
         n = (w.sum(dim=(1, 2), keepdim=True) * z.shape[-1]).clamp(min=1.0)  # (B, 1, 1)
         mean = (z * w).sum(dim=(1, 2), keepdim=True) / n
