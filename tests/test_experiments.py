@@ -18,6 +18,8 @@ EXPERIMENTS = {
     "ann": [],
     "ssa": [],
     "tempcnn": [],
+    "ltae_ensemble": ["ensemble_size=2"],
+    "tempcnn_ensemble": ["ensemble_size=2"],
     "rf": ["model.estimator.n_estimators=20"],
     "svm": ["model.max_samples=1500"],
     "extra_trees": ["model.estimator.n_estimators=20"],
