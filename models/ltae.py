@@ -231,15 +231,10 @@ class LTAE(nn.Module):
             attention_dropout: dropout probability on the attention weights, in
                 ``[0, 1)``; 0.1 in the reference implementation, 0 by default here.
             projection_norm: normalisation of the projected series ``(B, T, D)``:
-                ``"date"``, a LayerNorm over D at each date (it removes each date's scale:
-                with ``C == 1`` only the sign and offset of ``x`` survive); ``"series"``,
-                over the D values of all valid dates of a pixel together, as the reference
-                implementation's ``LayerNorm((d_model, len_max_seq))`` (there over all T),
-                with a learnt per-channel scale and shift; ``"reference"``, the same
-                statistics with a learnt scale and shift per date **and** channel
-                (``(T, D)``, exactly the reference's elementwise affine; needs
-                ``n_dates``): a learnt offset per date acts as a learnt date embedding
-                beside the sinusoids; None, no normalisation.
+                ``"date"``, LayerNorm over D at each date; ``"series"``, over the valid
+                ``(t, d)`` of a pixel with a learnt scale and shift per channel;
+                ``"reference"``, the same with a scale and shift per date and channel
+                (the reference's ``LayerNorm((d_model, T))``; needs ``n_dates``); None.
             input_mlp: widths of the per-date MLP applied to each valid date before the
                 projection (Linear + BatchNorm1d + ReLU each, e.g. ``[32, 64, 128]`` as
                 sits' ``sits_lighttae``); None or empty: no MLP (the projection reads the
@@ -253,81 +248,22 @@ class LTAE(nn.Module):
                 exactly ``T`` dates.
 
         Raises:
-            i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size,
-                ``d_model % n_head != 0``, ``mlp[0] != d_model``, empty ``mlp``,
-                ``dropout`` or ``attention_dropout`` outside ``[0, 1)`` or ``period`` not a
-                number > 0, ``projection_norm`` not one of ``"date"``, ``"series"``, None,
-                or a non-positive ``input_mlp`` or ``temporal_conv`` width, or
-                ``conv_kernel`` not a positive odd int.
+            i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size
+                or width, ``d_model % n_head != 0``, ``mlp[0] != d_model``, a dropout
+                outside ``[0, 1)``, ``period`` not > 0, an unknown ``projection_norm``,
+                or an even ``conv_kernel``.
         """
         super().__init__()
-        if projection_norm not in ("date", "series", "reference", None):
-            raise ConfigError(
-                f"LTAE: projection_norm={projection_norm!r} must be 'date', 'series', "
-                "'reference' or null"
-            )
-        if projection_norm == "reference" and not (isinstance(n_dates, int) and n_dates > 0):
-            raise ConfigError(
-                "LTAE: projection_norm='reference' learns a scale and shift per date and needs "
-                f"n_dates (a positive int, set from the sample store), got {n_dates!r}"
-            )
-        for name, value in (
-            ("in_channels", in_channels),
-            ("d_model", d_model),
-            ("n_head", n_head),
-            ("d_k", d_k),
-        ):
-            check_positive_int("LTAE", name, value)
-        if d_model % n_head != 0:
-            raise ConfigError(
-                f"LTAE: d_model={d_model} must be divisible by n_head={n_head}; "
-                f"choose d_model as a multiple of n_head "
-                f"(e.g. {n_head * max(1, d_model // n_head)})"
-            )
-        mlp = check_widths("LTAE", "mlp", mlp, allow_empty=False)
-        if mlp[0] != d_model:
-            raise ConfigError(
-                f"LTAE: mlp[0]={mlp[0]} must equal d_model={d_model} (the width of the "
-                f"attention output); set mlp=[{d_model}, ...]"
-            )
-        p = check_dropout("LTAE", dropout)
-        p_att = check_dropout("LTAE", attention_dropout, "attention_dropout")
-        if in_channels == 1 and input_layernorm:
-            log.warning(
-                "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
-                "of x (LayerNorm over one channel is constant); use input_layernorm=False"
-            )
-        period_f = check_period("LTAE", period)
-
-        self.in_channels = in_channels
-        self.d_model = d_model
-        self.n_head = n_head
-        self.d_k = d_k
-        self.period = period_f
-        self.input_layernorm = bool(input_layernorm)
+        mlp, p, p_att, period_f = _checked_args(
+            in_channels, d_model, n_head, d_k, mlp, dropout, period, input_layernorm,
+            attention_dropout, projection_norm, n_dates)
+        self.in_channels, self.d_model, self.n_head, self.d_k = in_channels, d_model, n_head, d_k
+        self.period, self.input_layernorm = period_f, bool(input_layernorm)
         self.out_dim: int = mlp[-1]
-
         self.in_norm: nn.Module = nn.LayerNorm(in_channels) if input_layernorm else nn.Identity()
-        convs = check_widths("LTAE", "temporal_conv", temporal_conv or [], allow_empty=True)
-        check_positive_int("LTAE", "conv_kernel", conv_kernel)
-        if conv_kernel % 2 == 0:
-            raise ConfigError(f"LTAE: conv_kernel={conv_kernel} must be odd (e.g. 5)")
-        self.temporal_conv: nn.Sequential | None = None
-        if convs:
-            layers: list[nn.Module] = []
-            for c_in, c_out in zip([in_channels, *convs[:-1]], convs, strict=True):
-                layers += [nn.Conv1d(c_in, c_out, conv_kernel, padding="same"),
-                           nn.BatchNorm1d(c_out), nn.ReLU()]
-            self.temporal_conv = nn.Sequential(*layers)
-        c_date = convs[-1] if convs else in_channels  # channels of one date from here
-        widths = check_widths("LTAE", "input_mlp", input_mlp or [], allow_empty=True)
-        self.input_mlp: nn.Sequential | None = None
-        if widths:
-            blocks: list[nn.Module] = []
-            for w_in, w_out in zip([c_date, *widths[:-1]], widths, strict=True):
-                blocks += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
-            self.input_mlp = nn.Sequential(*blocks)
-        self.inconv = nn.Linear(widths[-1] if widths else c_date, d_model)
+        self.temporal_conv, self.input_mlp, c_date = _date_encoders(
+            in_channels, temporal_conv, conv_kernel, input_mlp)
+        self.inconv = nn.Linear(c_date, d_model)
         self.projection_norm = projection_norm
         self.in_out_norm: nn.Module = (
             nn.LayerNorm(d_model) if projection_norm == "date" else nn.Identity()
@@ -336,30 +272,26 @@ class LTAE(nn.Module):
         # and channel (T, D); ones/zeros: identity at init
         shape = {"series": (d_model,), "reference": (n_dates or 0, d_model)}.get(
             str(projection_norm))
-        self.series_scale = nn.Parameter(torch.ones(shape)) if shape else None
-        self.series_shift = nn.Parameter(torch.zeros(shape)) if shape else None
+        self.series_scale: nn.Parameter | None
+        self.series_shift: nn.Parameter | None
+        self.series_scale, self.series_shift = (
+            (nn.Parameter(torch.ones(shape)), nn.Parameter(torch.zeros(shape))) if shape
+            else (None, None))
         self.n_dates = n_dates
-
         self.query = nn.Parameter(torch.empty(n_head, d_k))
         nn.init.normal_(self.query, mean=0.0, std=math.sqrt(2.0 / d_k))
         self.key = nn.Linear(d_model, n_head * d_k)
         nn.init.normal_(self.key.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
 
-        mlp_layers: list[nn.Module] = []
-        for w_in, w_out in zip(mlp[:-1], mlp[1:], strict=True):
-            mlp_layers += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
-        self.mlp = nn.Sequential(*mlp_layers)  # Linear, BatchNorm1d, ReLU per layer
+        self.mlp = nn.Sequential(*(  # Linear, BatchNorm1d, ReLU per layer
+            m for w_in, w_out in zip(mlp[:-1], mlp[1:], strict=True)
+            for m in dense_block(w_in, w_out, batch_norm=True, dropout=0.0)))
         self.dropout = nn.Dropout(p)
         self.out_norm = nn.LayerNorm(mlp[-1])
-
         self.attention_dropout = nn.Dropout(p_att)  # on the (B, H, T) attention weights
-
         self.attention_weights: Tensor | None = None
-        log.debug(
-            "LTAE: C=%d d_model=%d n_head=%d d_k=%d mlp=%s period=%s, D=%d, %d parameters",
-            in_channels, d_model, n_head, d_k, mlp, period_f, self.out_dim,
-            sum(q.numel() for q in self.parameters()),
-        )
+        log.debug("LTAE: C=%d D=%d H=%d d_k=%d mlp=%s period=%s, %d parameters", in_channels,
+                  d_model, n_head, d_k, mlp, period_f, sum(q.numel() for q in self.parameters()))
 
     def forward(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         """Encode a batch of pixel time series.
@@ -526,3 +458,92 @@ class LTAE(nn.Module):
         assert self.series_scale is not None and self.series_shift is not None
         out = (z - mean) * torch.rsqrt(var + eps) * self.series_scale + self.series_shift
         return out * w
+
+
+def _checked_args(
+    in_channels: int, d_model: int, n_head: int, d_k: int, mlp: Sequence[int], dropout: float,
+    period: float, input_layernorm: bool, attention_dropout: float,
+    projection_norm: str | None, n_dates: int | None,
+) -> tuple[list[int], float, float, float]:
+    """Check the LTAE's arguments (see :class:`LTAE`).
+
+    Returns:
+        ``(mlp widths, dropout, attention dropout, period)`` as checked values.
+
+    Raises:
+        i2dl.errors.ConfigError: as listed by :class:`LTAE`.
+    """
+    if projection_norm not in ("date", "series", "reference", None):
+        raise ConfigError(
+            f"LTAE: projection_norm={projection_norm!r} must be 'date', 'series', "
+            "'reference' or null"
+        )
+    if n_dates is not None:
+        check_positive_int("LTAE", "n_dates", n_dates)
+    if projection_norm == "reference" and n_dates is None:
+        raise ConfigError(
+            "LTAE: projection_norm='reference' learns a scale and shift per date and needs "
+            "n_dates (a positive int, set from the sample store), got None"
+        )
+    for name, value in (
+        ("in_channels", in_channels),
+        ("d_model", d_model),
+        ("n_head", n_head),
+        ("d_k", d_k),
+    ):
+        check_positive_int("LTAE", name, value)
+    if d_model % n_head != 0:
+        raise ConfigError(
+            f"LTAE: d_model={d_model} must be divisible by n_head={n_head}; "
+            f"choose d_model as a multiple of n_head "
+            f"(e.g. {n_head * max(1, d_model // n_head)})"
+        )
+    widths = check_widths("LTAE", "mlp", mlp, allow_empty=False)
+    if widths[0] != d_model:
+        raise ConfigError(
+            f"LTAE: mlp[0]={widths[0]} must equal d_model={d_model} (the width of the "
+            f"attention output); set mlp=[{d_model}, ...]"
+        )
+    p = check_dropout("LTAE", dropout)
+    p_att = check_dropout("LTAE", attention_dropout, "attention_dropout")
+    if in_channels == 1 and input_layernorm:
+        log.warning(
+            "LTAE: input_layernorm=True with in_channels=1 makes the output independent "
+            "of x (LayerNorm over one channel is constant); use input_layernorm=False"
+        )
+    return widths, p, p_att, check_period("LTAE", period)
+
+
+def _date_encoders(
+    in_channels: int, temporal_conv: Sequence[int] | None, conv_kernel: int,
+    input_mlp: Sequence[int] | None,
+) -> tuple[nn.Sequential | None, nn.Sequential | None, int]:
+    """The optional temporal convolution and per-date MLP before the LTAE's projection.
+
+    Returns:
+        ``(convolutions or None, MLP or None, channels of one date after them)``.
+
+    Raises:
+        i2dl.errors.ConfigError: a non-positive width, or ``conv_kernel`` not a positive
+            odd int.
+    """
+    convs = check_widths("LTAE", "temporal_conv", temporal_conv or [], allow_empty=True)
+    check_positive_int("LTAE", "conv_kernel", conv_kernel)
+    if conv_kernel % 2 == 0:
+        raise ConfigError(f"LTAE: conv_kernel={conv_kernel} must be odd (e.g. 5)")
+    conv: nn.Sequential | None = None
+    if convs:
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([in_channels, *convs[:-1]], convs, strict=True):
+            layers += [nn.Conv1d(c_in, c_out, conv_kernel, padding="same"),
+                       nn.BatchNorm1d(c_out), nn.ReLU()]
+        conv = nn.Sequential(*layers)
+    c_date = convs[-1] if convs else in_channels  # channels of one date from here
+    widths = check_widths("LTAE", "input_mlp", input_mlp or [], allow_empty=True)
+    mlp: nn.Sequential | None = None
+    if widths:
+        blocks: list[nn.Module] = []
+        for w_in, w_out in zip([c_date, *widths[:-1]], widths, strict=True):
+            blocks += dense_block(w_in, w_out, batch_norm=True, dropout=0.0)
+        mlp = nn.Sequential(*blocks)
+    return conv, mlp, widths[-1] if widths else c_date

@@ -147,7 +147,8 @@ def _score(model: Any, store: Path) -> dict[str, float]:
     t, p = predict_split(model, store, VAL)
     codes = np.asarray(info.class_codes)
     s = scores(confusion_matrix(np.searchsorted(codes, t), np.searchsorted(codes, p), len(codes)))
-    return {"oa": float(s.oa or 0), "kappa": float(s.kappa or 0), "f1_macro": float(s.f1_macro or 0)}
+    return {"oa": float(s.oa or 0), "kappa": float(s.kappa or 0),
+            "f1_macro": float(s.f1_macro or 0)}
 
 
 def main() -> None:
