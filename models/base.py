@@ -235,35 +235,8 @@ class SITSClassifier(pl.LightningModule):
                 ``label_smoothing`` is outside ``[0, 1)`` or ``augmentation`` is invalid.
         """
         super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ConfigError(
-                f"SITSClassifier: n_classes must be a positive int, got {n_classes!r}"
-            )
-        self.monitor_key, self.monitor_mode = criterion_monitor(model_selection_criterion)
-        out_dim = getattr(encoder, "out_dim", None)
-        if not isinstance(out_dim, int) or out_dim < 1:
-            raise ConfigError(
-                f"SITSClassifier: the encoder {type(encoder).__name__} has no positive int "
-                f"`out_dim` (got {out_dim!r}); encoders must expose the width of their output"
-            )
-
-        weights_list: list[float] | None = None
-        if class_weights is not None:
-            w = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
-            if w.numel() != n_classes:
-                raise ConfigError(
-                    f"SITSClassifier: class_weights has {w.numel()} values but n_classes="
-                    f"{n_classes}; give one weight per class index"
-                )
-            if not torch.isfinite(w).all() or (w < 0).any():
-                raise ConfigError(
-                    f"SITSClassifier: class_weights must be finite and >= 0, got {w.tolist()}"
-                )
-            weights_list = [float(v) for v in w]
-            self.register_buffer("class_weights", w)
-        else:
-            self.register_buffer("class_weights", None)
-
+        out_dim = self.configure_checks(n_classes, model_selection_criterion, encoder)
+        weights_list = self.configure_losses(n_classes, class_weights)
         # Primitives only, so that checkpoints load with torch.load(weights_only=True).
         # Lightning also compares the __init__ arguments (frame locals) with these values:
         # rebind the weights to the list, an array or tensor would make that ambiguous.
@@ -277,13 +250,87 @@ class SITSClassifier(pl.LightningModule):
                 "static_channels": self.static_channels,
             }
         )
+        self.configure_models(encoder, head, out_dim, n_classes, name, model_selection_criterion)
+        self.configure_recipe(optimizer, scheduler, decay_bias_and_norm, label_smoothing,
+                              augmentation)
+        self.configure_metrics(n_classes)
+
+    def configure_checks(self, n_classes: int, criterion: str, encoder: nn.Module) -> int:
+        """Check the class count, the selection criterion and the encoder's width.
+
+        Returns:
+            The encoder's ``out_dim``.
+
+        Raises:
+            i2dl.errors.ConfigError: a bad ``n_classes``, criterion or encoder.
+        """
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ConfigError(
+                f"SITSClassifier: n_classes must be a positive int, got {n_classes!r}"
+            )
+        self.monitor_key, self.monitor_mode = criterion_monitor(criterion)
+        out_dim = getattr(encoder, "out_dim", None)
+        if not isinstance(out_dim, int) or out_dim < 1:
+            raise ConfigError(
+                f"SITSClassifier: the encoder {type(encoder).__name__} has no positive int "
+                f"`out_dim` (got {out_dim!r}); encoders must expose the width of their output"
+            )
+        return out_dim
+
+    def configure_losses(
+        self, n_classes: int, class_weights: Sequence[float] | Tensor | None
+    ) -> list[float] | None:
+        """Register the cross-entropy's class weights (a buffer, or None).
+
+        Returns:
+            The weights as a list of floats, or None.
+
+        Raises:
+            i2dl.errors.ConfigError: wrong length, negative or non-finite weights.
+        """
+        if class_weights is None:
+            self.register_buffer("class_weights", None)
+            return None
+        w = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+        if w.numel() != n_classes:
+            raise ConfigError(
+                f"SITSClassifier: class_weights has {w.numel()} values but n_classes="
+                f"{n_classes}; give one weight per class index"
+            )
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise ConfigError(
+                f"SITSClassifier: class_weights must be finite and >= 0, got {w.tolist()}"
+            )
+        self.register_buffer("class_weights", w)
+        return [float(v) for v in w]
+
+    def configure_models(
+        self, encoder: nn.Module, head: nn.Module | Callable[..., nn.Module], out_dim: int,
+        n_classes: int, name: str, criterion: str,
+    ) -> None:
+        """Attach the encoder and build the head (a factory gets the features' width)."""
         self.encoder = encoder
         self.head = head if isinstance(head, nn.Module) else head(
             in_features=out_dim + len(self.static_channels), n_classes=n_classes
         )
         self.n_classes = n_classes
         self.name = name
-        self.model_selection_criterion = model_selection_criterion
+        self.model_selection_criterion = criterion
+
+    def configure_recipe(
+        self,
+        optimizer: Callable[[Any], Optimizer] | None,
+        scheduler: Callable[..., LRScheduler | ReduceLROnPlateau] | None,
+        decay_bias_and_norm: bool,
+        label_smoothing: float,
+        augmentation: SeriesAugmentation | Mapping[str, Any] | None,
+    ) -> None:
+        """Keep the optimiser and scheduler factories, label smoothing and augmentation.
+
+        Raises:
+            i2dl.errors.ConfigError: ``label_smoothing`` outside ``[0, 1)`` or a bad
+                ``augmentation``.
+        """
         self.optimizer_factory = optimizer if optimizer is not None else _default_optimizer
         self.scheduler_factory = scheduler
         self.decay_bias_and_norm = bool(decay_bias_and_norm)
@@ -297,6 +344,9 @@ class SITSClassifier(pl.LightningModule):
             )
         # no parameters or buffers: checkpoints are the same with or without it
         self.augmentation = augmentation
+
+    def configure_metrics(self, n_classes: int) -> None:
+        """One confusion matrix per split (learn, selection), from which every score comes."""
         # torchmetrics needs >= 2 classes: a 1-class model counts in a padded matrix.
         self.learn_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
         self.selection_confusion = MulticlassConfusionMatrix(max(n_classes, 2), validate_args=False)
