@@ -3,7 +3,7 @@
 Argument checks (raising :class:`i2dl.errors.ConfigError`), the forward-input shape check
 every network runs first, dense blocks (also used by :class:`models.head.ClassifierHead`),
 and the gap-filled flat input used by the networks that need every date on a fixed grid
-(:class:`models.MLPClassifier`, :class:`models.ANN`, :class:`models.TempCNN`).
+(:class:`models.MLP`, in its ``mlp`` and ``ann`` configs, and :class:`models.TempCNN`).
 
 Dimension names: ``B`` batch (pixels), ``T`` dates, ``C`` input channels, ``D`` encoder
 output width, ``K`` classes.
@@ -252,8 +252,8 @@ def dense_block(w_in: int, w_out: int, batch_norm: bool, dropout: float) -> list
 class FlatDenseNet(nn.Module):
     """Fully connected encoder of the gap-filled, flattened series.
 
-    Shared implementation of :class:`models.MLPClassifier` and :class:`models.ANN`,
-    which differ only in their defaults. Pipeline: gap-fill invalid dates by linear
+    The implementation of :class:`models.MLP` (iota2's ``MLPClassifier`` and ``ANN``
+    are its two configs, ``configs/model/mlp.yaml`` and ``ann.yaml``). Pipeline: gap-fill invalid dates by linear
     interpolation in time (:func:`gapfilled`), flatten ``(B, T, C) -> (B, T * C)`` in
     date-major order (date 0 channels, then date 1 channels, ...), then one
     :func:`dense_block` per hidden width. The output, of width :attr:`out_dim`

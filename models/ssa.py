@@ -10,7 +10,7 @@ from iota2's source). The classifier is this encoder followed by
 ``ClassifierHead(d_model, K, hidden=[64], batch_norm=False, dropout=0.2)``
 (:class:`models.head.ClassifierHead`).
 
-Unlike :class:`models.MLPClassifier`, :class:`models.ANN` and :class:`models.TempCNN`,
+Unlike :class:`models.MLP` (configs ``mlp`` and ``ann``) and :class:`models.TempCNN`,
 this network reads the raw (not gap-filled) series: invalid dates are excluded from the
 attention and from the pooling, and it accepts any number of dates ``T`` and irregular
 acquisition days.
