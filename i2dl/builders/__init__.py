@@ -1,0 +1,1 @@
+"""Whole builders beside the pixel classification: OBIA (segments) and autocontext."""
