@@ -18,7 +18,7 @@ import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -32,80 +32,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from i2dl.errors import ConfigError, StoreError
 from i2dl.evaluation.metrics import scores
 from models.augment import SeriesAugmentation
+from models.classifier import CRITERIA, Classifier, criterion_monitor
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CRITERIA", "Classifier", "SITSClassifier", "criterion_monitor"]
 
-#: Model-selection criteria: name -> (logged metric key, optimisation mode).
-CRITERIA: dict[str, tuple[str, str]] = {
-    "fscore": ("selection/fscore", "max"),
-    "oa": ("selection/oa", "max"),
-    "kappa": ("selection/kappa", "max"),
-    "loss": ("selection/loss", "min"),
-}
-
 _REQUIRED_KEYS = ("x", "days", "mask")
-
-
-@runtime_checkable
-class Classifier(Protocol):
-    """What evaluation and inference call on any trained i2dl classifier.
-
-    Deep networks (:class:`SITSClassifier`) and scikit-learn estimators
-    (:class:`models.sklearn_backends.SklearnClassifier`) both implement it; both are built
-    from their Hydra config by ``hydra.utils.instantiate`` (:mod:`i2dl.training.build`).
-    """
-
-    n_classes: int
-
-    def predict_proba(self, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        """Class probabilities of a batch of pixel series.
-
-        Args:
-            x: (B, T, C) float32, series normalised by the store statistics.
-            days: (B, T) int64, days since the reference date.
-            mask: (B, T) bool, True = valid observation.
-
-        Returns:
-            (B, K) float32 probabilities, column k = class index k.
-        """
-        ...
-
-    def load_weights(self, path: str | Path) -> None:
-        """Restore the fitted state saved at ``path`` by the fitting stage."""
-        ...
-
-    def to(self, device: Any) -> Any:
-        """Move to a device (a no-op for CPU-only estimators); returns the model."""
-        ...
-
-
-def criterion_monitor(criterion: str) -> tuple[str, str]:
-    """Metric key and mode to monitor for a model-selection criterion.
-
-    Used for ``ModelCheckpoint(monitor=..., mode=...)``, ``EarlyStopping`` and
-    ``ReduceLROnPlateau``. The metrics are those of iota2's deep-learning model
-    selection: overall accuracy, Cohen's kappa (Cohen 1960, "A coefficient of agreement
-    for nominal scales"), macro F1-score, validation loss.
-
-    Args:
-        criterion: one of ``"fscore"``, ``"oa"``, ``"kappa"``, ``"loss"``.
-
-    Returns:
-        ``(key, mode)``, e.g. ``("selection/fscore", "max")`` or ``("selection/loss", "min")``.
-
-    Raises:
-        i2dl.errors.ConfigError: (a ``ValueError``) if ``criterion`` is not one of the
-            allowed names.
-    """
-    try:
-        return CRITERIA[criterion]
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"model_selection_criterion={criterion!r} is not allowed; choose one of "
-            f"{sorted(CRITERIA)}"
-        ) from None
 
 
 def _check_label_smoothing(value: object) -> float:

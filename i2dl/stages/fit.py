@@ -296,6 +296,45 @@ def follow_rank_zero(cfg: DictConfig, store: Path | None = None) -> dict[str, st
         return {f"region_{r}": str(p) for r, p in best.items()}
 
 
+def check_splits(
+    cfg: DictConfig, classifier: Any, datamodule: Any, info: StoreInfo, store: Path,
+    region: int | None,
+) -> int | None:
+    """Check that the splits a fit needs have pixels; log the model and the split sizes.
+
+    Returns:
+        The network's parameter count, or None for a scikit-learn model.
+
+    Raises:
+        ConfigError: no learn or val pixel, or a deep model without selection pixels.
+    """
+    n_learn = datamodule.dataset(LEARN).n_samples
+    n_selection = datamodule.dataset(SELECTION).n_samples
+    n_val = datamodule.dataset(VAL).n_samples
+    where = f"region {region} of store {store}" if region is not None else f"store {store}"
+    if n_learn == 0 or n_val == 0:
+        raise ConfigError(
+            f"{where} has {n_learn} learn and {n_val} val pixels; both are needed to train "
+            "and evaluate a model"
+        )
+    deep = isinstance(classifier, SITSClassifier)
+    if deep and n_selection == 0:
+        raise ConfigError(
+            f"{where} has no selection pixel to choose the checkpoint on; set "
+            "sampling.selection_ratio in (0, 1) (default 0.2) and give each class at least "
+            "two learn polygons"
+        )
+    n_params = sum(p.numel() for p in classifier.parameters()) if deep else None
+    log.info(
+        "model %s: %s parameters; %d dates x %d channels -> %d classes %s; %d learn / "
+        "%d selection / %d val",
+        cfg.model.get("name", "?"), n_params if n_params is not None else "scikit-learn",
+        info.n_dates, info.n_channels, info.n_classes, info.class_codes, n_learn,
+        n_selection, n_val,
+    )
+    return n_params
+
+
 def fit_one(
     cfg: DictConfig, store: Path, info: StoreInfo, model_dir: Path, region: int | None,
     plan: FitPlan, follow: dict[str, Any] | None = None,
@@ -315,15 +354,6 @@ def fit_one(
         ConfigError: no learn or val pixel, bad ``model.class_weights``.
     """
     datamodule = instantiate(cfg.datamodule, store_path=str(store), region=region)
-    n_learn = datamodule.dataset(LEARN).n_samples
-    n_selection = datamodule.dataset(SELECTION).n_samples
-    n_val = datamodule.dataset(VAL).n_samples
-    where = f"region {region} of store {store}" if region is not None else f"store {store}"
-    if n_learn == 0 or n_val == 0:
-        raise ConfigError(
-            f"{where} has {n_learn} learn and {n_val} val pixels; both are needed to train "
-            "and evaluate a model"
-        )
     model_dir.mkdir(parents=True, exist_ok=True)
     cw = cfg.model.get("class_weights")
     if cw not in (None, "balanced"):
@@ -331,27 +361,9 @@ def fit_one(
     weights = datamodule.class_weights().tolist() if cw == "balanced" else None
     dims = DataDims.of(info)
     classifier = build_classifier(cfg.model, dims, class_weights=weights)
-    deep = isinstance(classifier, SITSClassifier)
-    n_members = ensemble_size(cfg) if deep else 1
+    n_params = check_splits(cfg, classifier, datamodule, info, store, region)
+    n_members = ensemble_size(cfg) if isinstance(classifier, SITSClassifier) else 1
     refit_enabled(cfg)  # checked before any work
-    if isinstance(classifier, SITSClassifier) and n_selection == 0:
-        raise ConfigError(
-            f"{where} has no selection pixel to choose the checkpoint on; set "
-            "sampling.selection_ratio in (0, 1) (default 0.2) and give each class at least "
-            "two learn polygons"
-        )
-    n_params = (
-        sum(p.numel() for p in classifier.parameters())
-        if isinstance(classifier, SITSClassifier)
-        else None
-    )
-    log.info(
-        "model %s: %s parameters; %d dates x %d channels -> %d classes %s; %d learn / "
-        "%d selection / %d val",
-        cfg.model.get("name", "?"), n_params if n_params is not None else "scikit-learn",
-        info.n_dates, info.n_channels, info.n_classes, info.class_codes, n_learn,
-        n_selection, n_val,
-    )
     if follow is not None:
         if not isinstance(classifier, SITSClassifier):
             raise ConfigError(
