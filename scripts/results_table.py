@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["rf", "extra_trees", "svm", "ann", "mlp", "ltae", "ssa", "tempcnn"]
+ORDER = ["rf", "extra_trees", "svm", "ann", "mlp", "ltae", "ssa", "tempcnn", "ltae_ensemble",
+         "tempcnn_ensemble"]
 
 
 def main() -> None:
