@@ -79,7 +79,7 @@ def test_ddp_fit_on_two_cpu_processes(tiny_dataset, tmp_path: Path) -> None:
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
         f"paths.output_dir={run}",
         f"paths.store_dir={tmp_path / 'stores'}", *tiny_dataset["overrides"], *FAST,
-        *SMALL_LTAE, "cpu_threads=1",
+        *SMALL_LTAE, "cpu_threads=1", "refit=false",  # the ltae experiment's refit: one process
     ]
     proc = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -93,6 +93,16 @@ def test_ddp_fit_on_two_cpu_processes(tiny_dataset, tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())  # rank 0 went on to evaluate
     assert 0 <= summary["oa"] <= 1
     assert (run / "maps" / "classif.tif").is_file()
+
+
+@pytest.mark.parametrize("option", ["refit=true", "ensemble_size=2"])
+def test_ddp_refuses_refit_and_ensembles(make_cfg, tiny_dataset, option: str) -> None:
+    from i2dl.stages import train
+
+    cfg = make_cfg(*tiny_dataset["overrides"], *FAST, "trainer=ddp", "trainer.devices=1",
+                   "trainer.accelerator=cpu", option)
+    with pytest.raises(ConfigError, match="refit=true and ensemble_size > 1"):
+        train.run(cfg)
 
 
 def test_ddp_refuses_runs_and_folds(make_cfg, tiny_dataset) -> None:

@@ -363,7 +363,12 @@ def fit_one(
     classifier = build_classifier(cfg.model, dims, class_weights=weights)
     n_params = check_splits(cfg, classifier, datamodule, info, store, region)
     n_members = ensemble_size(cfg) if isinstance(classifier, SITSClassifier) else 1
-    refit_enabled(cfg)  # checked before any work
+    if (refit_enabled(cfg) or n_members > 1) and "ddp" in str(cfg.trainer.get("strategy")):
+        raise ConfigError(
+            "refit=true and ensemble_size > 1 train several networks one after the other, "
+            "which the DDP processes of trainer=ddp do not follow yet: use refit=false "
+            "ensemble_size=1 with trainer=ddp, or train on one device"
+        )
     if follow is not None:
         if not isinstance(classifier, SITSClassifier):
             raise ConfigError(
