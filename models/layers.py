@@ -252,14 +252,13 @@ def dense_block(w_in: int, w_out: int, batch_norm: bool, dropout: float) -> list
 class FlatDenseNet(nn.Module):
     """Fully connected encoder of the gap-filled, flattened series.
 
-    The implementation of :class:`models.MLP` (iota2's ``MLPClassifier`` and ``ANN``
-    are its two configs, ``configs/model/mlp.yaml`` and ``ann.yaml``). Pipeline: gap-fill invalid dates by linear
-    interpolation in time (:func:`gapfilled`), flatten ``(B, T, C) -> (B, T * C)`` in
-    date-major order (date 0 channels, then date 1 channels, ...), then one
-    :func:`dense_block` per hidden width. The output, of width :attr:`out_dim`
-    (``hidden[-1]``, or ``T * C`` when ``hidden`` is empty), goes to a
-    :class:`models.head.ClassifierHead`; with ``hidden=[]`` in the head, encoder plus
-    head is the former classifier ending in ``Linear(hidden[-1], K)``.
+    The implementation of :class:`models.MLP` (iota2's ``MLPClassifier`` and ``ANN`` are its two
+    configs, ``configs/model/mlp.yaml`` and ``ann.yaml``). Pipeline: gap-fill invalid dates by
+    linear interpolation in time (:func:`gapfilled`), flatten ``(B, T, C) -> (B, T * C)`` in
+    date-major order (date 0 channels, then date 1 channels, ...), then one :func:`dense_block` per
+    hidden width. The output, of width :attr:`out_dim` (``hidden[-1]``, or ``T * C`` when ``hidden``
+    is empty), goes to a :class:`models.head.ClassifierHead`; with ``hidden=[]`` in the head,
+    encoder plus head is the former classifier ending in ``Linear(hidden[-1], K)``.
 
     Parameter count: with widths ``w_0 = T * C, w_1, ..., w_L`` (``hidden``),
     ``sum_i (w_i * w_{i+1} + w_{i+1})`` plus ``2 * sum(hidden)`` with batch norm

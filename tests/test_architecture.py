@@ -77,15 +77,15 @@ def test_no_import_cycle() -> None:
 _ABOVE_SAMPLES = ("i2dl.training", "i2dl.evaluation", "i2dl.stages", "i2dl.cli", "models",
                   "datamodules")
 FORBIDDEN = [
-    ("i2dl.io", ("i2dl.features", "i2dl.samples", "i2dl.maps", "i2dl.obia", "i2dl.autocontext",
+    ("i2dl.io", ("i2dl.features", "i2dl.samples", "i2dl.maps", "i2dl.builders",
                  *_ABOVE_SAMPLES)),
-    ("i2dl.features", ("i2dl.samples", "i2dl.maps", "i2dl.obia", *_ABOVE_SAMPLES)),
+    ("i2dl.features", ("i2dl.samples", "i2dl.maps", "i2dl.builders", *_ABOVE_SAMPLES)),
     ("i2dl.samples", _ABOVE_SAMPLES),
     ("i2dl.maps", _ABOVE_SAMPLES),
     ("i2dl.evaluation", ("i2dl.features", "i2dl.samples", "i2dl.maps", "i2dl.training",
                          "i2dl.stages", "i2dl.cli", "models", "datamodules")),
     ("i2dl.evaluation.metrics", ("models", "datamodules", "i2dl.io", "i2dl.stages")),
-    ("i2dl.training", ("i2dl.stages", "i2dl.cli", "i2dl.obia", "i2dl.autocontext")),
+    ("i2dl.training", ("i2dl.stages", "i2dl.cli", "i2dl.builders")),
     ("models", ("datamodules", "i2dl.samples", "i2dl.training", "i2dl.maps", "i2dl.stages",
                 "i2dl.cli", "i2dl.io.raster", "i2dl.io.vector")),
     ("datamodules", ("models", "i2dl.training", "i2dl.maps", "i2dl.evaluation", "i2dl.stages",

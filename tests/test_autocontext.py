@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import zarr
 
-from i2dl.autocontext import class_proportions, out_of_fold_codes
+from i2dl.builders.autocontext import class_proportions, out_of_fold_codes
 from tests.conftest import FAST
 
 

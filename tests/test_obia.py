@@ -8,9 +8,9 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
+from i2dl.builders.obia import compute_segments, label_segments, segment_statistics
 from i2dl.errors import ConfigError
 from i2dl.io.raster import open_time_series
-from i2dl.obia import compute_segments, label_segments, segment_statistics
 
 
 @pytest.fixture

@@ -1,12 +1,11 @@
 """Autocontext (iota2 ``enable_autocontext``, ``autocontext_iterations``).
 
-Iteration 1 is the pixel classification of the main job. Before each next iteration, the
-map of the previous one is summarised over SLIC superpixels (:func:`i2dl.obia.compute_segments`
-on the series, computed once): every pixel gets, as K extra date-independent channels,
-the proportion of each class among the mapped pixels of its superpixel; the model is
-retrained on the bands plus these context channels, with the same polygons, split and
-seed, and maps again. The context comes from predictions, never from labels, so val
-pixels stay honest.
+Iteration 1 is the pixel classification of the main job. Before each next iteration, the map of the
+previous one is summarised over SLIC superpixels (:func:`i2dl.builders.obia.compute_segments` on the
+series, computed once): every pixel gets, as K extra date-independent channels, the proportion of
+each class among the mapped pixels of its superpixel; the model is retrained on the bands plus these
+context channels, with the same polygons, split and seed, and maps again. The context comes from
+predictions, never from labels, so val pixels stay honest.
 
 Outputs (``<run>`` = the run folder)::
 
@@ -62,12 +61,12 @@ import numpy as np
 import rasterio
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from i2dl.builders.obia import compute_segments
 from i2dl.errors import ConfigError
 from i2dl.features.source import open_source
 from i2dl.io.files import atomic_path, write_text_atomic
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.layout import run_dir
-from i2dl.obia import compute_segments
 from i2dl.samples.store import VAL, open_store, read_array, read_info
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ tile, classified by the local window engine or on Dask (:func:`i2dl.maps.engine.
 then per tile the uncertainty and smoothed maps (``infer.uncertainty``,
 ``infer.smoothing``), the preview and colour products, and at the end iota2's final
 products, the mosaic of the tiles in ``final/``. With ``obia.enabled`` the segments are
-classified instead (:func:`i2dl.obia.classify_segments`).
+classified instead (:func:`i2dl.builders.obia.classify_segments`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from i2dl.builders.obia import classify_segments, obia_settings
 from i2dl.errors import ConfigError, StoreError
 from i2dl.features.source import data_tiles, open_source
 from i2dl.io.geotiff import mosaic
@@ -43,7 +44,6 @@ from i2dl.maps.engine import (
 from i2dl.maps.preview import write_map_preview
 from i2dl.maps.products import write_map_products
 from i2dl.maps.quality import write_smoothed, write_uncertainty
-from i2dl.obia import classify_segments, obia_settings
 from i2dl.samples.regions import read_regions
 from i2dl.samples.store import StoreInfo
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from i2dl.builders.obia import obia_settings
 from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.nomenclature import read_class_names
-from i2dl.obia import obia_settings
 from i2dl.samples.class_statistics import class_statistics, write_class_statistics
 from i2dl.samples.reading import (
     SampleSpool,

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from rasterio.windows import Window
 from rich.progress import track
 
+from i2dl.builders.obia import STATS, segment_samples, segmentation_for
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.features.source import data_tiles, open_source, stack_feature_options
 from i2dl.io.geotiff import block_windows
@@ -26,7 +27,6 @@ from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
 from i2dl.io.table import read_pixel_table
 from i2dl.io.vector import burn_window, read_reference
-from i2dl.obia import STATS, segment_samples, segmentation_for
 from i2dl.samples.regions import read_regions
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def segments_path_of(store: Path) -> Path:
 def samples_from_segments(
     cfg: DictConfig, obia: dict[str, Any], store: Path
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
-    """The labelled segments of the tile as samples (iota2 ``i2_obia``, :mod:`i2dl.obia`).
+    """The labelled segments of the tile as samples (iota2 ``i2_obia``, :mod:`i2dl.builders.obia`).
 
     Raises:
         ConfigError: a pixel table, several tiles or eco-regions (not supported with OBIA).

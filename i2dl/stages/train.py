@@ -11,7 +11,7 @@ import pandas as pd
 import rasterio
 from omegaconf import DictConfig
 
-from i2dl import autocontext
+from i2dl.builders import autocontext
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.files import atomic_path
