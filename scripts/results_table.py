@@ -38,7 +38,9 @@ def main() -> None:
             if not path.is_file():
                 continue
             res = json.loads(path.read_text())
-            cells = [_cell(res["metrics"][k]) for k in ("oa", "kappa", "f1_macro")]
+            single = res.get("n_runs") == 1  # one run: no spread to show
+            cells = [_cell({**res["metrics"][k], **({"std": None} if single else {})})
+                     for k in ("oa", "kappa", "f1_macro")]
             print(f"| {exp} | {res['n_runs']} | {' | '.join(cells)} | {walls.get((ds, exp), '')} |")
 
 
