@@ -11,6 +11,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -39,6 +40,19 @@ SMALL_LTAE = [
     "model.encoder.mlp=[32,16]",
     "model.head.hidden=[16]",
 ]
+
+
+def masked_series(b: int, t: int, c: int, step_days: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """A random batch ``x (b, t, c)``, ``days (b, t)`` every ``step_days``, ``mask`` ~70 % valid.
+
+    Date 0 is always valid, so no pixel is empty.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, c, generator=g)
+    days = torch.arange(t).mul(step_days).expand(b, -1)
+    mask = torch.rand(b, t, generator=g) > 0.3
+    mask[:, 0] = True
+    return x, days, mask
 
 
 @pytest.fixture

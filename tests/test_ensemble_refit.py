@@ -14,7 +14,7 @@ from i2dl.errors import ConfigError, StoreError
 from i2dl.io.layout import read_fit_state
 from i2dl.samples.store import LEARN, SELECTION
 from models import LTAE, ClassifierHead, DeepEnsemble, SITSClassifier, member_seed
-from tests.conftest import FAST, SMALL_LTAE
+from tests.conftest import FAST, SMALL_LTAE, masked_series
 
 
 def _net(seed: int, c: int = 2, k: int = 3) -> SITSClassifier:
@@ -23,13 +23,8 @@ def _net(seed: int, c: int = 2, k: int = 3) -> SITSClassifier:
     return SITSClassifier(enc, ClassifierHead(enc.out_dim, k, hidden=[8]), k)
 
 
-def _batch(b: int = 6, t: int = 7, c: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, c, generator=g)
-    days = torch.arange(t).mul(10).expand(b, -1)
-    mask = torch.rand(b, t, generator=g) > 0.3
-    mask[:, 0] = True
-    return x, days, mask
+def _batch(c: int = 2) -> tuple[torch.Tensor, ...]:
+    return masked_series(b=6, t=7, c=c, step_days=10, seed=0)
 
 
 def test_input_mlp_ignores_masked_dates_and_keeps_the_magnitude_of_one_channel() -> None:

@@ -7,15 +7,11 @@ import torch
 
 from i2dl.errors import ConfigError
 from models import LTAE
+from tests.conftest import masked_series
 
 
-def _series(b: int = 5, t: int = 9, c: int = 2) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(b, t, c, generator=g)
-    days = torch.arange(t).mul(7).expand(b, -1)
-    mask = torch.rand(b, t, generator=g) > 0.3
-    mask[:, 0] = True
-    return x, days, mask
+def _series() -> tuple[torch.Tensor, ...]:
+    return masked_series(b=5, t=9, c=2, step_days=7, seed=1)
 
 
 def test_temporal_conv_sees_the_neighbouring_dates() -> None:
