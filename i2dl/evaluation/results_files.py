@@ -233,13 +233,8 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
         CONFUSION_SUM_PNG: confusion_png(_cm_metrics(agg), title),
         F1_PNG: _f1_png(agg),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in contents.items():
-        write_bytes_atomic(out / name, data)
-        written[name] = out / name
-    log.info("multi-run report written to %s", out)
+    written = _write_files(out_dir, contents)
+    log.info("multi-run report written to %s", out_dir)
     return written
 
 
@@ -373,10 +368,13 @@ def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -
         COMPARISON_MD: compare(groups).encode("utf-8"),
         COMPARISON_CSV: comparison_csv(groups).encode("utf-8"),
     }
+    return _write_files(out_dir, contents)
+
+
+def _write_files(out_dir: str | Path, contents: dict[str, bytes]) -> dict[str, Path]:
+    """Write each ``name -> bytes`` atomically into ``out_dir`` (created); return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
     for name, data in contents.items():
         write_bytes_atomic(out / name, data)
-        written[name] = out / name
-    return written
+    return {name: out / name for name in contents}

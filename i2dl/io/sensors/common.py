@@ -175,6 +175,35 @@ def short_list(items: Iterable[Any], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + f", ... ({len(items)} in all)"
 
 
+def no_product_error(
+    sensor: str, tile: str, start: dt.date | None, end: dt.date | None, folder: Path,
+    others: list[str], naming: str, hint: str = "",
+) -> InputDataError:
+    """The error of a tile folder holding no product of a sensor (in a date range).
+
+    Args:
+        sensor: the product format's name, e.g. ``Landsat-8 THEIA``.
+        tile: the tile id.
+        start: first date asked for, or None.
+        end: last date asked for, or None.
+        folder: the folder searched.
+        others: what the folder holds instead (names, with why each was skipped).
+        naming: how a product folder is named, e.g. ``LANDSAT8_YYYYMMDD_N2A_<site>T31TCJ``.
+        hint: text appended to the message (e.g. "; unzip the archives first").
+
+    Returns:
+        The exception to raise, naming the folder, what it holds and the expected names.
+    """
+    period = ""
+    if start or end:
+        period = f" between {start or 'the start'} and {end or 'the end'}"
+    return InputDataError(
+        f"no {sensor} product of tile {tile}{period} in {folder}: found "
+        f"{short_list(others)}. Product folders are named {naming} and lie in "
+        f"<root>/{tile}/{hint}"
+    )
+
+
 def default_max_open() -> int:
     """How many rasters a reader keeps open: half the process's file limit, at most 1024."""
     try:

@@ -54,6 +54,7 @@ from i2dl.io.sensors.common import (
     check_grid,
     equals_nodata,
     in_range,
+    no_product_error,
     nodata_or,
     open_meta,
     short_list,
@@ -246,14 +247,8 @@ def find_landsat8_products(
             continue
         products.append(Landsat8Product.from_folder(entry, tile, fmt))
     if not products:
-        period = ""
-        if start or end:
-            period = f" between {start or 'the start'} and {end or 'the end'}"
-        raise InputDataError(
-            f"no {fmt.name} product of tile {tile}{period} in {folder}: found "
-            f"{short_list(others)}. Product folders are named "
-            f"{fmt.prefix}_YYYYMMDD_N2A_<site>{tile} and lie in <root>/{tile}/"
-        )
+        raise no_product_error(fmt.name, tile, start, end, folder, others,
+                               f"{fmt.prefix}_YYYYMMDD_N2A_<site>{tile}")
     products.sort(key=lambda p: p.date)
     return products
 

@@ -18,6 +18,7 @@ from i2dl.errors import ConfigError, InputDataError
 from i2dl.io.raster import as_date, parse_date
 from i2dl.io.sensors.common import (
     in_range,
+    no_product_error,
     normalize_tile,
     short_list,
     tile_folder,
@@ -249,15 +250,8 @@ def find_theia_products(
     if not products:
         zips = [o for o in others if o.lower().endswith(".zip")]
         hint = f"; unzip the THEIA archives first ({short_list(zips, 3)})" if zips else ""
-        period = ""
-        if start or end:
-            period = f" between {start or 'the start'} and {end or 'the end'}"
-        raise InputDataError(
-            f"no {fmt.name} product of tile {tile}{period} in {folder}: found "
-            f"{short_list(others)}. Product folders are named "
-            f"{fmt.example.format(tile=tile)} and lie in <root>/{tile}/"
-            f"{hint}"
-        )
+        raise no_product_error(fmt.name, tile, start, end, folder, others,
+                               fmt.example.format(tile=tile), hint)
     products.sort(key=lambda p: (p.date, p.time, p.satellite))
     return products
 
