@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib.util
+import inspect
 import logging
 import math
 import re
@@ -131,6 +134,10 @@ def _number(key: str, low: float, *, null: str = "", example: str) -> Check:
                  example)
 
 
+def _positive(key: str, example: str) -> Check:
+    return Check(key, "a number > 0", lambda v: _is_number(v) and v > 0, example)
+
+
 def _choice(key: str, choices: Sequence[str], example: str) -> Check:
     return Check(key, "one of " + ", ".join(choices), lambda v: v in choices, example)
 
@@ -206,6 +213,11 @@ def config_checks() -> tuple[Check, ...]:
         _choice("model.model_selection_criterion", sorted(CRITERIA), "fscore"),
         _fraction("model.label_smoothing", zero=True, example="0.0"),
         _int("model.max_samples", 1, null="all learn samples", example="null"),
+        _positive("model.optimizer.lr", example="0.001"),
+        _number("model.optimizer.weight_decay", 0, example="1e-6"),
+        _int("model.estimator.n_estimators", 1, example="100"),
+        _int("model.estimator.max_depth", 1, null="grow until leaves are pure", example="null"),
+        _int("model.estimator.min_samples_split", 2, example="2"),
         Check("infer.batch_size", "auto (chosen per device) or an integer >= 1",
               lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto"),
         _int("infer.chunk_size", 1, example="512"),
@@ -277,11 +289,176 @@ def check_config(cfg: DictConfig) -> None:
             f"kfold={kfold!r}: expected null with runs={runs!r} (a cross-validation runs "
             f"once per fold); e.g. runs=1 kfold={kfold}, repeated with seed=..."
         )
+    problems += device_problems(cfg) + ddp_problems(cfg) + unknown_key_problems(cfg)
     if problems:
         raise ConfigError(
             f"{len(problems)} invalid configuration value(s); fix them on the command line "
             "(key=value) or in the config files:\n  " + "\n  ".join(problems)
         )
+
+
+def device_problems(cfg: DictConfig) -> list[str]:
+    """A CUDA device asked for (``infer.device``, ``trainer.accelerator``) that is not here.
+
+    Checked with the other values, so that ``infer.device=cuda`` on a machine without
+    CUDA stops before prepare and fit, not after them.
+    """
+    import torch
+
+    problems = []
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = _value(cfg, "infer.device")
+    if isinstance(device, str) and _device(device) and device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n_gpus:
+            have = (f"{n_gpus} CUDA device(s)" if n_gpus
+                    else "no CUDA (torch.cuda.is_available() is False)")
+            problems.append(f"infer.device={device!r}: this machine has {have}; e.g. "
+                            "infer.device=auto (CUDA when present, else the CPU) or cpu")
+    accel = _value(cfg, "trainer.accelerator")
+    if accel in ("gpu", "cuda") and not n_gpus:
+        problems.append(f"trainer.accelerator={accel!r}: this machine has no CUDA "
+                        "(torch.cuda.is_available() is False); e.g. trainer.accelerator=auto")
+    return problems
+
+
+def ddp_problems(cfg: DictConfig) -> list[str]:
+    """What ``trainer=ddp`` cannot do: scikit-learn models, several runs or folds.
+
+    DDP trains one deep network with one process per device; a scikit-learn model is
+    fitted in one process, and ``runs``/``kfold`` repeat the whole job (sweep them as a
+    multirun instead). Only the values that were set are named.
+    """
+    if "ddp" not in str(_value(cfg, "trainer.strategy")):
+        return []
+    problems = []
+    target = str(_value(cfg, "model._target_"))
+    if target.endswith("SklearnClassifier"):
+        problems.append(
+            f"trainer=ddp with model {_value(cfg, 'model.name')!r}: DDP trains deep models "
+            "with one process per device; a scikit-learn model is fitted in one process. "
+            "Drop trainer=ddp (scikit-learn parallelises with model.estimator.n_jobs)")
+    runs, kfold = _value(cfg, "runs"), _value(cfg, "kfold")
+    repeated = [f"runs={runs}"] if _is_int(runs) and runs > 1 else []
+    if kfold not in (None, _ABSENT):
+        repeated.append(f"kfold={kfold}")
+    if repeated:
+        problems.append(
+            f"{' and '.join(repeated)} with trainer=ddp: DDP trains one model with several "
+            "processes; sweep seeds or folds as a multirun instead (-m seed=1,2,3 or "
+            "sampling.folds=5 sampling.fold=0,1,2,3,4, with hydra/launcher=slurm)")
+    return problems
+
+
+#: Config groups whose nodes are checked key by key (:func:`unknown_key_problems`); the
+#: entries of ``callbacks`` and ``logger`` have free names, their ``_target_`` is checked.
+CHECKED_GROUPS = ("sampling", "store", "evaluate", "infer", "datamodule", "model", "trainer",
+                  "features_map", "obia", "autocontext", "paths", "data")
+#: Groups whose entries are named freely by the user (``+callbacks.spy._target_=...``).
+ENTRY_GROUPS = ("callbacks", "logger")
+#: Groups checked at their first level only (user-shaped nodes below: sensors, masks).
+SHALLOW_GROUPS = ("data",)
+#: Config folders holding ``# @package _global_`` files.
+GLOBAL_FOLDERS = ("experiment", "debug", "hparams_search")
+#: Keys of Hydra's instantiation, valid in any node with a ``_target_``.
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_trees() -> tuple[tuple[str, Any], ...]:
+    """Every config file of ``configs/`` as ``(package, content)``, raw (no defaults)."""
+    trees: list[tuple[str, Any]] = [("", OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml"))]
+    for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
+        if folder.name in ("hydra", "__pycache__"):
+            continue
+        for file in sorted(folder.glob("*.yaml")):
+            head = file.read_text(encoding="utf-8").lstrip()
+            package = "" if folder.name in GLOBAL_FOLDERS or "@package _global_" in \
+                head.split("\n", 1)[0] else folder.name
+            trees.append((package, OmegaConf.load(file)))
+    return tuple(trees)
+
+
+@functools.lru_cache(maxsize=256)
+def _declared_keys(path: str) -> frozenset[str]:
+    """The keys any config file declares at the dotted ``path`` (``model.encoder``)."""
+    keys: set[str] = set()
+    for package, tree in _yaml_trees():
+        if package and path != package and not path.startswith(package + "."):
+            continue
+        rel = path[len(package) + 1:] if package else path
+        node = OmegaConf.select(tree, rel, throw_on_missing=False) if rel else tree
+        if isinstance(node, DictConfig):
+            keys.update(str(k) for k in node.keys() if k != "defaults")
+    return frozenset(keys)
+
+
+def _target_keys(target: Any) -> set[str] | None:
+    """The parameters of a ``_target_`` (None: any key, or it cannot be resolved here)."""
+    from hydra.utils import get_method
+
+    try:
+        params = inspect.signature(get_method(str(target))).parameters.values()
+    except Exception:  # unresolvable targets are reported when they are built
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params} | HYDRA_KEYS
+
+
+def _node_problems(node: DictConfig, path: str, deep: bool) -> list[str]:
+    """Unknown keys of one node, then of its sub-nodes (``deep``), each with a close name."""
+    target = node.get("_target_") if "_target_" in node else None
+    declared = set(_declared_keys(path))
+    allowed = declared
+    if target is not None:
+        params = _target_keys(target)
+        if params is None:
+            return []
+        allowed = declared | params
+    problems = []
+    for key in (str(k) for k in node.keys()):
+        if key not in allowed and declared:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"did you mean {path}.{close[0]}?" if close else (
+                "valid keys: " + ", ".join(sorted(allowed - HYDRA_KEYS)))
+            group = path.split(".")[0]
+            where = (f"configs/{group}/" if (CONFIG_DIR / group).is_dir()
+                     else f"configs/{CONFIG_NAME}.yaml")
+            where += f" nor a parameter of {target}" if target is not None else ""
+            problems.append(f"{path}.{key}: unknown key (not declared in {where}); {hint} "
+                            f"Remove `+{path}.{key}=...`")
+            continue
+        child = node._get_node(key)
+        if deep and isinstance(child, DictConfig) and (_declared_keys(f"{path}.{key}")
+                                                      or "_target_" in child):
+            problems += _node_problems(child, f"{path}.{key}", deep)
+    return problems
+
+
+def unknown_key_problems(cfg: DictConfig) -> list[str]:
+    """Keys of a known config group that no config file declares: ``+sampling.ratioo=0.5``.
+
+    Hydra refuses an unknown key given as ``key=value`` but adds it with ``+key=value``,
+    and then nothing reads it. A key is known when a file of ``configs/`` declares it at
+    that place (any option of the group, an experiment, the primary config), or, in a node
+    with a ``_target_``, when it is a parameter of the target (``+trainer.limit_train_batches``,
+    ``+model.scheduler``). The entries of ``callbacks`` and ``logger`` have free names.
+
+    Returns:
+        One line per unknown key, with the closest valid name
+        (:func:`difflib.get_close_matches`).
+    """
+    problems: list[str] = []
+    for group in CHECKED_GROUPS:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            problems += _node_problems(node, group, deep=group not in SHALLOW_GROUPS)
+    for group in ENTRY_GROUPS:
+        for name, entry in (cfg.get(group) or {}).items():
+            if isinstance(entry, DictConfig) and "_target_" in entry:
+                problems += _node_problems(entry, f"{group}.{name}", deep=False)
+    return problems
 
 
 def check_output_folders(folders: Mapping[str, str | Path]) -> None:

@@ -101,7 +101,12 @@ def test_every_experiment_passes_the_checks(make_cfg, experiment: str) -> None:
     check_config(make_cfg(f"+experiment={experiment}"))
 
 
-def test_seed_null_and_bounds_are_valid(make_cfg) -> None:
+def test_seed_null_and_bounds_are_valid(make_cfg, monkeypatch) -> None:
+    import torch
+
+    # cuda:1 is valid on a machine with two CUDA devices (refused without: test_reliability_fit)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     check_config(make_cfg("seed=null", "kfold=5", "sampling.selection_ratio=0",
                           "sampling.percent=1", "infer.device=cuda:1", "cpu_threads=2"))
 
@@ -109,7 +114,8 @@ def test_seed_null_and_bounds_are_valid(make_cfg) -> None:
 def test_every_checked_key_exists_in_the_config(make_cfg) -> None:
     """A renamed key must not silently drop out of the checks."""
     cfg = make_cfg()
-    sklearn_only = {"model.max_samples"}
+    sklearn_only = {"model.max_samples", "model.estimator.n_estimators",
+                    "model.estimator.max_depth", "model.estimator.min_samples_split"}
     missing = [
         c.key for c in config_checks()
         if c.key not in sklearn_only and OmegaConf.select(cfg, c.key, default="<absent>")
