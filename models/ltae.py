@@ -212,6 +212,7 @@ class LTAE(nn.Module):
         temporal_conv: Sequence[int] | None = None,
         conv_kernel: int = 5,
         n_dates: int | None = None,
+        attend_gapfilled: bool = False,
     ) -> None:
         """Build the encoder.
 
@@ -246,6 +247,10 @@ class LTAE(nn.Module):
             n_dates: number of dates ``T`` of the store (set by the model builder); used
                 only by ``projection_norm="reference"``, which then needs series of
                 exactly ``T`` dates.
+            attend_gapfilled: gap-fill the series first (linear interpolation of the
+                invalid dates) and attend over every date of the grid, as iota2 gives its
+                classifiers gap-filled series; False: attend over the valid dates only
+                (the paper). A pixel without any valid date stays all-invalid.
 
         Raises:
             i2dl.errors.ConfigError: (a ``ValueError``) on a non-positive or non-int size
@@ -278,6 +283,7 @@ class LTAE(nn.Module):
             (nn.Parameter(torch.ones(shape)), nn.Parameter(torch.zeros(shape))) if shape
             else (None, None))
         self.n_dates = n_dates
+        self.attend_gapfilled = bool(attend_gapfilled)
         self.query = nn.Parameter(torch.empty(n_head, d_k))
         nn.init.normal_(self.query, mean=0.0, std=math.sqrt(2.0 / d_k))
         self.key = nn.Linear(d_model, n_head * d_k)
@@ -320,6 +326,9 @@ class LTAE(nn.Module):
                 ``x`` is not floating point or ``mask`` is not bool.
         """
         check_forward_inputs("LTAE", x, days, mask, self.in_channels)
+        if self.attend_gapfilled:  # every date of a pixel with any valid date
+            x = gapfilled(x, days, mask)
+            mask = mask.any(dim=1, keepdim=True).expand_as(mask)
         valid = mask.unsqueeze(-1)  # (B, T, 1)
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
         z = self.in_norm(x.float())  # (B, T, C)
