@@ -74,3 +74,27 @@ def test_runs_fused_by_dempster_shafer(make_cfg, tiny_dataset, tmp_path: Path) -
         p0, p1 = mob[0][maps[0, r, c] - 1], mob[1][maps[1, r, c] - 1]
         if not np.isclose(p0, p1):
             assert fused[r, c] == (maps[0, r, c] if p0 > p1 else maps[1, r, c])
+
+
+def test_a_unanimous_vote_of_low_precision_wins() -> None:
+    # issue 22: both runs chose class 2 with precision 0.3. Belief of {2} = 0.3 * 0.3;
+    # classes 1 and 3 were chosen by no run and are not the only unchosen class: belief 0.
+    # (Their plausibility, 0.7 * 0.7, is the larger: deciding by it gave 1 or a tie.)
+    maps = np.array([[[2]], [[2]]])
+    mob = np.full((2, 3), 0.3)
+    fused, agreement = dempster_shafer(maps, CODES, mob, undecided_label=255)
+    assert fused[0, 0] == 2 and agreement[0, 0] == 1.0
+    assert dempster_shafer(maps, CODES, mob)[0][0, 0] == 2
+
+
+def test_the_only_unchosen_class_keeps_the_belief_left_by_every_run() -> None:
+    # three classes, runs chose 1 and 2 with precision 0.4 each: the belief of {3} is
+    # 0.6 * 0.6 = 0.36 (each run's "not my class" leaves only 3), above 0.4 * 0.6 = 0.24
+    maps = np.array([[[1]], [[2]]])
+    fused, _ = dempster_shafer(maps, CODES, np.full((2, 3), 0.4))
+    assert fused[0, 0] == 3
+    # with a fourth class, {3} is no longer the intersection of the complements: belief 0,
+    # and 1 and 2 tie
+    codes4 = np.array([1, 2, 3, 4])
+    fused, _ = dempster_shafer(maps, codes4, np.full((2, 4), 0.4), undecided_label=255)
+    assert fused[0, 0] == 255

@@ -7,11 +7,17 @@ one class and the agreement map the fraction of runs that chose it (1.0 = unanim
 - ``dempster_shafer``: each run's vote is a mass function built from its "mass of
   belief" (MOB) for the class it chose, its precision (or recall, or overall accuracy)
   on its own val pixels (iota2's ``dempstershafer_mob``): mass ``p`` on ``{c}``, ``1 - p``
-  on every other class. Dempster's rule combines the runs; the pixel gets the class of
-  largest combined plausibility, which for these mass functions is the product over runs
-  of ``p_m`` when run ``m`` chose the class and ``1 - p_m`` otherwise (Shafer's contour
-  function of a conjunctive combination is the product of the sources' contour
-  functions). A confident run outweighs several unreliable ones.
+  on the set of every other class. Dempster's rule combines the runs and the pixel gets
+  the class of largest combined **belief**, as OTB's DSFusionOfClassifiers decides.
+  For these simple mass functions the (unnormalised) belief of a singleton is, for a
+  class ``c`` that some run chose, the product over runs of ``p_m`` when run ``m`` chose
+  ``c`` and ``1 - p_m`` otherwise; for a class no run chose it is 0, unless it is the
+  only class no run chose (then the product of every ``1 - p_m``: every run's "not my
+  class" leaves only it). The normalisation of Dempster's rule is common to all classes
+  and does not change the decision. A confident run outweighs several unreliable ones,
+  and a unanimous vote always wins, whatever its precision (deciding by the plausibility
+  instead, the contour function, would give a class that no run chose whenever the
+  runs' precision is below 0.5).
 
 Ties: with ``undecided_label`` set (iota2's ``-undecidedlabel``), pixels whose top
 classes tie get that label; otherwise the smallest class code wins. A pixel that is nodata
@@ -91,7 +97,7 @@ def dempster_shafer(
         codes: (K,) sorted class codes.
         mob: (N, K) mass of belief of run ``n`` when it chooses class ``codes[k]``, in
             [0, 1] (its precision for that class, say); clipped to [1e-6, 1 - 1e-6].
-        undecided_label: label of pixels whose largest plausibilities tie; None = the
+        undecided_label: label of pixels whose largest beliefs tie; None = the
             smallest code wins.
 
     Returns:
@@ -104,8 +110,8 @@ def dempster_shafer(
         raise ConfigError(f"dempster_shafer: mob has shape {mob.shape}, expected "
                           f"({len(maps)}, {len(codes)}) (runs x classes)")
     p = np.clip(mob.astype(np.float64), 1e-6, 1 - 1e-6)
-    # log-plausibility of class k: sum over voting runs of log p (chose k) or log(1 - p_m)
-    log_pl = np.zeros((len(codes), *maps.shape[1:]))
+    # log-belief of class k: sum over voting runs of log p (chose k) or log(1 - p_m)
+    log_bel = np.zeros((len(codes), *maps.shape[1:]))
     for n in range(len(maps)):
         voted = maps[n] != 0
         idx = np.searchsorted(codes, maps[n])
@@ -113,9 +119,12 @@ def dempster_shafer(
         p_chosen = np.where(voted, p[n][idx], 1.0)
         for k, code in enumerate(codes):
             chose = maps[n] == code
-            log_pl[k] += np.where(chose, np.log(p_chosen), np.log1p(-p_chosen) * voted)
+            log_bel[k] += np.where(chose, np.log(p_chosen), np.log1p(-p_chosen) * voted)
     votes = np.stack([(maps == c).sum(axis=0) for c in codes])
-    return _decide(np.round(log_pl, 9), votes, maps, codes, undecided_label)
+    # a class no run chose has belief 0, unless it is the only class no run chose
+    unchosen = votes == 0
+    log_bel[unchosen & (unchosen.sum(axis=0) > 1)] = -np.inf
+    return _decide(np.round(log_bel, 9), votes, maps, codes, undecided_label)
 
 
 def _decide(
