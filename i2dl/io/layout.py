@@ -18,6 +18,7 @@ Every stage names these paths through this module, never by hand.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import platform
@@ -39,6 +40,9 @@ MODEL_SPEC = "model.yaml"
 CHECKPOINT_DIR = "checkpoints"
 #: A fitted scikit-learn model, with its preprocessing, in ``checkpoints/``.
 SKLEARN_MODEL = "model.joblib"
+#: Sub-folder of a model folder holding the members of a deep ensemble
+#: (``members/member_<i>/checkpoints/``).
+MEMBERS_DIR = "members"
 #: State of the fit of a model folder, beside ``checkpoints/``: the config fingerprint,
 #: whether the fit is ``running`` (or was killed) or ``done``, the best checkpoint's name.
 FIT_STATE = "fit_state.json"
@@ -192,6 +196,64 @@ def checkpoint_path(model_dir: Path, which: str) -> Path:
             "hydra.run.dir at the run folder that holds checkpoints/"
         )
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (64 hexadecimal characters)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The files a fit leaves to be loaded: ``checkpoints/*`` and the ensemble members'."""
+    folders = [model_dir / CHECKPOINT_DIR,
+               *sorted((model_dir / MEMBERS_DIR).glob(f"member_*/{CHECKPOINT_DIR}"))]
+    return [p for d in folders if d.is_dir() for p in sorted(d.iterdir())
+            if p.is_file() and not p.name.startswith(".")]
+
+
+def checkpoint_hashes(model_dir: Path) -> dict[str, str]:
+    """``{path relative to model_dir: sha256}`` of :func:`checkpoint_files`.
+
+    Recorded in ``fit_state.json`` (``checkpoints``) when the fit is done, so that a
+    checkpoint replaced afterwards (copied from another run, another seed, other class
+    codes) is recognised by :func:`checkpoint_problem`.
+    """
+    return {p.relative_to(model_dir).as_posix(): file_sha256(p)
+            for p in checkpoint_files(model_dir)}
+
+
+def checkpoint_problem(model_dir: Path, path: Path, state: Mapping[str, Any] | None) -> str | None:
+    """Why ``path`` is not a checkpoint this model folder's fit wrote, or None.
+
+    Args:
+        model_dir: the model folder.
+        path: the checkpoint about to be loaded or reused.
+        state: the folder's ``fit_state.json`` (:func:`read_fit_state`).
+
+    Returns:
+        None when ``fit_state.json`` records ``path`` with the file's SHA-256, or when
+        ``path`` lies outside ``model_dir/checkpoints`` and ``members/`` (a checkpoint the
+        user named); else the reason in words (expected and found hashes).
+    """
+    try:
+        rel = Path(path).resolve().relative_to(model_dir.resolve()).as_posix()
+    except ValueError:
+        return None  # a checkpoint chosen by path, outside the run's model folder
+    if not rel.startswith((f"{CHECKPOINT_DIR}/", f"{MEMBERS_DIR}/")):
+        return None
+    recorded = (state or {}).get("checkpoints")
+    if not isinstance(recorded, dict):
+        return (f"{model_dir / FIT_STATE} records no checkpoint hash (no finished fit, or "
+                "one of an older i2dl), so the file cannot be tied to this run")
+    if rel not in recorded:
+        return f"{model_dir / FIT_STATE} does not list {rel}: fit did not write it"
+    found = file_sha256(Path(path))
+    if found != recorded[rel]:
+        return (f"its sha256 is {found[:16]}..., {model_dir / FIT_STATE} records "
+                f"{str(recorded[rel])[:16]}... written by the fit: the file was replaced "
+                "after the fit (copied from another run or seed?)")
+    return None
 
 
 def versions() -> dict[str, str]:

@@ -11,14 +11,20 @@ Layout (DESIGN.md), first axis = samples N, chunked along N:
 - ``row``, ``col`` (N,) int32: pixel position in the tile raster.
 
 Attributes: see :class:`StoreInfo`. A store is written under a temporary name and renamed
-when complete (:func:`i2dl.io.files.atomic_path`), so a store that exists was complete;
-:func:`verify_store` checks that it still is (every array and chunk present, checksums,
-shapes and per-split counts as recorded) before it is reused.
+when complete (:func:`i2dl.io.files.atomic_path`), so a store that exists was complete.
+The last file written is ``manifest.json``: the SHA-256 of every other file of the store,
+chunks and ``zarr.json`` metadata (attributes: normalisation statistics, class codes and
+names, dates) alike. :func:`verify_store` checks that the store is still what was written
+(every array and chunk present, shapes, per-split counts, and every file against the
+manifest) before it is reused; :func:`store_digest` (the manifest's hash) identifies its
+content, and is recorded by ``fit`` so that a model is only used with its own store.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,14 +37,20 @@ from zarr.codecs import ZstdCodec
 
 from i2dl.errors import StoreError
 from i2dl.io.files import atomic_path
+from i2dl.io.layout import file_sha256
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "i2dl-sample-store"
 #: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``); 3
 #: writes every chunk (all-fill ones included) with Zstd content checksums, so that
-#: :func:`verify_store` can tell a deleted or garbled chunk from data.
-STORE_VERSION = 3
+#: :func:`verify_store` can tell a deleted or garbled chunk from data; 4 ends every store
+#: with ``manifest.json`` (:data:`MANIFEST`), the hashes of its chunks and metadata.
+STORE_VERSION = 4
+#: File of a store listing the SHA-256 of every other file; written last.
+MANIFEST = "manifest.json"
+#: ``format`` field of :data:`MANIFEST`.
+MANIFEST_FORMAT = "i2dl-store-manifest"
 
 #: Values of the ``split`` array. ``LEARN``: fits the weights; ``SELECTION``: carved from
 #: the learn polygons of each class, chooses the checkpoint, drives early stopping and LR
@@ -204,8 +216,106 @@ def write_store(
         group.attrs.update(
             {"format": STORE_FORMAT, "version": STORE_VERSION, "n_samples": n, **attrs}
         )
+        write_manifest(tmp)  # last: it covers every chunk and the attributes above
     log.info("wrote sample store %s (%d samples)", path, n)
     return path
+
+
+def _store_files(root: Path) -> dict[str, Path]:
+    """Every file of a store folder but the manifest (hidden files left out), by relative path."""
+    return {
+        p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+
+
+def write_manifest(root: str | Path) -> Path:
+    """Write ``<root>/manifest.json``: the SHA-256 of every file of the store.
+
+    Called last by :func:`write_store`, on the complete temporary folder.
+
+    Returns:
+        The manifest path.
+    """
+    root = Path(root)
+    files = {rel: file_sha256(p) for rel, p in _store_files(root).items()}
+    manifest = {"format": MANIFEST_FORMAT, "algorithm": "sha256", "files": files}
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, str]:
+    """The ``{relative path: sha256}`` of a store's manifest.
+
+    Raises:
+        StoreError: no manifest, or not a readable one.
+    """
+    file = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {manifest.get('format')!r}")
+    except FileNotFoundError:
+        raise StoreError(
+            f"sample store {path} has no {MANIFEST} (the hashes of its content, written "
+            "last): it was written by an older i2dl or its writing did not finish"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(f"sample store {path} is damaged: {MANIFEST} is unreadable ({exc})") \
+            from None
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def store_digest(path: str | Path) -> str:
+    """Identity of a store's content: the SHA-256 of its manifest (16 hexadecimal characters).
+
+    Two stores have the same digest only if every chunk and every attribute is the same;
+    ``fit`` records it in ``fit_state.json`` and ``model.yaml``.
+
+    Raises:
+        StoreError: the store has no readable manifest (:func:`read_manifest`).
+    """
+    read_manifest(path)
+    return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def check_manifest(path: str | Path, data: bool = True) -> None:
+    """Check a store's files against its manifest (:func:`write_manifest`).
+
+    Args:
+        path: the store folder.
+        data: True = every file (chunks included: the whole store is read); False = the
+            ``zarr.json`` metadata only (attributes, shapes, codecs), which is quick.
+
+    Raises:
+        StoreError: no manifest, a listed file missing, a file that is not listed, or a
+            file whose content changed (an edited attribute such as a normalisation
+            statistic or a class name, a rewritten or garbled chunk); the message names
+            the store, the file and both hashes.
+    """
+    path = Path(path)
+    expected = read_manifest(path)
+    found = _store_files(path)
+    for rel, want in expected.items():
+        if not data and not rel.endswith("zarr.json"):
+            continue
+        if rel not in found:
+            raise StoreError(f"sample store {path} is damaged: {rel} is missing")
+        got = file_sha256(found[rel])
+        if got != want:
+            what = ("its attributes or metadata were edited" if rel.endswith("zarr.json")
+                    else "the chunk was rewritten or damaged")
+            raise StoreError(
+                f"sample store {path} is not the store that was written: {rel} has sha256 "
+                f"{got[:16]}..., its {MANIFEST} records {want[:16]}... ({what})"
+            )
+    extra = sorted(set(found) - set(expected))
+    if data and extra:
+        raise StoreError(
+            f"sample store {path} is damaged: {extra[:5]} were not written with it"
+        )
 
 
 def open_store(path: str | Path) -> zarr.Group:
@@ -320,9 +430,11 @@ def verify_store(path: str | Path) -> StoreInfo:
     Checked: the store opens and has the current layout version and its attributes; every
     array of :data:`ARRAY_DTYPES` exists with its dtype and N rows (``X`` (N, T, C),
     ``mask`` (N, T) with T, C of the attributes); every chunk exists (a deleted chunk would
-    read as zeros) and decodes with a valid Zstd checksum (the whole store is read, chunk
-    by chunk); the pixels per split and per class equal the ``counts`` recorded when the
-    store was written (a deleted ``split`` chunk would turn val pixels into learn ones).
+    read as zeros); every file, chunks and ``zarr.json`` metadata with the attributes
+    (normalisation statistics, class codes and names), has the SHA-256 recorded in the
+    store's manifest when it was written (:func:`check_manifest`; the whole store is read);
+    the pixels per split and per class equal the ``counts`` recorded when the store was
+    written (a deleted ``split`` chunk would turn val pixels into learn ones).
 
     Args:
         path: the store folder.
@@ -371,16 +483,16 @@ def verify_store(path: str | Path) -> StoreInfo:
                 f"sample store {path} is damaged: array {name!r} has "
                 f"{arr.nchunks_initialized} of its {arr.nchunks} chunks"
             )
-        step = max(1, int(arr.chunks[0]))
+    # every byte as written: chunks (hence data and checksums) and attributes
+    check_manifest(path, data=True)
+    for name in ("code", "split"):
+        arr = store_array(group, name)
         try:
-            for start in range(0, n, step):  # every chunk decoded: checksums checked
-                block = np.asarray(arr[start : start + step])
-                if name in ("code", "split"):
-                    values.setdefault(name, np.empty(n, dtype=dtype))[start : start + step] = block
+            values[name] = np.asarray(arr[:])
         except Exception as exc:  # codec errors (checksum mismatch, truncated frame)
             raise StoreError(
-                f"sample store {path} is damaged: array {name!r} rows {start}.. cannot be "
-                f"decoded ({type(exc).__name__}: {exc})"
+                f"sample store {path} is damaged: array {name!r} cannot be decoded "
+                f"({type(exc).__name__}: {exc})"
             ) from None
     counts = info.attrs.get("counts")
     if counts and n:
