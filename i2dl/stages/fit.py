@@ -21,10 +21,13 @@ from i2dl.io.layout import (
     DERIVED_OUTPUTS,
     FIT_STATE,
     LEARNING_CURVES,
+    MEMBERS_DIR,
     MODEL_SPEC,
     REGIONS_DIR,
     TB_DIR,
+    checkpoint_hashes,
     checkpoint_path,
+    checkpoint_problem,
     model_dirs,
     read_fit_state,
     run_dir,
@@ -32,11 +35,19 @@ from i2dl.io.layout import (
     write_fit_state,
 )
 from i2dl.samples.extract import store_path
-from i2dl.samples.store import LEARN, SELECTION, VAL, StoreInfo, read_info, verify_store
+from i2dl.samples.store import (
+    LEARN,
+    SELECTION,
+    VAL,
+    StoreInfo,
+    read_info,
+    store_digest,
+    verify_store,
+)
 from i2dl.training import ddp
 from i2dl.training.build import DataDims, build_classifier, save_model_spec
-from i2dl.training.deep import MEMBERS_DIR, ensemble_size, fit_deep, refit_enabled
-from i2dl.training.loops import fit_estimator, fit_network
+from i2dl.training.deep import ensemble_size, fit_deep, refit_enabled
+from i2dl.training.loops import checkpoint_unreadable, fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
 log = logging.getLogger(__name__)
@@ -50,7 +61,7 @@ COSMETIC_TRAINER_KEYS = (
 )  # fmt: skip
 #: What a resumed deep fit keeps of the killed one's state: the selection-chosen epoch of a
 #: refit, the finished members of an ensemble (:func:`i2dl.training.deep.fit_deep`).
-RESUMABLE_KEYS = ("selected", "selected_epoch", "members", "members_done")
+RESUMABLE_KEYS = ("selected", "selected_epoch", "members", "members_done", "member_sha256")
 #: Version of the fit fingerprint's recipe: bump when its content changes meaning.
 FIT_STATE_VERSION = 1
 
@@ -141,15 +152,39 @@ def plan_fit(cfg: DictConfig, store: Path, model_dir: Path, region: int | None) 
         return FitPlan("fresh", fingerprint, "the previous fit had another config")
     if state.get("status") == "done":
         try:
-            checkpoint_path(model_dir, "best")
+            best = checkpoint_path(model_dir, "best")
         except StoreError:
             return FitPlan("fresh", fingerprint, "the finished fit's checkpoint is missing")
+        problem = checkpoint_problem(model_dir, best, state) or _codes_problem(state, store)
+        if problem:
+            log.warning("fit in %s: not reusing %s: %s; fitting again from scratch",
+                        model_dir, best, problem)
+            return FitPlan("fresh", fingerprint, f"{best} is not bound to this fit")
         return FitPlan("reuse", fingerprint, "finished with the same config")
     if state.get("members_done") or state.get("selected_epoch") is not None:
         return FitPlan("resume", fingerprint, "unfinished ensemble or refit of the same config")
-    if (model_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+    last = model_dir / CHECKPOINT_DIR / "last.ckpt"
+    if last.is_file():
+        problem = checkpoint_unreadable(last)
+        if problem:
+            log.warning("fit in %s: cannot resume from %s (%s); fitting again from scratch "
+                        "(resume=never always does)", model_dir, last, problem)
+            return FitPlan("fresh", fingerprint, f"{last} cannot be resumed from")
         return FitPlan("resume", fingerprint, "unfinished fit of the same config")
     return FitPlan("fresh", fingerprint, "the unfinished fit left no last.ckpt")
+
+
+def _codes_problem(state: dict[str, Any], store: Path) -> str | None:
+    """Why a finished fit's class codes or store are not this store's, or None."""
+    info = read_info(store)
+    codes = state.get("class_codes")
+    if codes is not None and [int(c) for c in codes] != list(info.class_codes):
+        return (f"it was fitted for the class codes {codes}, the store {store} has "
+                f"{info.class_codes}")
+    digest = state.get("store_digest")
+    if digest is not None and digest != store_digest(store):
+        return f"it was fitted on another store ({state.get('store')}, digest {digest})"
+    return None
 
 
 def clean_model_dir(model_dir: Path) -> None:
@@ -378,11 +413,16 @@ def fit_one(
         resume = follow.get("resume_from")
         return fit_network(cfg, classifier, datamodule, model_dir, region,
                            Path(resume) if resume else None)
-    save_model_spec(model_dir, cfg.model, dims, store, region, n_params, n_members)
+    digest = store_digest(store)
+    save_model_spec(model_dir, cfg.model, dims, store, region, n_params, n_members, digest)
     state: dict[str, Any] = {
         "fingerprint": plan.fingerprint,
         "status": "running",
         "store": str(store),
+        # what binds the model to its data: evaluate and infer check them (load_classifier)
+        "store_fingerprint": info.attrs.get("fingerprint"),
+        "store_digest": digest,
+        "class_codes": list(info.class_codes),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "launch": ddp.new_launch(),
     }
@@ -412,6 +452,8 @@ def fit_one(
     state.update(
         status="done",
         best=best.name,
+        # sha256 of every checkpoint: a file replaced later is never reused nor loaded
+        checkpoints=checkpoint_hashes(model_dir),
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     write_fit_state(model_dir, state)

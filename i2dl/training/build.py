@@ -26,8 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2dl.errors import ConfigError, StoreError, UnsafeModelSpecError
 from i2dl.io.files import write_text_atomic
-from i2dl.io.layout import MODEL_SPEC, checkpoint_path
-from i2dl.samples.store import StoreInfo, read_info
+from i2dl.io.layout import (
+    FIT_STATE,
+    MODEL_SPEC,
+    checkpoint_path,
+    checkpoint_problem,
+    read_fit_state,
+)
+from i2dl.samples.store import StoreInfo, check_manifest, read_info, store_digest
 from models.base import Classifier, SITSClassifier
 from models.ensemble import DeepEnsemble
 
@@ -133,11 +139,13 @@ def save_model_spec(
     region: int | None,
     n_parameters: int | None = None,
     ensemble_size: int = 1,
+    digest: str | None = None,
 ) -> Path:
     """Write ``<model_dir>/model.yaml``: the resolved model config and the data dimensions.
 
     ``ensemble_size`` > 1: the checkpoint holds that many networks of this config
-    (:class:`models.DeepEnsemble`), which :func:`load_classifier` rebuilds.
+    (:class:`models.DeepEnsemble`), which :func:`load_classifier` rebuilds. ``digest``:
+    the store's content digest (:func:`i2dl.samples.store.store_digest`), for the reader.
 
     Returns:
         The written path.
@@ -152,6 +160,7 @@ def save_model_spec(
         "n_parameters": n_parameters,
         "ensemble_size": int(ensemble_size),
         "store": str(store),
+        "store_digest": digest,
         "region": region,
     }
     return write_text_atomic(model_dir / MODEL_SPEC, OmegaConf.to_yaml(OmegaConf.create(spec)))
@@ -187,6 +196,8 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
         )
     check_model_targets(model, spec_path)
     ckpt = checkpoint_path(model_dir, which)
+    state = read_fit_state(model_dir)
+    check_binding(model_dir, ckpt, Path(str(spec.store)), state)
     info = read_info(spec.store)
     static = spec.get("static_channels") if isinstance(spec, DictConfig) else None
     dims = DataDims(int(spec.in_channels), int(spec.n_dates), int(spec.n_classes),
@@ -200,7 +211,65 @@ def load_classifier(model_dir: Path, which: str = "best") -> tuple[Classifier, S
     else:
         classifier = build_classifier(model_cfg, dims)
     classifier.load_weights(ckpt)
+    codes = (state or {}).get("class_codes")
+    meta = getattr(classifier, "meta", None)
+    if codes is None and isinstance(meta, dict):
+        codes = meta.get("class_codes")  # a scikit-learn model records its own
+    if codes is not None and [int(c) for c in codes] != list(info.class_codes):
+        raise StoreError(
+            f"{ckpt} was fitted for the class codes {list(codes)}, but its store "
+            f"{info.path} has {info.class_codes}: its predictions would be mapped to the "
+            f"wrong classes. Refit in {model_dir} (`python -m i2dl train` with the run's "
+            "overrides and resume=never)"
+        )
     return classifier, info
+
+
+def check_binding(
+    model_dir: Path, ckpt: Path, store: Path, state: dict[str, Any] | None
+) -> None:
+    """Check that a checkpoint and a store are the ones ``fit`` recorded in ``fit_state.json``.
+
+    Done before anything is loaded (a joblib file is a pickle): the checkpoint's SHA-256
+    (:func:`i2dl.io.layout.checkpoint_problem`), the store named by ``model.yaml`` against
+    the store digest recorded at fit time, and the store's metadata (attributes:
+    normalisation statistics, class codes and names) against its manifest.
+
+    Raises:
+        StoreError: the checkpoint was replaced after the fit; ``model.yaml`` names
+            another store than the one the model was fitted on; the store's attributes
+            were edited. The message names the files, expected and found, and the fix.
+    """
+    if state is None:
+        log.warning("%s has no %s: cannot check that %s and the store %s are the fit's",
+                    model_dir, FIT_STATE, ckpt, store)
+        return
+    problem = checkpoint_problem(model_dir, ckpt, state)
+    if problem:
+        raise StoreError(
+            f"checkpoint {ckpt} is not the one fit wrote in {model_dir}: {problem}. Delete "
+            f"{model_dir}/checkpoints (and {FIT_STATE}) and rerun `python -m i2dl train` "
+            "with the run's overrides, or rerun it with resume=never to refit"
+        )
+    recorded = state.get("store_digest")
+    if recorded is not None:
+        found = store_digest(store)  # raises a StoreError naming the store if it has none
+        if found != recorded:
+            raise StoreError(
+                f"{model_dir / MODEL_SPEC} names the sample store {store} (digest {found}), "
+                f"but the model was fitted on the store {state.get('store')} (digest "
+                f"{recorded}, in {model_dir / FIT_STATE}): scoring or mapping with another "
+                "store's pixels, statistics or classes would be wrong. Set `store:` in "
+                f"{MODEL_SPEC} back to {state.get('store')}, or refit with "
+                "`python -m i2dl train` and the run's overrides"
+            )
+    try:
+        check_manifest(store, data=False)  # quick: the attributes, not the chunks
+    except StoreError as exc:
+        raise StoreError(
+            f"{exc}. Rebuild it with `python -m i2dl prepare` (the run's overrides and "
+            "store.rebuild=true), then refit"
+        ) from None
 
 
 #: First module name a ``_target_`` of a saved ``model.yaml`` may start with; checked on

@@ -34,15 +34,13 @@ from omegaconf import DictConfig
 
 from i2dl.errors import ConfigError
 from i2dl.io.files import atomic_path
-from i2dl.io.layout import CHECKPOINT_DIR
+from i2dl.io.layout import CHECKPOINT_DIR, MEMBERS_DIR, file_sha256
 from i2dl.samples.store import LEARN
 from i2dl.training.loops import fit_network, refit_network
 from models import DeepEnsemble, SITSClassifier, member_seed
 
 log = logging.getLogger(__name__)
 
-#: sub-folder of a model folder holding the members of a deep ensemble
-MEMBERS_DIR = "members"
 #: checkpoint of a deep ensemble (all members' weights)
 ENSEMBLE_CHECKPOINT = "ensemble.ckpt"
 
@@ -116,7 +114,7 @@ def fit_deep(
     paths = []
     for i in range(n):
         member_dir = model_dir / MEMBERS_DIR / f"member_{i}"
-        if i < done and (member_dir / CHECKPOINT_DIR / str(state["members"][i])).is_file():
+        if i < done and _member_intact(member_dir, state, i):
             paths.append(member_dir / CHECKPOINT_DIR / str(state["members"][i]))
             log.info("ensemble member %d of %d: reused (%s)", i + 1, n, paths[-1])
             continue
@@ -130,6 +128,7 @@ def fit_deep(
                                 own_folder=True)
         paths.append(path)
         state.setdefault("members", [])[i:] = [path.name]
+        state.setdefault("member_sha256", [])[i:] = [file_sha256(path)]
         state["members_done"] = i + 1
         save_state(state)
     ensemble = DeepEnsemble([build() for _ in range(n)])
@@ -142,6 +141,23 @@ def fit_deep(
         ensemble.save(tmp)
     log.info("deep ensemble of %d networks: %s", n, out)
     return out
+
+
+def _member_intact(member_dir: Path, state: dict[str, Any], i: int) -> bool:
+    """True when member ``i``'s checkpoint is the one its fit wrote (hash in ``state``).
+
+    A member finished by a killed run is reused only if its file is unchanged; a
+    replaced or missing one is trained again (with a warning when replaced).
+    """
+    path = member_dir / CHECKPOINT_DIR / str(state["members"][i])
+    if not path.is_file():
+        return False
+    hashes = state.get("member_sha256") or []
+    if i >= len(hashes) or hashes[i] != file_sha256(path):
+        log.warning("ensemble member %d: %s is not the checkpoint its fit wrote (sha256 "
+                    "differs from fit_state.json): training it again", i + 1, path)
+        return False
+    return True
 
 
 def _fit_one_network(

@@ -75,6 +75,23 @@ def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
     return out
 
 
+def checkpoint_unreadable(path: Path) -> str | None:
+    """Why a Lightning checkpoint cannot be resumed from, or None when it loads.
+
+    Loaded as every checkpoint is, ``torch.load(weights_only=True)``: a truncated file (a
+    full disk, a copy cut short) or one holding pickled objects (refused: unpickling runs
+    code) is named here instead of failing inside Lightning on every rerun.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and torch errors of several types
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first[:200]}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
+
+
 class RandomState(Callback):
     """Saves the global RNG states (torch, NumPy, Python) in every checkpoint, restores them.
 
@@ -132,11 +149,18 @@ def fit_network(
 
     Raises:
         ConfigError: no checkpoint was written (no ``callbacks.model_checkpoint``).
+        StoreError: ``resume_from`` cannot be read (truncated, or refused pickled objects).
     """
     own_dir = model_dir if (region is not None or own_folder) else None
     extra: dict[str, Any] = {"save_dir": str(model_dir / TB_DIR)} if own_dir else {}
     purge: dict[str, Any] = {}
     if resume_from is not None:
+        problem = checkpoint_unreadable(resume_from)
+        if problem:
+            raise StoreError(
+                f"cannot resume the fit from {resume_from}: {problem}. Rerun with "
+                "resume=never to fit from scratch (or delete that file)"
+            )
         ckpt = torch.load(resume_from, map_location="cpu", weights_only=True)
         purge["purge_step"] = int(ckpt.get("global_step", 0))
         log.info("resuming the unfinished fit from %s (epoch %d done, step %d)", resume_from,
