@@ -8,23 +8,32 @@ new complete one, never a partial file; an interrupted write (``kill -9``) leave
 hidden ``.tmp-`` (or ``.old-``) entry, which the next write does not reuse (random suffix)
 and which :func:`remove_orphans` deletes once its writer process is gone. Writers that may
 run concurrently on one target (two ``prepare`` of the same store, two ``infer`` into one
-folder) serialise on :func:`target_lock` and clean up under it.
+folder) serialise on :func:`target_lock` and clean up under it. A whole run folder is held
+by one i2dl process at a time (:func:`run_folder_lock`: a second one stops at once). A
+full disk or a file size limit while writing is explained by :func:`explain_disk_full`
+(which file, how much space is free).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import resource
 import shutil
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
+
+from i2dl.errors import ConfigError, I2dlError
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +183,219 @@ def target_lock(final: str | Path, timeout: float = -1) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+#: The lock of a run folder, ``<run>/.i2dl-run.lock`` (:func:`run_folder_lock`).
+RUN_LOCK = "i2dl-run"
+#: Run folders this process holds: folder -> depth (the lock is re-entrant per process).
+_HELD_RUNS: dict[Path, int] = {}
+_HELD_RUNS_GUARD = threading.Lock()
+
+
+@contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold a run folder for this process: a second i2dl process on it stops at once.
+
+    Two processes writing one run folder (two ``train`` with the same ``hydra.run.dir``)
+    would delete each other's checkpoints and mix their logs and maps. The lock file
+    ``<folder>/.i2dl-run.lock`` (:func:`lock_path`, ``filelock`` without waiting) lets one
+    in; the other is refused before it writes anything. This process may take the lock
+    again while it holds it (``train`` runs the other stages inside it). The operating
+    system releases the lock of a killed process; the lock file stays.
+
+    Args:
+        folder: the run folder (created if needed).
+
+    Yields:
+        The lock file path.
+
+    Raises:
+        ConfigError: another process holds the folder; the message names the folder, the
+            lock file and the fix (wait, or another ``hydra.run.dir``).
+    """
+    folder = Path(folder).resolve()
+    path = lock_path(folder / RUN_LOCK)
+    with _HELD_RUNS_GUARD:
+        depth = _HELD_RUNS.get(folder, 0)
+        if depth:
+            _HELD_RUNS[folder] = depth + 1
+    if not depth:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ConfigError(
+                f"the run folder {folder} is in use by another i2dl process (it holds the "
+                f"lock {path}): two runs writing one folder would delete each other's "
+                "checkpoints and mix their logs. Wait until that run ends, or give this one "
+                "another folder (hydra.run.dir=...)"
+            ) from None
+        with _HELD_RUNS_GUARD:
+            _HELD_RUNS[folder] = 1
+    try:
+        yield path
+    finally:
+        with _HELD_RUNS_GUARD:
+            _HELD_RUNS[folder] -= 1
+            last = _HELD_RUNS[folder] == 0
+            if last:
+                del _HELD_RUNS[folder]
+        if last:
+            lock.release()
+
+
+#: ``errno`` of a full disk, an exhausted quota or the file size limit (``ulimit -f``).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class DiskFullError(I2dlError, OSError):
+    """An output could not be written: no space left, quota or file size limit reached.
+
+    Raised by :func:`explain_disk_full` with the file, the free space and the fix; its
+    ``errno`` and ``filename`` are those of the original error.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _human(n: int) -> str:
+    """A byte count in words: ``1.5 GiB``."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _file_in_traceback(exc: BaseException, folders: list[Path]) -> str | None:
+    """The file being written when ``exc`` was raised, from the failing frames' variables.
+
+    Innermost frame first: an open file object, else a path under one of ``folders``
+    that is not a folder. None when no frame names one.
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    roots = [str(f.absolute()) for f in folders]
+    for frame in reversed(frames[-40:]):
+        for value in frame.f_locals.values():
+            name = getattr(value, "name", None) if hasattr(value, "write") else None
+            if isinstance(name, str) and os.sep in name:
+                return name
+            if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+                text = os.path.abspath(os.fspath(value))
+                if any(text.startswith(r + os.sep) for r in roots) and not os.path.isdir(text):
+                    return text
+    return None
+
+
+def disk_full_message(exc: OSError, folders: Iterable[str | Path]) -> str:
+    """What a full disk, quota or file size limit stopped, the space left and the fix.
+
+    Args:
+        exc: the error (``errno`` in :data:`DISK_FULL_ERRNOS`).
+        folders: the output folders being written (run folder, store folder).
+
+    Returns:
+        The message: the file (from the error, else from the failing code's variables),
+        the free space of each folder's file system, the file size limit when one is set.
+    """
+    paths = [Path(f) for f in folders]
+    file = exc.filename or _file_in_traceback(exc, paths)
+    what = f"writing {file}" if file else "writing the outputs in " + ", ".join(map(str, paths))
+    if file and Path(file).is_file():
+        what += f" (it had reached {_human(Path(file).stat().st_size)})"
+    parts = [f"{what} failed: {exc.strerror or exc}."]
+    seen: set[int] = set()
+    for folder in paths:
+        existing = folder.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        dev = existing.stat().st_dev
+        if dev in seen:
+            continue
+        seen.add(dev)
+        usage = shutil.disk_usage(existing)
+        parts.append(f"{_human(usage.free)} free of {_human(usage.total)} on the file system "
+                     f"of {folder}.")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        parts.append(f"This process may not write files over {_human(limit)} (ulimit -f): "
+                     "raise the limit (ulimit -f unlimited).")
+    parts.append("Free some space (or write elsewhere: hydra.run.dir=..., store.dir=...) and "
+                 "rerun the same command: what was finished (sample store, checkpoints, map "
+                 "windows) is reused.")
+    return " ".join(parts)
+
+
+@contextmanager
+def explain_disk_full(folders: Iterable[str | Path]) -> Iterator[None]:
+    """Turn a full disk, quota or file size limit while writing into a clear error.
+
+    Args:
+        folders: the output folders written inside the block (named with their free
+            space in the message).
+
+    Raises:
+        DiskFullError: an ``OSError`` with ``errno`` ENOSPC, EFBIG or EDQUOT was raised
+            inside the block (see :func:`disk_full_message`); other errors pass through.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        error = DiskFullError(exc.errno, disk_full_message(exc, list(folders)))
+        error.filename = exc.filename
+        raise error from exc
+
+
+def input_stamps(paths: Iterable[Any], max_files: int = 100_000) -> dict[str, list[int]]:
+    """The identity of input files: resolved path -> ``[size, mtime_ns]``.
+
+    A changed file (rewritten, replaced, touched) gets another stamp, which makes the
+    resume keys built on it (maps, :mod:`i2dl.maps.engine`) start afresh. A folder (named
+    with a ``/``, not a bare name) stands for the files under it (a sensor product);
+    values that are not existing paths (any string of a config) are skipped.
+
+    Args:
+        paths: candidate paths (str or path-like; other values are ignored).
+        max_files: at most this many files are stamped per folder (then the folder's
+            own stamp stands for the rest).
+
+    Returns:
+        One entry per existing file, sorted by path.
+    """
+    stamps: dict[str, list[int]] = {}
+
+    def add(path: Path) -> None:
+        st = path.stat()
+        stamps[str(path)] = [st.st_size, st.st_mtime_ns]
+
+    for value in paths:
+        if not isinstance(value, str | os.PathLike) or not str(value).strip():
+            continue
+        try:
+            path = Path(value).resolve()
+            if path.is_file():
+                add(path)
+            elif path.is_dir() and os.sep in str(value).rstrip(os.sep):  # not "." or a name
+                add(path)
+                for n, child in enumerate(sorted(path.rglob("*"))):
+                    if n >= max_files:
+                        break
+                    if child.is_file():
+                        add(child)
+        except (OSError, ValueError):  # not a path (a long name, a NUL), or unreadable
+            continue
+    return dict(sorted(stamps.items()))
 
 
 def _remove(path: Path) -> None:
