@@ -17,9 +17,11 @@ in memory; the infer stage's caller is :mod:`i2dl.maps.run_maps`.
 
 Resume (``resume_key``): each finished window is also saved to
 ``<out>/.infer-partial/w<i>.npz`` (atomically), with ``state.json`` holding the key of the
-model, store, raster and settings. A run killed mid-map leaves that folder; the next run
+model, store, raster and settings, and the size and modification time of the input files
+(:func:`i2dl.io.files.input_stamps`). A run killed mid-map leaves that folder; the next run
 with the same key reads the finished windows back instead of computing them, and computes
-only the rest; another key starts over. The folder is removed once the maps are complete.
+only the rest; another key, or a changed input file (warned), starts over. The folder is
+removed once the maps are complete.
 
 Products (iota2 names in brackets):
 - ``classif.tif`` (Classif_Seed_0.tif): class codes, uint8 or uint16, nodata 0;
@@ -38,7 +40,7 @@ import json
 import logging
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -52,7 +54,13 @@ from rasterio.windows import Window
 from rich.progress import Progress
 
 from i2dl.errors import ConfigError, InputDataError
-from i2dl.io.files import atomic_path, remove_orphans, target_lock, write_text_atomic
+from i2dl.io.files import (
+    atomic_path,
+    input_stamps,
+    remove_orphans,
+    target_lock,
+    write_text_atomic,
+)
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.maps.device import resolve_batch_size
@@ -129,28 +137,37 @@ def _predict_batch(
 
 def _open_partial(
     partial: Path, resume_key: str, windows: list[Window], names: Mapping[str, str], k: int,
-    class_dtype: str,
+    class_dtype: str, inputs: Mapping[str, list[int]],
 ) -> set[int]:
     """The finished windows of an interrupted map with the same key; else start afresh.
+
+    ``inputs`` (:func:`i2dl.io.files.input_stamps` of the rasters) is part of the key: a
+    changed input file discards the finished windows, with a warning naming it.
 
     Returns:
         Indices of the windows whose ``w<i>.npz`` exists under ``partial``.
     """
     layout = [(int(w.row_off), int(w.col_off), int(w.height), int(w.width)) for w in windows]
     payload = {"key": resume_key, "windows": layout, "maps": sorted(names), "k": k,
-               "dtype": class_dtype}
+               "dtype": class_dtype, "inputs": inputs}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     state_file = partial / "state.json"
     try:
-        same = json.loads(state_file.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        same = False
+        state = json.loads(state_file.read_text())
+        same, before = state.get("key") == key, dict(state.get("inputs") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        same, before = False, {}
     if not same:
-        if partial.exists():
+        changed = sorted(p for p in {*before, *inputs} if before and before.get(p) != inputs.get(p))
+        if changed:
+            log.warning("discarding the unfinished maps in %s: input file(s) changed since "
+                        "they were started (size or modification time): %s; the maps start "
+                        "afresh", partial, ", ".join(changed))
+        elif partial.exists():
             log.info("discarding the unfinished maps in %s (another model or settings)", partial)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        write_text_atomic(state_file, json.dumps({"key": key}))
+        write_text_atomic(state_file, json.dumps({"key": key, "inputs": inputs}))
         return set()
     return {
         int(f.name[1:-4]) for f in partial.glob("w*.npz")
@@ -382,12 +399,15 @@ def _write_results(
 
 def _done_windows(
     partial: Path, resume_key: str | None, windows: list[Window], names: Mapping[str, str],
-    k: int, dtype: str,
+    k: int, dtype: str, inputs: Sequence[Any],
 ) -> set[int]:
-    """The windows already saved by an interrupted run with the same key (none without key)."""
+    """The windows already saved by an interrupted run with the same key (none without key).
+
+    ``inputs``: the input files (raster, masks, ...) whose identity is part of the key.
+    """
     if resume_key is None:
         return set()
-    done = _open_partial(partial, resume_key, windows, names, k, dtype)
+    done = _open_partial(partial, resume_key, windows, names, k, dtype, input_stamps(inputs))
     if done:
         log.info("resuming the maps in %s: %d of %d windows already done", partial.parent,
                  len(done), len(windows))
@@ -411,6 +431,7 @@ def write_maps(
     progress: bool = True,
     resume_key: str | None = None,
     by_region: bool = False,
+    inputs: Sequence[Any] = (),
 ) -> InferenceResult:
     """The window engine: cut the raster into windows, ``engine`` classifies, write the maps.
 
@@ -435,6 +456,9 @@ def write_maps(
             only the windows not done yet (see the module's docstring).
         by_region: the engine classifies with eco-region models (named in the error of an
             empty map).
+        inputs: with ``resume_key``, more input files or folders than ``series.path``
+            (masks, dates file, sensor folders): a change in the size or modification time
+            of any of them (or of ``series.path``) discards the finished windows.
 
     Returns:
         The written maps.
@@ -459,7 +483,8 @@ def write_maps(
     with target_lock(final["classif"]):
         for path in final.values():  # temporaries of killed runs of the other maps
             remove_orphans(path)
-        done = _done_windows(partial, resume_key, windows, names, len(codes), dtype)
+        done = _done_windows(partial, resume_key, windows, names, len(codes), dtype,
+                             [series.path, *inputs])
         todo = [i for i in range(len(windows)) if i not in done]
         with ExitStack() as stack:
             # each map: temporary name, renamed when the stack closes without error (after

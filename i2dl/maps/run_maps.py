@@ -89,6 +89,22 @@ def resume_key(cfg: DictConfig, out: Path, device: str, tile: str | None) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def data_paths(node: Any) -> list[str]:
+    """Every string of a (plain) ``data`` config: the candidate input files of the maps.
+
+    :func:`i2dl.maps.engine.write_maps` keeps only the existing paths among them (masks,
+    dates file, sensor folders...) and puts their size and modification time in the
+    resume key, so that a changed input never leaves stale windows in a resumed map.
+    """
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, Mapping):
+        return [p for value in node.values() for p in data_paths(value)]
+    if isinstance(node, list | tuple):
+        return [p for value in node for p in data_paths(value)]
+    return []
+
+
 def _function_name(fn: Callable[..., Any] | None) -> str | None:
     return None if fn is None else f"{fn.__module__}.{fn.__qualname__}"
 
@@ -339,6 +355,7 @@ def _tile_maps(
                         if icfg.get("resume", True) else None
                     ),
                     by_region=None not in models,
+                    inputs=data_paths(plain["data"]),
                 )
             _probability_maps(icfg, info, results[tile], maps)
             _map_extras(cfg, info, results[tile], maps)
