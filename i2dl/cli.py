@@ -6,8 +6,10 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -26,7 +28,17 @@ from i2dl.config import (
     register_resolvers,
     resolve_seed,
 )
-from i2dl.errors import I2dlError
+from i2dl.errors import ConfigError, I2dlError
+from i2dl.io.files import explain_disk_full, not_writable, run_folder_lock
+from i2dl.io.layout import (
+    CHECKPOINT_DIR,
+    FINAL_DIR,
+    LOGS_DIR,
+    MAPS_DIR,
+    REGIONS_DIR,
+    REPORT_DIR,
+    TB_DIR,
+)
 from i2dl.training import ddp
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,95 @@ STAGES: dict[str, Stage] = {
 }
 
 
+#: The sub-folders of a run folder that ``train`` and ``fit`` may write (any existing
+#: sub-folder too: ``seed_<i>/``, ``fold_<i>/``, a tile's features).
+RUN_OUTPUTS = (CHECKPOINT_DIR, TB_DIR, REPORT_DIR, MAPS_DIR, FINAL_DIR, LOGS_DIR, REGIONS_DIR)
+#: The sub-folders that the other stages write (:func:`output_folders`).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": (LOGS_DIR,),
+    "evaluate": (REPORT_DIR, LOGS_DIR),
+    "infer": (MAPS_DIR, FINAL_DIR, LOGS_DIR),
+}
+
+
+def output_folders(run: Path, stage: str) -> list[Path]:
+    """The folders of a run that ``stage`` may write: run folder, sub-folders, theirs.
+
+    ``prepare``, ``evaluate`` and ``infer`` write only their own sub-folders
+    (:data:`STAGE_OUTPUTS`), so that a folder protected on purpose (a read-only
+    ``checkpoints/``) does not stop them; ``train``, ``fit`` (which removes an older
+    model's outputs) and the other stages any (:data:`RUN_OUTPUTS` and every existing
+    sub-folder but ``.hydra``).
+
+    Args:
+        run: the run folder.
+        stage: the stage name.
+
+    Returns:
+        The run folder, then each sub-folder (absent ones too: checked on their parent;
+        a file in their place is refused) and every folder below an existing one
+        (``maps/<tile>/``, ``maps/.infer-partial/``).
+    """
+    names = STAGE_OUTPUTS.get(stage)
+    tops = [run / name for name in (names or RUN_OUTPUTS)]
+    if names is None and run.is_dir():
+        tops += [d for d in sorted(run.iterdir()) if d.is_dir() and d.name != ".hydra"]
+    found = [run]
+    for top in dict.fromkeys(tops):
+        found.append(top)
+        if top.is_dir():
+            found += sorted(d for d in top.rglob("*") if d.is_dir())
+    return found
+
+
+def check_stage_outputs(run: Path, stage: str) -> None:
+    """Refuse to start a stage that could not write one of its output folders.
+
+    A read-only (``chmod``, ``chattr +i``, read-only mount) or missing-parent folder would
+    otherwise stop the stage deep inside its work with a bare ``PermissionError``.
+
+    Args:
+        run: the run folder.
+        stage: the stage name (see :func:`output_folders`).
+
+    Raises:
+        ConfigError: the folders that cannot be written, each with the reason, and the fix.
+    """
+    problems = [f"{folder}: {why}" for folder in output_folders(run, stage)
+                if (why := not_writable(folder))]
+    if problems:
+        raise ConfigError(
+            f"{stage} cannot write its outputs in the run folder {run}:\n  "
+            + "\n  ".join(problems)
+            + "\nMake them writable (chmod u+w; chattr -i if immutable) or give the run "
+            "another folder (hydra.run.dir=...)"
+        )
+
+
+@contextmanager
+def guarded_run(cfg: DictConfig, stage: str) -> Iterator[None]:
+    """What every Hydra stage runs inside: output folders checked, run folder locked.
+
+    Every folder the stage will write is checked writable (:func:`check_stage_outputs`),
+    the run folder (``paths.output_dir``) is held by this process
+    (:func:`i2dl.io.files.run_folder_lock`; not in DDP worker processes, whose rank 0
+    holds it), and a full disk or file size limit while writing becomes a
+    :class:`~i2dl.io.files.DiskFullError` naming the file and the free space.
+
+    Raises:
+        ConfigError: a folder the stage writes is read-only (or a file), or the run folder
+            is used by another i2dl process.
+        DiskFullError: no space left, quota or file size limit reached inside the block.
+    """
+    run = Path(cfg.paths.output_dir)
+    with ExitStack() as stack:
+        check_stage_outputs(run, stage)
+        if not ddp.is_worker():
+            stack.enter_context(run_folder_lock(run))
+        stack.enter_context(explain_disk_full([run, Path(cfg.store.dir)]))
+        yield
+
+
 def usage() -> str:
     """The usage text: one line per stage."""
     width = max(len(n) for n in STAGES)
@@ -123,13 +224,16 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
 
     Before Hydra creates the run folder, a single run's config is composed and checked
     (:func:`i2dl.config.check_config`, writable run and store folders): a bad value stops
-    the stage with nothing written. Multiruns are checked job by job. ``seed=null`` draws
+    the stage with nothing written. Multiruns are checked job by job. The stage then runs
+    in :func:`guarded_run`: its run folder locked against a second i2dl process, every
+    folder it writes checked writable, a full disk explained. ``seed=null`` draws
     a seed, recorded in the run folder (:func:`i2dl.config.resolve_seed`).
 
     Raises:
         ValueError: unknown or non-Hydra stage.
         SystemExit: (status 2) an i2dl error (bad config value, read-only output folder,
-            bad input data...), logged (or, before Hydra starts, printed) with its message.
+            run folder used by another process, disk full, bad input data...), logged
+            (or, before Hydra starts, printed) with its message.
     """
     register_resolvers()
     check_packages()
@@ -139,9 +243,14 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("task_name=") for a in args):
         args.append(f"task_name={stage}")
+    # a run folder named on the command line is held before Hydra writes its .hydra/ there
+    early = ExitStack()
     if not any(a.startswith("-") for a in args):  # a single run, no Hydra flag
         try:
-            precheck(args)
+            run = precheck(args)
+            if run is not None and not ddp.is_worker() and any(
+                    a.startswith("hydra.run.dir=") and "${now:" not in a for a in args):
+                early.enter_context(run_folder_lock(run))
         except I2dlError as exc:
             print(f"i2dl {stage}: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -152,10 +261,11 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
         try:
             check_config(cfg)
             check_output_folders({"store.dir": cfg.store.dir})
-            resolve_seed(cfg)
-            if cfg.get("cpu_threads"):
-                torch.set_num_threads(int(cfg.cpu_threads))
-            result["value"] = fn(cfg)
+            with guarded_run(cfg, stage):
+                resolve_seed(cfg)
+                if cfg.get("cpu_threads"):
+                    torch.set_num_threads(int(cfg.cpu_threads))
+                result["value"] = fn(cfg)
         except I2dlError as exc:
             log.error("%s failed: %s", stage, exc)
             raise SystemExit(2) from None
@@ -171,17 +281,22 @@ def run_stage(stage: str, argv: list[str] | None = None) -> Any:
     # processes: they find the stage here (see main)
     os.environ[STAGE_ENV] = stage
     try:
-        _entry()
+        with early:
+            _entry()
     finally:
         sys.argv = saved
     return result.get("value")
 
 
-def precheck(overrides: list[str]) -> None:
+def precheck(overrides: list[str]) -> Path | None:
     """Compose the config of a single run and check it before Hydra writes anything.
 
     Args:
         overrides: Hydra overrides of one run (no ``-m`` sweep).
+
+    Returns:
+        The run folder (``hydra.run.dir``), or None when Hydra cannot compose the config
+        (its own run reports why).
 
     Raises:
         ConfigError: a bad config value (:func:`i2dl.config.check_config`), or a run or
@@ -193,11 +308,12 @@ def precheck(overrides: list[str]) -> None:
             cfg = compose(config_name=CONFIG_NAME, overrides=overrides,
                           return_hydra_config=True)
     except HydraException:  # Hydra's own message comes from its real run below
-        return
+        return None
     finally:
         GlobalHydra.instance().clear()
     check_config(cfg)
     check_output_folders({"hydra.run.dir": cfg.hydra.run.dir, "store.dir": cfg.store.dir})
+    return Path(cfg.hydra.run.dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from i2dl.io.files import write_bytes_atomic
+from i2dl.io.files import explain_disk_full, write_bytes_atomic
 from i2dl.io.layout import CLASS_STATISTICS, run_dir, stage_logging
 from i2dl.samples.extract import class_statistics_path, prepare
 
@@ -24,9 +24,12 @@ def run(cfg: DictConfig) -> Path:
     Raises:
         i2dl.errors.I2dlError: bad reference data, rasters or configuration (see
             :func:`i2dl.samples.extract.prepare`).
+        i2dl.io.files.DiskFullError: no space left, quota or file size limit reached while
+            writing the store (the message names the file and the free space; a rerun
+            after freeing space builds the store).
     """
     out = run_dir(cfg)
-    with stage_logging(out, "prepare"):
+    with stage_logging(out, "prepare"), explain_disk_full([Path(cfg.store.dir), out]):
         store = prepare(cfg)
         stats = class_statistics_path(store)
         if stats.is_file():

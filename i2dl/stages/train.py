@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from i2dl.builders import autocontext
 from i2dl.errors import ConfigError, InputDataError
 from i2dl.evaluation.run_report import CONFUSION_CSV
-from i2dl.io.files import atomic_path
+from i2dl.io.files import atomic_path, explain_disk_full, run_folder_lock
 from i2dl.io.layout import (
     METRICS_JSON,
     REPORT_DIR,
@@ -48,12 +48,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     The loop over runs and folds is :func:`i2dl.training.runs.repeat_runs`.
 
+    The run folder is held by this process for the whole job
+    (:func:`i2dl.io.files.run_folder_lock`): a second ``train`` (or other stage) on the
+    same folder stops at once instead of deleting this one's checkpoints. A full disk or
+    a file size limit while writing is reported with the file and the free space.
+
     Returns:
         The summary (also written to ``summary.json``); for N runs, the aggregate.
 
     Raises:
-        ConfigError: ``runs`` < 1, ``kfold`` < 2, or both ``runs`` > 1 and ``kfold``.
+        ConfigError: ``runs`` < 1, ``kfold`` < 2, or both ``runs`` > 1 and ``kfold``; the
+            run folder is used by another i2dl process.
+        i2dl.io.files.DiskFullError: no space left, quota or file size limit reached.
     """
+    if ddp.is_worker():  # a DDP process of rank > 0: rank 0 holds the run folder
+        return _run(cfg)
+    out = run_dir(cfg)
+    with run_folder_lock(out), explain_disk_full([out, Path(cfg.store.dir)]):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`run` in its locked run folder."""
     runs, kfold = requested_runs(cfg)
     if cfg.get("enable_autocontext", False):
         if (cfg.get("obia") or {}).get("enabled", False):
