@@ -9,6 +9,14 @@ the model once per job (cached, one raster handle per worker thread). Without
 (``infer.dask.n_workers`` processes of ``infer.dask.threads_per_worker`` threads); with an
 address (``tcp://host:8786``) the run joins that cluster, whose workers must see the run
 folder and the rasters at the same paths (a shared file system) and have i2dl installed.
+
+The local cluster serves no dashboard and no HTTP port: ``distributed`` starts an HTTP
+server on the scheduler (``:8787``) and on every worker even with
+``dashboard_address=None``, so they are stopped once the cluster is up
+(:func:`_stop_http_servers`); only the cluster's own loopback ports listen. Inside a task
+joblib runs sequentially (scikit-learn's ``n_jobs`` is 1): the cluster's workers x threads
+are the parallelism, and joblib would otherwise warn in every window that a daemonic Dask
+worker cannot start processes.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,15 +74,33 @@ def _worker_state(job: WindowJob) -> tuple[TimeSeriesSource, WindowClassifier]:
     return series, classify
 
 
+def _sequential_joblib() -> AbstractContextManager[Any]:
+    """The sequential joblib backend for this thread (scikit-learn ``n_jobs`` = 1), if any.
+
+    A Dask worker process is daemonic: joblib cannot start processes there, sets
+    ``n_jobs=1`` itself and warns at every ``predict_proba`` (once per window). Asking for
+    the sequential backend gives the same computation without the warning; the backend is
+    thread-local (joblib), so the worker's other threads are unaffected.
+    """
+    try:
+        from joblib import parallel_config
+    except ImportError:  # no scikit-learn model without joblib
+        return nullcontext()
+    return parallel_config(backend="sequential")
+
+
 def classify_window(job: WindowJob, i: int, window: Window) -> tuple[int, dict[str, np.ndarray]]:
     """The task run by a worker: read window ``i`` and classify it.
+
+    scikit-learn models run with one job per task (:func:`_sequential_joblib`).
 
     Returns:
         ``(i, arrays)`` as :meth:`i2dl.maps.engine.WindowClassifier.__call__`.
     """
     series, classify = _worker_state(job)
     x, valid = read_series_window(series, window)
-    return i, classify(window, x, valid)
+    with _sequential_joblib():
+        return i, classify(window, x, valid)
 
 
 def release(job_key: str) -> None:
@@ -120,6 +146,36 @@ def dask_engine(client: Any, job: WindowJob, max_in_flight: int | None = None) -
     return run
 
 
+def _stop_http_server(node: Any) -> None:
+    """Stop the HTTP server (dashboard, health and metrics routes) of a scheduler or worker."""
+    server = getattr(node, "http_server", None)
+    if server is not None:
+        server.stop()
+    node.services.pop("dashboard", None)
+
+
+def _stop_scheduler_http(dask_scheduler: Any) -> None:
+    """Run on the scheduler (its event loop): stop its HTTP server."""
+    _stop_http_server(dask_scheduler)
+
+
+def _stop_worker_http(dask_worker: Any) -> None:
+    """Run on every worker (its event loop): stop its HTTP server."""
+    _stop_http_server(dask_worker)
+
+
+def _stop_http_servers(client: Any) -> None:
+    """No HTTP port left open by a local cluster: its scheduler's and workers' servers stop.
+
+    ``distributed`` (2024-2026) always starts them: the scheduler's on ``:8787`` even with
+    ``dashboard_address=None`` (only the Bokeh pages are left out), each worker's on a
+    random port. They are stopped from their own event loops (``run_on_scheduler``,
+    ``run``).
+    """
+    client.run_on_scheduler(_stop_scheduler_http)
+    client.run(_stop_worker_http)
+
+
 @contextmanager
 def dask_client(
     address: str | None = None,
@@ -131,7 +187,8 @@ def dask_client(
 
     Args:
         address: scheduler address (``tcp://host:8786``); None = a
-            :class:`distributed.LocalCluster` on this machine, closed at the end.
+            :class:`distributed.LocalCluster` on this machine, closed at the end, with no
+            dashboard and no HTTP port (see the module's docstring).
         n_workers: worker processes of the local cluster.
         threads_per_worker: threads of each local worker.
         processes: False = workers are threads of this process (no pickling; tests).
@@ -159,8 +216,14 @@ def dask_client(
             log.info("joined the Dask cluster at %s: %s", address, client)
             yield client
         return
+    # the scheduler's HTTP server (started in any case) on a free loopback port, not :8787
+    # (no "port in use" warning beside another cluster); stopped once the cluster is up
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                      processes=processes, dashboard_address=None) as cluster, \
+                      processes=processes, dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False,
+                                        "dashboard_address": "127.0.0.1:0"}) as cluster, \
             Client(cluster) as client:
-        log.info("local Dask cluster: %d workers x %d threads", n_workers, threads_per_worker)
+        _stop_http_servers(client)
+        log.info("local Dask cluster: %d workers x %d threads (no dashboard; scikit-learn "
+                 "models run one job per window task)", n_workers, threads_per_worker)
         yield client
