@@ -152,3 +152,36 @@ def test_landsat8_feature_maps_and_mosaic(make_cfg, landsat_root: Path, tmp_path
         window = mosaic[:, row : row + data.shape[1], col : col + data.shape[2]]
         both = ~np.isnan(data)
         np.testing.assert_array_equal(window[both], data[both])
+
+
+def test_dateless_features_are_written_once(make_cfg, landsat_root: Path, tmp_path: Path) -> None:
+    # issue 22: seasonal_variation has no date; it was written once per date
+    from i2dl.features.source import open_source
+    from i2dl.stages.features_map import run as run_features_map
+
+    cfg = make_cfg(
+        "data=theia_s2", "data.name=l8", "~data.sensors.sentinel2_theia",
+        f"+data.sensors.landsat8_n2a.root={landsat_root}", "data.reference_sensor=landsat8_n2a",
+        "data.tile=D0005H0002", "data.list_tile=null", "data.gapfilling.enabled=false",
+        "data.indices=[NDVI]", "features_map.chunk_size=20",
+        "data.external_features={functions:[{get_seasonal_variation:{red:B4,nir:B5}}]}",
+    )
+    final = run_features_map(cfg)
+    with open_source(cfg.data, "D0005H0002") as source:
+        x, valid = source.read()
+        dated = [n for n in source.band_names if n not in source.static_names]
+    t = len(source.dates)
+    with rasterio.open(final) as src:
+        bands, names = src.read(), src.descriptions
+    assert source.static_names == ["seasonal_variation"]
+    assert len(names) == t * len(dated) + 1 and names[-1] == "seasonal_variation"
+    assert all(n.rsplit("_", 1)[-1].isdigit() for n in names[:-1])
+    # the dated bands as before, the static one once: its value at any valid date
+    got = bands[:-1].reshape(t, len(dated), *x.shape[:2]).transpose(2, 3, 0, 1)
+    want = np.where(valid[..., None], x[..., : len(dated)], np.nan)
+    np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True)
+    last = np.where(valid, x[..., -1], np.nan)
+    any_valid = valid.any(axis=-1)
+    np.testing.assert_allclose(bands[-1][any_valid], np.nanmax(last, axis=-1)[any_valid],
+                               rtol=1e-5)
+    assert np.isnan(bands[-1][~any_valid]).all()

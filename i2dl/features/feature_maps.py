@@ -25,8 +25,11 @@ pixels the features are defined on), 0 elsewhere, uint8.
 This module writes one tile (chunks, then their mosaic); the stage
 (:mod:`i2dl.stages.features_map`) runs it for every tile and mosaics the tiles.
 
-Bands are date-major (band ``t * C + c``) and their descriptions name the feature and the
-date (``NDVI_20170203``); invalid observations are NaN (the nodata value).
+Bands are date-major (band ``t * C + c`` over the ``C`` dated channels) and their
+descriptions name the feature and the date (``NDVI_20170203``); invalid observations are
+NaN (the nodata value). Features without a date (user rasters, external features such as
+the built-in ``seasonal_variation``: the source's ``static_names``) follow once each,
+named without a date, NaN where the pixel has no valid date (``T * C + S`` bands).
 """
 
 from __future__ import annotations
@@ -47,12 +50,47 @@ from i2dl.io.geotiff import block_windows, geotiff_profile, mosaic
 log = logging.getLogger(__name__)
 
 
+def static_names(source: Any) -> list[str]:
+    """The source's date-independent channels (the last ones of ``band_names``), or []."""
+    return list(getattr(source, "static_names", None) or [])
+
+
 def band_descriptions(source: Any) -> list[str]:
-    """``<channel>_<YYYYMMDD>`` for every band, date-major (``<channel>_t<i>`` without dates)."""
+    """The band names of a feature map: dated bands, then each static channel once.
+
+    ``<channel>_<YYYYMMDD>`` for every dated band, date-major (``<channel>_t<i>`` without
+    dates), then each date-independent channel by its name.
+    """
     stamps = [d.strftime("%Y%m%d") for d in source.dates] or [
         f"t{i}" for i in range(source.n_dates)
     ]
-    return [f"{c}_{s}" for s in stamps for c in source.band_names]
+    static = static_names(source)
+    dated = list(source.band_names)[: len(source.band_names) - len(static)]
+    return [f"{c}_{s}" for s in stamps for c in dated] + static
+
+
+def feature_bands(x: np.ndarray, valid: np.ndarray, n_static: int) -> np.ndarray:
+    """A window's bands: the dated channels date-major, then each static channel once.
+
+    Args:
+        x: ``(h, w, T, C)`` float, the source's ``read`` (static channels last, their value
+            repeated on every valid date).
+        valid: ``(h, w, T)`` bool.
+        n_static: number ``S`` of static channels among the ``C``.
+
+    Returns:
+        ``(T * (C - S) + S, h, w)`` float32, NaN at invalid observations; a static channel
+        takes its value at the pixel's first valid date, NaN without any.
+    """
+    h, w, _, c = x.shape
+    dated = np.where(valid[..., None], x[..., : c - n_static], np.nan).astype(np.float32)
+    bands = dated.reshape(h, w, -1).transpose(2, 0, 1)  # date-major (T*(C-S), h, w)
+    if not n_static:
+        return bands
+    first = valid.argmax(axis=-1)[..., None, None]  # (h, w, 1, 1)
+    static = np.take_along_axis(x[..., c - n_static :], first, axis=2)[:, :, 0]  # (h, w, S)
+    static = np.where(valid.any(axis=-1)[..., None], static, np.nan).astype(np.float32)
+    return np.concatenate([bands, static.transpose(2, 0, 1)])
 
 
 def _write_chunk(path: Path, bands: np.ndarray, crs: Any, transform: Any, names: list[str],
@@ -153,9 +191,7 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
         for i, win in enumerate(windows):
             x, valid = source.read(win)  # (h, w, T, C)
             mask_dst.write(valid.any(axis=-1).astype(np.uint8)[None], window=win)
-            x = np.where(valid[..., None], x, np.nan).astype(np.float32)
-            h, w = x.shape[:2]
-            bands = x.reshape(h, w, -1).transpose(2, 0, 1)  # date-major (T*C, h, w)
+            bands = feature_bands(x, valid, len(static_names(source)))
             transform = rasterio.windows.transform(win, source.transform)
             path = out / "customF" / f"{tile}_chunk_{i}.tif"
             chunks.append(_write_chunk(path, bands, source.crs, transform, names, dtype,
