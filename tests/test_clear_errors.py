@@ -209,5 +209,6 @@ def test_truncated_sklearn_model_says_refit(make_cfg, tmp_path) -> None:
     with pytest.raises(StoreError) as err:
         evaluate.run(cfg)
     msg = str(err.value)
-    assert f"cannot load the scikit-learn model {model}: it is truncated or damaged" in msg
-    assert "python -m i2dl fit" in msg
+    # the sha256 recorded in fit_state.json catches it before joblib reads it (issue 21)
+    assert f"checkpoint {model} is not the one fit wrote" in msg
+    assert "truncated or damaged" in msg and "python -m i2dl train" in msg

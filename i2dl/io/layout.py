@@ -251,8 +251,8 @@ def checkpoint_problem(model_dir: Path, path: Path, state: Mapping[str, Any] | N
     found = file_sha256(Path(path))
     if found != recorded[rel]:
         return (f"its sha256 is {found[:16]}..., {model_dir / FIT_STATE} records "
-                f"{str(recorded[rel])[:16]}... written by the fit: the file was replaced "
-                "after the fit (copied from another run or seed?)")
+                f"{str(recorded[rel])[:16]}... written by the fit: the file changed after "
+                "the fit (replaced by another run's or seed's, truncated or damaged)")
     return None
 
 
