@@ -89,7 +89,8 @@ def feature_bands(x: np.ndarray, valid: np.ndarray, n_static: int) -> np.ndarray
         return bands
     first = valid.argmax(axis=-1)[..., None, None]  # (h, w, 1, 1)
     static = np.take_along_axis(x[..., c - n_static :], first, axis=2)[:, :, 0]  # (h, w, S)
-    static = np.where(valid.any(axis=-1)[..., None], static, np.nan).astype(np.float32)
+    observed = np.asarray(valid.any(axis=-1))[..., None]  # (h, w, 1)
+    static = np.where(observed, static, np.nan).astype(np.float32)
     return np.concatenate([bands, static.transpose(2, 0, 1)])
 
 
