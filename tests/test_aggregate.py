@@ -172,8 +172,12 @@ def test_aggregate_metric_stats(multirun: Path, caplog):
         assert st["n"] == 3
         assert st["mean"] == approx(mean)
         assert st["std"] == approx(std)
-        assert st["ci_low"] == approx(mean - half)
-        assert st["ci_high"] == approx(mean + half)
+        # the t interval, clipped to the metric's range ([-1, 1] for kappa)
+        lo, hi = (-1.0, 1.0) if key == "kappa" else (0.0, 1.0)
+        assert st["ci_low"] == approx(max(mean - half, lo))
+        assert st["ci_high"] == approx(min(mean + half, hi))
+        assert st["ci_clipped"] == (mean - half < lo or mean + half > hi)
+        assert st["ci_note"] is None  # 3 runs
     # OA 0.8, 0.9, 0.7 by hand: mean 0.8, std 0.1, half width 4.3027 * 0.1 / sqrt(3)
     assert agg["metrics"]["oa"]["std"] == approx(0.1)
     assert agg["metrics"]["oa"]["ci_half_width"] == pytest.approx(
@@ -231,9 +235,10 @@ def test_aggregate_per_class_f1(multirun: Path):
         assert st["std"] == approx(std)
         if half is None:
             assert st["ci_low"] is None
-        else:
-            assert st["ci_low"] == approx(mean - half)
-            assert st["ci_high"] == approx(mean + half)
+        else:  # clipped to [0, 1]
+            assert st["ci_low"] == approx(max(mean - half, 0.0))
+            assert st["ci_high"] == approx(min(mean + half, 1.0))
+            assert (st["ci_note"] is not None) == (n < 3)
     assert by_code[1]["n_runs"] == 2 and by_code[5]["n_runs"] == 1
     assert by_code[2]["support"] == [5, 6, 6]
 
@@ -280,7 +285,8 @@ def test_write_results(tmp_path: Path, multirun: Path):
     assert "experiment : ltae" in text
     assert "seeds 0, 1, 2" in text
     half = scipy_stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
-    assert f"OA: 0.8000 +- 0.1000 (95% CI {0.8 - half:.4f}\u2013{0.8 + half:.4f})" in text
+    assert (f"OA: 0.8000 +- 0.1000 (95% CI {0.8 - half:.4f}\u20131.0000, clipped to the "
+            "metric's range)") in text
     assert "water" in text
     assert not list(out.glob(".*.tmp"))
 

@@ -158,7 +158,8 @@ def test_single_class_perfect_kappa_undefined():
     assert m["confusion_matrix"] == [[3]]
     assert m["oa"] == 1.0
     assert m["kappa"] is None
-    assert m["f1_macro"] == 1.0
+    # a one-class reference: the macro scores are undefined, not a perfect 1.0 (issue 21)
+    assert m["f1_macro"] is None and "single class" in m["undefined"]
     json.dumps(m, allow_nan=False)
 
 

@@ -19,8 +19,11 @@ Statistics (decisions):
 * 95 % confidence interval of the mean with Student's t distribution:
   ``mean +- t_{0.975, n-1} * std / sqrt(n)`` (runs treated as independent draws).
   ``t`` comes from ``scipy.stats.t.ppf``; ``ci_method`` in the results says so.
-  The interval is not clipped to [0, 1]. It is undefined (null) with fewer than 2
-  values;
+  The interval is clipped to the range of the metric ([0, 1]; [-1, 1] for kappa), which
+  ``ci_clipped`` records. It is undefined (null) with fewer than 2 values, and flagged as
+  not meaningful with fewer than :data:`MIN_RUNS_CI` (``ci_note``): with 2 runs
+  ``t = 12.7`` and the interval spans most of [0, 1] (before clipping, macro F1
+  0.38 +- 0.09 gave -0.46 to 1.22);
 * the summed confusion matrix aligns classes by CODE over the union of the runs'
   classes (sorted by code); a run lacking a class contributes zeros. Its OA, kappa
   and macro F1 (:mod:`i2dl.evaluation.metrics`: over the classes with reference samples) are
@@ -63,7 +66,11 @@ DECIMALS = 6
 #: Depth below the given folder searched for run folders.
 MAX_DEPTH = 2
 
-CI_METHOD = "Student t, scipy.stats.t.ppf(0.975, n - 1)"
+CI_METHOD = "Student t, scipy.stats.t.ppf(0.975, n - 1), clipped to the metric's range"
+#: Fewest values for which the t interval is called meaningful.
+MIN_RUNS_CI = 3
+#: Range of each metric, to which its interval is clipped (OA, F1, precision, recall: [0, 1]).
+BOUNDS = {"oa": (0.0, 1.0), "kappa": (-1.0, 1.0), "f1_macro": (0.0, 1.0)}
 
 
 # --------------------------------------------------------------------- statistics
@@ -92,7 +99,9 @@ def _rnd(x: float | None) -> float | None:
     return round(float(x), DECIMALS)
 
 
-def describe(values: Sequence[float | None]) -> dict[str, Any]:
+def describe(
+    values: Sequence[float | None], bounds: tuple[float, float] | None = (0.0, 1.0)
+) -> dict[str, Any]:
     """Mean, sample standard deviation and 95 % Student t CI of per-run values.
 
     Source: CI of a mean with unknown variance, ``mean +- t_{0.975, n-1} s / sqrt(n)``
@@ -101,11 +110,17 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
     Args:
         values: one value per run (e.g. OA, unitless in [0, 1]); None = undefined
             for that run, left out of the statistics.
+        bounds: (low, high) range of the metric, to which the interval is clipped
+            ([0, 1] for OA, F1, precision and recall; [-1, 1] for kappa); None = no
+            clipping.
 
     Returns:
         ``{"values": list as given (floats or None), "n": number of defined values,
-        "mean", "std" (ddof=1, 0.0 when n == 1), "ci_low", "ci_high",
-        "ci_half_width"}``; mean/std None when n == 0, CI None when n < 2.
+        "mean", "std" (ddof=1, 0.0 when n == 1), "ci_low", "ci_high" (clipped to
+        ``bounds``), "ci_half_width" (``t s / sqrt(n)``, before clipping), "ci_clipped"
+        (bool), "ci_note"}``; mean/std None when n == 0, CI None when n < 2; ``ci_note``
+        says why the interval is not meaningful when ``2 <= n <`` :data:`MIN_RUNS_CI`
+        (else None).
     """
     vals = [None if v is None else float(v) for v in values]
     defined = np.array([v for v in vals if v is not None and math.isfinite(v)], float)
@@ -118,6 +133,8 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
         "ci_low": None,
         "ci_high": None,
         "ci_half_width": None,
+        "ci_clipped": False,
+        "ci_note": None,
     }
     if n == 0:
         return out
@@ -126,10 +143,20 @@ def describe(values: Sequence[float | None]) -> dict[str, Any]:
     out["mean"] = _rnd(mean)
     out["std"] = _rnd(std)
     if n > 1:
-        half = t_critical(n - 1) * std / math.sqrt(n)
-        out["ci_low"] = _rnd(mean - half)
-        out["ci_high"] = _rnd(mean + half)
+        t = t_critical(n - 1)
+        half = t * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+        if bounds is not None:
+            out["ci_clipped"] = bool(low < bounds[0] or high > bounds[1])
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out["ci_low"] = _rnd(low)
+        out["ci_high"] = _rnd(high)
         out["ci_half_width"] = _rnd(half)
+        if n < MIN_RUNS_CI:
+            out["ci_note"] = (
+                f"{n} runs are too few for a meaningful interval (t = {t:.1f}); "
+                f"run at least {MIN_RUNS_CI} seeds"
+            )
     return out
 
 
@@ -327,7 +354,9 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
     codes = sorted(names)
     total = _summed_matrix(loaded, codes)
     metric_stats = {
-        key: describe([_number(r["metrics"].get(key, r["summary"].get(key))) for r in loaded])
+        key: describe(
+            [_number(r["metrics"].get(key, r["summary"].get(key))) for r in loaded], BOUNDS[key]
+        )
         for key in METRICS
     }
     paths = [r["path"].resolve() for r in loaded]

@@ -55,11 +55,28 @@ def _label(code: int, name: str) -> str:
 def _ci_text(st: Mapping[str, Any]) -> str:
     if st["ci_low"] is None:
         return f"{int(CI_LEVEL * 100)}% CI n/a, n = {st['n']}"
-    return f"{int(CI_LEVEL * 100)}% CI {_f(st['ci_low'])}\u2013{_f(st['ci_high'])}"
+    text = f"{int(CI_LEVEL * 100)}% CI {_f(st['ci_low'])}\u2013{_f(st['ci_high'])}"
+    if st.get("ci_clipped"):
+        text += ", clipped to the metric's range"
+    if st.get("ci_note"):
+        text += f"; not meaningful: {st['ci_note']}"
+    return text
+
+
+def _ci_cell(st: Mapping[str, Any]) -> str:
+    """The per-class interval: ``low–high``, ``*`` when fewer than 3 runs define it."""
+    if st["ci_low"] is None:
+        return "n/a"
+    return f"{st['ci_low']:.4f}\u2013{st['ci_high']:.4f}" + ("*" if st.get("ci_note") else "")
 
 
 def stat_line(label: str, st: Mapping[str, Any]) -> str:
-    """One RESULTS.txt line, e.g. ``OA: 0.8000 +- 0.1000 (95% CI 0.5516–1.0484)``."""
+    """One RESULTS.txt line, e.g. ``OA: 0.8000 +- 0.1000 (95% CI 0.5516–1.0000, clipped...)``.
+
+    The interval is followed by ", clipped to the metric's range" when it was clipped, and
+    by why it is not meaningful with fewer than 3 runs (``ci_note`` of
+    :func:`i2dl.evaluation.aggregate.describe`).
+    """
     return f"{label}: {_f(st['mean'])} +- {_f(st['std'])} ({_ci_text(st)})"
 
 
@@ -87,7 +104,7 @@ def format_results(agg: Mapping[str, Any]) -> str:
         f"folder     : {agg['root']}",
         "statistics : mean +- sample standard deviation over runs (ddof=1); "
         f"{int(agg['ci_level'] * 100)}% CI of the mean = mean +- t * std / sqrt(n), "
-        f"{agg['ci_method']}",
+        f"{agg['ci_method']}; not meaningful with fewer than 3 runs",
         "",
     ]
     lines += [stat_line(label, agg["metrics"][key]) for key, label in METRICS.items()]
@@ -111,12 +128,18 @@ def format_results(agg: Mapping[str, Any]) -> str:
     ]
     for c in agg["classes"]:
         f1 = c["f1"]
-        ci = "n/a" if f1["ci_low"] is None else f"{f1['ci_low']:.4f}\u2013{f1['ci_high']:.4f}"
+        ci = _ci_cell(f1)
         name = c["name"] if len(c["name"]) <= nw else c["name"][: nw - 1] + "\u2026"
         lines.append(
             f"  {c['code']:>6}  {name:<{nw}} {_f(f1['mean']):>8} {_f(f1['std']):>8}  "
             f"{ci:<17} {_f(c['precision']['mean']):>8} {_f(c['recall']['mean']):>8} "
             f"{c['n_runs']:>5}"
+        )
+
+    if any(c["f1"].get("ci_note") for c in agg["classes"]):
+        lines.append(
+            "  * fewer than 3 runs have the class: the interval is not meaningful "
+            "(clipped to [0, 1])"
         )
 
     cms = agg["confusion_matrix_sum"]

@@ -256,6 +256,11 @@ def compute_metrics(
       default, which averages over all listed labels.
     * ``kappa`` is None when undefined (expected agreement p_e = 1, i.e. reference
       and prediction are both one single class).
+    * A reference with a single class (e.g. the val split of a one-class table) gives
+      ``kappa`` and the macro averages None (with one reference class kappa is 0 or
+      undefined whatever the model, and a "macro" score is that class's alone), and an
+      ``undefined`` entry that says why (also logged as a warning); ``oa`` is kept: it is
+      the recall of that class.
 
     Args:
         y_true: (N,) reference class CODES (not indices), int array-like (numpy
@@ -272,7 +277,8 @@ def compute_metrics(
         ``precision_macro``, ``recall_macro``, ``f1_macro`` (float in [0, 1] or
         None; kappa in [-1, 1]), ``confusion_matrix`` (K lists of K ints) and
         ``classes``: K dicts ``{code, name, precision, recall, f1, support}``
-        (support = number of reference samples, int).
+        (support = number of reference samples, int); plus ``undefined`` (str) when the
+        reference holds a single class.
 
     Raises:
         InputDataError: arrays not 1-D, of different lengths, empty, not integer
@@ -317,6 +323,18 @@ def compute_metrics(
             "classes %s have no reference sample: excluded from the macro averages",
             absent,
         )
+    present = [c for c in classes if c["support"] > 0]
+    if len(present) < 2:
+        only = ", ".join(_label(c["code"], c["name"]) for c in present)
+        metrics["undefined"] = (
+            f"the reference holds a single class ({only}): kappa and the macro precision, "
+            "recall and F1 are undefined (a one-class reference cannot measure agreement "
+            "beyond chance), and OA is only that class's recall. Score on a validation set "
+            "with at least two classes"
+        )
+        for key in ("kappa", "precision_macro", "recall_macro", "f1_macro"):
+            metrics[key] = None
+        log.warning("accuracy report: %s", metrics["undefined"])
     return metrics
 
 
@@ -466,7 +484,8 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 
     Returns:
         Text: one summary line (OA, kappa, macro F1, n) then a per-class table
-        (code, name, precision, recall, F1, support); undefined values shown as "-".
+        (code, name, precision, recall, F1, support); undefined values shown as "-" (and
+        "n/a" in the summary), with a last line saying why when ``undefined`` is set.
     """
 
     def num(x: float | None) -> str:
@@ -490,4 +509,6 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
             f"{num(c['precision'])} {num(c['recall'])} {num(c['f1'])} "
             f"{c['support']:>9}"
         )
+    if metrics.get("undefined"):
+        lines.append(f"undefined: {metrics['undefined']}")
     return "\n".join(lines)
