@@ -5,15 +5,18 @@ Follows iota2's rules for reference data, all checked at once by
 letter, a label field of integer or string type, single valid non-overlapping Polygons (a
 MultiPolygon is rejected with its feature ids, unless ``explode_multipolygons`` splits it
 into parts that keep the feature's label and id; invalid geometries are rejected unless
-``make_valid`` repairs them). Label 0 or empty = no data (ignored). String labels take the
-code of their name in the nomenclature when one is given (``data.nomenclature``), else codes
-1..K in sorted order.
+``make_valid`` repairs them). Label 0 or empty = no data (ignored). A text field whose
+labels are all integers (``"8"``) gives those integers as codes, as an integer field would;
+other string labels take the code of their name in the nomenclature when one is given
+(``data.nomenclature``), else codes 1..K in sorted order. A file without a CRS is assumed to
+be in the raster's CRS, with a warning.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +44,8 @@ class ReferenceData:
         polygons: GeoDataFrame in the raster CRS with columns ``polygon_id`` (int64, the
             feature id in the file), ``code`` (int64 class code >= 1) and ``geometry``.
         class_names: code -> label as written in the file (string labels) or str(code).
-        string_labels: True when the label field holds strings.
+        string_labels: True when the labels are names (a text field whose labels are all
+            integers gives integer codes: False).
     """
 
     polygons: gpd.GeoDataFrame
@@ -64,7 +68,7 @@ def read_reference(
         path: GeoPackage or Shapefile (any format pyogrio reads).
         data_field: the label field (iota2's ``data_field``), integer or string.
         raster_crs: CRS of the time series; polygons in another CRS are reprojected to
-            it (logged).
+            it (logged); polygons without a CRS are assumed to be in it (warned).
         raster_bounds: (left, bottom, right, top) of the raster in ``raster_crs``.
         explode_multipolygons: split MultiPolygons into Polygons instead of rejecting
             them (``sampling.explode_multipolygons``).
@@ -73,7 +77,8 @@ def read_reference(
         nomenclature: class code -> name (``data.nomenclature``). With string labels, each
             label takes the code of the nomenclature entry of the same name (compared
             after stripping white space, case-insensitively); None numbers the labels
-            1..K in sorted order. Integer labels ignore it.
+            1..K in sorted order. Integer labels, and text labels that are all integers,
+            ignore it.
 
     Returns:
         The labelled polygons (no-data labels dropped) and the class names.
@@ -87,6 +92,9 @@ def read_reference(
             not a name of ``nomenclature`` or matches a name that several codes share
             (labels, feature ids and the nomenclature's names given); or no labelled
             polygon intersects the raster.
+
+    Warns:
+        UserWarning: the file declares no CRS while the raster has one (also logged).
     """
     path = Path(path)
     gdf = _read_checked(path, data_field, explode_multipolygons, make_valid)
@@ -176,6 +184,25 @@ def _label_codes(
         text = labels.astype("string").str.strip()
         nodata = text.isna() | (text == "") | (text == "0")
         names = sorted(text[~nodata].unique())
+        digits = [n for n in names if n.isascii() and n.isdigit()]
+        if names and len(digits) == len(names):  # integer codes stored as text: kept
+            log.info(
+                "%s: field %r is text but every label is an integer: the labels are used "
+                "as class codes, as with an integer field", path, data_field,
+            )
+            codes = pd.Series(pd.NA, index=text.index, dtype="Int64")
+            codes[~nodata] = text[~nodata].astype("int64")
+            codes = codes.where(codes != 0)
+            nodata = nodata | codes.isna()
+            class_names = {int(n): str(int(n)) for n in digits if int(n) != 0}
+            return codes, nodata.to_numpy(dtype=bool), class_names, False
+        if digits:
+            log.warning(
+                "%s: field %r mixes integer labels %s with names: every label is taken as a "
+                "name (numbered 1..K alphabetically, or by the nomenclature), so %r is not "
+                "class code %s. Use one kind of label", path, data_field, digits[:10],
+                digits[0], digits[0],
+            )
         if nomenclature:
             mapping = _codes_from_nomenclature(names, nomenclature, text, fids, path, data_field)
         else:
@@ -198,10 +225,21 @@ def _on_raster(
 
     Raises:
         InputDataError: no polygon intersects the raster.
+
+    Warns:
+        UserWarning: the polygons have no CRS but the raster has one.
     """
     if raster_crs is not None and out.crs is not None and out.crs != raster_crs:
         log.info("reprojecting %s from %s to the raster CRS %s", path, out.crs, raster_crs)
         out = out.to_crs(raster_crs)
+    elif out.crs is None and raster_crs is not None:
+        msg = (
+            f"{path} declares no CRS: its coordinates are assumed to be in the raster's CRS "
+            f"({raster_crs}). If they are not, assign the right CRS to the file (e.g. "
+            "`ogr2ogr -a_srs EPSG:<code>`), otherwise its polygons fall in the wrong place"
+        )
+        log.warning("%s", msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
     inside = out.intersects(box(*raster_bounds))
     if not inside.any():
         raise InputDataError(
