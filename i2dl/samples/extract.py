@@ -29,7 +29,11 @@ from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.nomenclature import read_class_names
-from i2dl.samples.class_statistics import class_statistics, write_class_statistics
+from i2dl.samples.class_statistics import (
+    check_split_classes,
+    class_statistics,
+    write_class_statistics,
+)
 from i2dl.samples.reading import (
     SampleSpool,
     samples_from_raster,
@@ -142,10 +146,19 @@ def prepare(cfg: DictConfig) -> Path:
             :func:`i2dl.io.vector.read_reference`, :func:`i2dl.io.table.read_pixel_table`);
             a window that cannot be read (damaged file: file and window named); no valid
             observation under the polygons (all-NaN or all-nodata raster: files named).
+            The learn split holds fewer than two classes, or a class of the reference has
+            no learn sample (its polygons hold no pixel centre, ...) and
+            ``sampling.allow_missing_classes`` is not true (see
+            :func:`i2dl.samples.class_statistics.check_split_classes`).
         ConfigError: bad sampling parameters, ``sampling.random_seed`` null (the CLI
             draws ``seed=null``), or no pixel centre in a polygon.
         StoreError: the existing store is damaged and ``store.rebuild_damaged`` is false
             (the message names the store and ``store.rebuild=true``).
+
+    Warns:
+        MissingSamplesWarning: reference polygons that gave no sample (ids per class),
+            a class missing from learn under ``sampling.allow_missing_classes=true``, a
+            val split with fewer than two classes.
     """
     if cfg.sampling.get("random_seed") is None:
         raise ConfigError(
@@ -211,8 +224,16 @@ def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpo
     rows = np.flatnonzero(keep)
     on_disk = isinstance(x_all, np.memmap)
 
-    codes = sorted(int(c) for c in np.unique(arrays["code"]))
     nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else {}
+    # the classes of the reference (labelled polygons on the grid, or table rows)
+    reference_codes = set(label_names) or {int(c) for c in np.unique(arrays["code"])}
+    check_split_classes(
+        arrays["code"], arrays["split"], reference_codes,
+        {c: nomenclature.get(c, label_names.get(c, str(c))) for c in reference_codes},
+        str(data.get("table") or data.reference),
+        allow_missing=bool(sampling.get("allow_missing_classes", False)),
+    )
+    codes = sorted(int(c) for c in np.unique(arrays["code"]))
     names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
     learn = arrays["split"] == LEARN
     x_learn = RowsView(x_all, rows[learn]) if on_disk else x_all[rows[learn]]

@@ -11,6 +11,8 @@ appends the (N, T, C) series to a :class:`SampleSpool` file.
 from __future__ import annotations
 
 import logging
+import warnings
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from i2dl.features.source import data_tiles, open_source, stack_feature_options
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
 from i2dl.io.raster import days_since, read_dates_file, read_series_window
-from i2dl.io.table import read_pixel_table
+from i2dl.io.table import PixelTable, read_pixel_table
 from i2dl.io.vector import burn_window, read_reference
+from i2dl.samples.class_statistics import MissingSamplesWarning, warn_polygons_without_samples
 from i2dl.samples.regions import read_regions
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,15 @@ def samples_from_raster(
     required) and the samples of all tiles go to one store with their ``tile`` index.
     With ``sampling.region_file``, every sample gets the region its pixel falls in and
     samples outside every region are dropped.
+
+    Returns:
+        ``(arrays, attrs, class_names)``: the per-sample arrays (``X`` the spooled series),
+        the grid's attributes, and code -> name of the classes of the polygons on the grid.
+
+    Warns:
+        MissingSamplesWarning: polygons that gave no sample (no pixel centre inside, no
+            valid observation, outside every region), listed per class
+            (:func:`i2dl.samples.class_statistics.warn_polygons_without_samples`).
     """
     tiles = data_tiles(data)
     each_tile: list[str | None] = [*tiles] or [None]
@@ -130,6 +142,7 @@ def samples_from_raster(
                 )
         boxes = np.array([_bounds(s) for s in sources])
         union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+        nomenclature = read_class_names(data.nomenclature) if data.get("nomenclature") else None
         ref = read_reference(
             data.reference,
             data.data_field,
@@ -137,9 +150,7 @@ def samples_from_raster(
             union,
             explode_multipolygons=bool(sampling.get("explode_multipolygons", False)),
             make_valid=bool(sampling.get("make_valid", False)),
-            nomenclature=(
-                read_class_names(data.nomenclature) if data.get("nomenclature") else None
-            ),
+            nomenclature=nomenclature,
         )
         regions = None
         if sampling.get("region_file"):
@@ -172,6 +183,11 @@ def samples_from_raster(
         rows_poly = arrays.pop("_poly_row")
         arrays["polygon_id"] = ref.polygons["polygon_id"].to_numpy()[rows_poly]
         arrays["code"] = ref.polygons["code"].to_numpy()[rows_poly]
+        warn_polygons_without_samples(
+            ref.polygons["polygon_id"].to_numpy(), ref.polygons["code"].to_numpy(),
+            arrays["polygon_id"], {**ref.class_names, **(nomenclature or {})},
+            f"{data.reference} on {', '.join(str(s.path) for s in sources)}",
+        )
         attrs = _grid_attrs(first.dates, days_since(first.dates, first.dates[0]), first.band_names,
                             list(getattr(first, "static_names", [])))
         attrs.update(
@@ -255,6 +271,14 @@ def samples_from_table(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
     """Read a pixel table; dates from ``data.dates_file`` or a count ``data.n_dates``.
 
+    Rows of class code 0 (no data) are dropped with a warning; polygon ids beyond int64 are
+    renumbered losslessly, with a warning (see :func:`_read_table`).
+
+    Returns:
+        ``(arrays, attrs, class_names)``: the per-sample arrays, the attributes
+        (``polygon_ids``: the original ids by stored id, when they were renumbered), and
+        code -> str(code) for every class of the table.
+
     Raises:
         ConfigError: feature options (indices, gap-filling, user or external features) are
             set: they work on rasters, not on a table's rows, and are never ignored.
@@ -283,8 +307,8 @@ def samples_from_table(
             "a pixel table (data.table) needs data.dates_file (one date a line) or "
             "data.n_dates (the number of dates per row)"
         )
-    table = read_pixel_table(
-        data.table, len(days), len(band_names), int(data.get("label_offset", 0))
+    table, original_ids = _read_table(
+        Path(str(data.table)), len(days), len(band_names), int(data.get("label_offset", 0))
     )
     keep = table.valid.any(axis=1)
     if (~keep).any():
@@ -303,7 +327,118 @@ def samples_from_table(
     attrs = _grid_attrs(dates, days, band_names)
     attrs.update({"string_labels": False, "crs": "", "transform": [1, 0, 0, 0, 1, 0],
                   "width": 0, "height": 0})
-    return arrays, attrs, {}
+    if original_ids is not None:
+        attrs["polygon_ids"] = original_ids
+    # every class of the table, rows without a valid date included
+    return arrays, attrs, {int(c): str(int(c)) for c in np.unique(table.codes)}
+
+
+def _read_table(
+    path: Path, n_dates: int, n_channels: int, label_offset: int
+) -> tuple[PixelTable, list[str] | None]:
+    """:func:`i2dl.io.table.read_pixel_table`, with polygon ids and no-data rows checked.
+
+    Rows of class code 0 (no data) are dropped by the reader: a warning says how many and
+    why. Polygon ids beyond int64 (cast to -2**63 or wrapped by numpy) are read again
+    exactly and replaced by their rank among the sorted distinct ids, losslessly.
+
+    Returns:
+        The table, and the original polygon ids by rank (decimal strings) when the ids
+        were replaced, else None.
+
+    Raises:
+        InputFileNotFoundError, InputDataError: see :func:`read_pixel_table`.
+
+    Warns:
+        MissingSamplesWarning: rows of class code 0 dropped; polygon ids renumbered.
+    """
+    with warnings.catch_warnings():  # ids beyond int64: numpy's cast warning; read below
+        warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+        table = read_pixel_table(path, n_dates, n_channels, label_offset)
+    lines, labels, ids = _key_cells(path)
+    dropped = len(labels) - len(table.codes)
+    if dropped:
+        msg = (
+            f"{path}: {dropped} of {len(labels)} rows have class code 0 (label "
+            f"{-label_offset} + data.label_offset={label_offset}), which means no data: "
+            "they are ignored. If that label is a class (labels counted from 0, as in the "
+            f"TempCNN tables), set data.label_offset={label_offset + 1} so that every class "
+            "code is >= 1 and the codes match the nomenclature"
+        )
+        log.warning("%s", msg)
+        warnings.warn(msg, MissingSamplesWarning, stacklevel=3)
+    if not (table.polygon_id < 0).any():  # ids beyond int64 come out negative
+        return table, None
+    exact = [_int_cell(t, path, ln, 2) for t, ln in zip(ids, lines, strict=True)]
+    low, high = _INT64
+    beyond = [(v, ln) for v, ln in zip(exact, lines, strict=True) if not low <= v <= high]
+    if not beyond:
+        return table, None
+    keep = [_int_cell(t, path, ln, 1) + label_offset != 0
+            for t, ln in zip(labels, lines, strict=True)]
+    kept = [v for v, k in zip(exact, keep, strict=True) if k]
+    if len(kept) != len(table.codes):  # a guard: the two readings disagree
+        raise InputDataError(
+            f"{path}, column 2: polygon id {beyond[0][0]} (line {beyond[0][1]}) is beyond "
+            "int64; renumber the polygon ids to integers below 2**63"
+        )
+    distinct = sorted(set(kept))
+    rank = {v: i for i, v in enumerate(distinct)}
+    msg = (
+        f"{path}, column 2 (polygon id): {len({v for v, _ in beyond})} id(s) beyond int64, "
+        f"e.g. {beyond[0][0]} on line {beyond[0][1]}; i2dl stores polygon ids as int64, so "
+        f"every id is replaced by its rank 0..{len(distinct) - 1} among the sorted distinct "
+        "ids (pixels keep their polygon grouping; the store's polygon_ids attribute lists "
+        "the original ids by rank)"
+    )
+    log.warning("%s", msg)
+    warnings.warn(msg, MissingSamplesWarning, stacklevel=3)
+    table = PixelTable(x=table.x, valid=table.valid, codes=table.codes,
+                       polygon_id=np.array([rank[v] for v in kept], dtype=np.int64))
+    return table, [str(v) for v in distinct]
+
+
+#: Range of int64, the dtype of stored polygon ids.
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _key_cells(path: Path) -> tuple[list[int], list[str], list[str]]:
+    """Line numbers, class cells and polygon-id cells of a pixel table's non-blank rows.
+
+    The rows are those of :func:`i2dl.io.table.read_pixel_table` (blank lines skipped), so
+    that they align with its samples before its no-data rows are dropped.
+    """
+    lines, labels, ids = [], [], []
+    for i, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if ln.strip():
+            cells = ln.split(",", 2)
+            lines.append(i)
+            labels.append(cells[0])
+            ids.append(cells[1] if len(cells) > 1 else "")
+    return lines, labels, ids
+
+
+def _int_cell(text: str, path: Path, line: int, column: int) -> int:
+    """An integer cell, exactly (no float rounding), e.g. ``18446744073709551617`` or ``5.0``.
+
+    Raises:
+        InputDataError: not an integer (file, line and column named).
+    """
+    cell = text.strip().strip("\"'").strip()
+    try:
+        return int(cell)
+    except ValueError:
+        pass
+    try:
+        value = Decimal(cell)
+        if value == value.to_integral_value():
+            return int(value)
+    except (InvalidOperation, ValueError):
+        pass
+    raise InputDataError(
+        f"{path}, line {line}, column {column}: {cell!r} is not an integer; column 1 is the "
+        "class, column 2 the polygon id"
+    )
 
 
 def _extract(
