@@ -158,3 +158,64 @@ def test_ensemble_run_maps_the_mean_probability_and_reports_members(
         conf = src.read(1)
     assert np.allclose(proba[:, rows, cols].T, expected, atol=1e-4)
     assert np.allclose(conf[rows, cols], expected.max(1), atol=1e-4)
+
+
+def test_swa_needs_the_refit(make_cfg, tiny_dataset: dict) -> None:
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    from i2dl.training.loops import callbacks, swa_callbacks
+
+    base = ("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"])
+    cfg = make_cfg(*base, "refit=false", "callbacks.swa.enabled=true")
+    with pytest.raises(ConfigError, match="set refit=true"):
+        callbacks(cfg)
+    assert swa_callbacks(make_cfg(*base, "refit=true")) == []  # off by default
+    (swa,) = swa_callbacks(make_cfg(*base, "refit=true", "callbacks.swa.enabled=true",
+                                    "callbacks.swa.swa_lrs=0.002"))
+    assert isinstance(swa, StochasticWeightAveraging)
+    # never a callback of the selection fit, whose model is its best epoch
+    cfg = make_cfg(*base, "refit=true", "callbacks.swa.enabled=true")
+    assert not any(isinstance(cb, StochasticWeightAveraging) for cb in callbacks(cfg))
+
+
+def test_swa_refit_averages_the_last_epochs(make_cfg, tiny_dataset: dict,
+                                           tmp_path: Path) -> None:
+    from i2dl.stages.train import run as run_train
+
+    weights = {}
+    for swa in ("false", "true"):
+        cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
+                       "trainer.max_epochs=4", "refit=true", "enable_early_stop=false",
+                       f"callbacks.swa.enabled={swa}", "callbacks.swa.swa_epoch_start=1",
+                       "callbacks.swa.annealing_epochs=1", "infer.chunk_size=16",
+                       f"paths.output_dir={tmp_path / ('run_swa_' + swa)}")
+        summary = run_train(cfg)
+        run = Path(cfg.paths.output_dir)
+        refit = torch.load(run / "checkpoints" / "refit.ckpt", weights_only=True)
+        weights[swa] = refit["state_dict"]
+        assert 0.0 <= summary["oa"] <= 1.0 and (run / "maps" / "classif.tif").is_file()
+    # same seed, same epochs: only the averaging differs
+    key = next(k for k in weights["true"] if k.endswith("inconv.weight"))
+    assert not torch.equal(weights["true"][key], weights["false"][key])
+
+
+def test_attend_gapfilled_attends_the_interpolated_series_at_every_date() -> None:
+    from models.layers import gapfilled
+
+    x, days, mask = masked_series(b=5, t=9, c=2, step_days=10, seed=3)
+    mask[4] = False  # a pixel without any valid date stays all-invalid
+    torch.manual_seed(0)
+    enc = LTAE(2, d_model=16, n_head=4, d_k=4, mlp=[16, 8], attend_gapfilled=True).eval()
+    torch.manual_seed(0)
+    plain = LTAE(2, d_model=16, n_head=4, d_k=4, mlp=[16, 8]).eval()
+    with torch.no_grad():
+        out = enc(x, days, mask)
+        filled = gapfilled(x, days, mask)
+        full = mask.any(dim=1, keepdim=True).expand_as(mask)
+        assert torch.allclose(out, plain(filled, days, full), atol=1e-6)
+        # the values at the invalid dates do not matter, their interpolation does
+        noisy = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 1e6))
+        assert torch.allclose(enc(noisy, days, mask), out, atol=1e-6)
+        # attention over every date of the grid for pixels with a valid date
+        assert (enc.attention_weights[:4] > 0).all()
+        assert not torch.allclose(out[:4], plain(x, days, mask)[:4], atol=1e-4)

@@ -56,13 +56,15 @@ def precision(cfg: DictConfig) -> str:
 def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
     """The callbacks of ``cfg.callbacks``; monitor/mode from the selection criterion.
 
-    ``early_stopping`` is used only with ``enable_early_stop=true``. ``model_dir`` (one
-    model per eco-region) redirects the checkpoints to ``<model_dir>/checkpoints``.
+    ``early_stopping`` is used only with ``enable_early_stop=true``; ``swa`` never here
+    (the refit's, :func:`swa_callbacks`). ``model_dir`` (one model per eco-region)
+    redirects the checkpoints to ``<model_dir>/checkpoints``.
     """
     monitor, mode = criterion_monitor(cfg.model.model_selection_criterion)
     out = []
+    swa_callbacks(cfg)  # refuses swa without refit before any epoch is spent
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
-        if cb_cfg is None or "_target_" not in cb_cfg:
+        if cb_cfg is None or "_target_" not in cb_cfg or name == SWA:
             continue
         if name == "early_stopping" and not cfg.get("enable_early_stop", False):
             continue
@@ -73,6 +75,39 @@ def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
             extra["dirpath"] = str(model_dir / CHECKPOINT_DIR)
         out.append(instantiate(cb_cfg, **extra))
     return out
+
+
+#: entry of ``callbacks`` for stochastic weight averaging of the refit
+SWA = "swa"
+
+
+def swa_callbacks(cfg: DictConfig) -> list[Any]:
+    """``[StochasticWeightAveraging]`` when ``callbacks.swa.enabled``, else ``[]``.
+
+    Stochastic weight averaging (Izmailov et al. 2018, UAI) averages the weights of the
+    last epochs of a fit run for a fixed number of epochs; in i2dl that is the refit on
+    learn + selection (``refit=true``), since the selection fit's model is the checkpoint
+    of its best epoch, which an average of later epochs would replace unseen.
+
+    Raises:
+        ConfigError: ``callbacks.swa.enabled`` is true while ``refit`` is false, or
+            ``enabled`` is not a bool.
+    """
+    swa = (cfg.get("callbacks") or {}).get(SWA)
+    if not swa or "_target_" not in swa:
+        return []
+    enabled = swa.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"callbacks.swa.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return []
+    if not cfg.get("refit", False):
+        raise ConfigError(
+            "callbacks.swa.enabled=true averages the weights of the refit on learn + "
+            "selection; set refit=true as well (or callbacks.swa.enabled=false)"
+        )
+    settings = {k: v for k, v in swa.items() if k != "enabled"}
+    return [instantiate(settings)]
 
 
 def checkpoint_unreadable(path: Path) -> str | None:
@@ -215,13 +250,14 @@ def refit_network(
     if cfg.get("logger"):  # the run's tb/ is <model_dir>/tb (paths.output_dir = the run)
         logger = TensorBoardLogger(save_dir=str(model_dir / TB_DIR), name="refit", version="",
                                    default_hp_metric=False)
+    swa = swa_callbacks(cfg)
     trainer = instantiate(
-        cfg.trainer, max_epochs=int(epochs), min_epochs=None, callbacks=[RandomState()],
+        cfg.trainer, max_epochs=int(epochs), min_epochs=None, callbacks=[*swa, RandomState()],
         logger=logger, precision=precision(cfg), enable_checkpointing=False,
         limit_val_batches=0, num_sanity_val_steps=0,
     )
-    log.info("refit on learn + selection for %d epochs (the epoch count chosen on selection)",
-             epochs)
+    log.info("refit on learn + selection for %d epochs (the epoch count chosen on selection)%s",
+             epochs, ", stochastic weight averaging" if swa else "")
     trainer.fit(module, datamodule=datamodule)
     path = model_dir / CHECKPOINT_DIR / REFIT_CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
