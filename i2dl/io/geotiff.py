@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio import windows
 from rasterio.enums import Resampling
@@ -315,3 +316,41 @@ def grid_profile(grid: Any) -> dict[str, Any]:
         "width": grid.width,
         "height": grid.height,
     }
+
+
+#: overview resampling of :func:`to_cog`: a class map keeps classes, continuous maps average
+COG_RESAMPLING = {"categorical": "MODE", "continuous": "AVERAGE"}
+
+
+def to_cog(path: str | Path, kind: str = "continuous") -> Path:
+    """Rewrite a GeoTIFF as a Cloud-Optimized GeoTIFF (GDAL's COG driver), in place.
+
+    Tiles of :data:`TILE` pixels, DEFLATE with the pixel type's predictor, overviews down
+    to one tile, resampled by ``mode`` for class maps (a class is never averaged into
+    another) or ``average`` for continuous values; band descriptions, scales, nodata and a
+    colour table are carried over. Written beside the file then renamed over it
+    (:func:`i2dl.io.files.atomic_path`), so a reader never sees half a file.
+
+    Args:
+        path: an existing GeoTIFF.
+        kind: ``categorical`` (class codes) or ``continuous``.
+
+    Returns:
+        ``path``, now a COG (``tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"``).
+
+    Raises:
+        ConfigError: unknown ``kind``.
+    """
+    if kind not in COG_RESAMPLING:
+        raise ConfigError(f"to_cog: kind={kind!r}, use one of {sorted(COG_RESAMPLING)}")
+    path = Path(path)
+    with rasterio.open(path) as src:
+        dtype = np.dtype(src.dtypes[0])
+    predictor = "YES" if dtype.kind in "iuf" else "NO"
+    with atomic_path(path) as tmp:
+        rasterio.shutil.copy(
+            path, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor,
+            BLOCKSIZE=TILE, OVERVIEW_RESAMPLING=COG_RESAMPLING[kind], BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+    return path
