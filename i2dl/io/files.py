@@ -270,11 +270,21 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _path_values(value: Any) -> list[str]:
+    """The paths a variable names: a path, or an open file's ``path`` and ``name``."""
+    if hasattr(value, "write"):  # an open file (fsspec's: ``path`` is the target)
+        return [v for v in (getattr(value, "path", None), getattr(value, "name", None))
+                if isinstance(v, str)]
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        return [os.fspath(value)]
+    return []
+
+
 def _file_in_traceback(exc: BaseException, folders: list[Path]) -> str | None:
     """The file being written when ``exc`` was raised, from the failing frames' variables.
 
-    Innermost frame first: an open file object, else a path under one of ``folders``
-    that is not a folder. None when no frame names one.
+    Innermost frame first: a path (or an open file's path) under one of ``folders`` that
+    is not a folder; else the innermost open file's name. None when no frame names one.
     """
     frames = []
     tb = exc.__traceback__
@@ -282,16 +292,16 @@ def _file_in_traceback(exc: BaseException, folders: list[Path]) -> str | None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     roots = [str(f.absolute()) for f in folders]
+    fallback = None
     for frame in reversed(frames[-40:]):
         for value in frame.f_locals.values():
-            name = getattr(value, "name", None) if hasattr(value, "write") else None
-            if isinstance(name, str) and os.sep in name:
-                return name
-            if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
-                text = os.path.abspath(os.fspath(value))
-                if any(text.startswith(r + os.sep) for r in roots) and not os.path.isdir(text):
-                    return text
-    return None
+            for text in _path_values(value):
+                full = os.path.abspath(text)
+                if any(full.startswith(r + os.sep) for r in roots) and not os.path.isdir(full):
+                    return full
+                if fallback is None and hasattr(value, "write") and os.sep in text:
+                    fallback = text
+    return fallback
 
 
 def disk_full_message(exc: OSError, folders: Iterable[str | Path]) -> str:

@@ -516,15 +516,8 @@ def write_maps(
         shutil.rmtree(partial, ignore_errors=True)
     log.info("maps written to %s: %d pixels classified, %d nodata (device %s)", out_dir,
              n_pixels, n_nodata, device)
-    return InferenceResult(
-        classif=final["classif"],
-        confidence=final["confidence"],
-        proba=final.get("proba"),
-        n_pixels=n_pixels,
-        n_nodata=n_nodata,
-        device=device,
-        validity=final["validity"],
-    )
+    return InferenceResult(final["classif"], final["confidence"], final.get("proba"), n_pixels,
+                           n_nodata, device, validity=final["validity"])
 
 
 def classify_raster(
