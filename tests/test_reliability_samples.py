@@ -279,3 +279,33 @@ def test_two_run_interval_is_bounded_and_flagged() -> None:
     three = describe([0.70, 0.72, 0.74])
     assert three["ci_note"] is None and not three["ci_clipped"]
     assert 0.0 < three["ci_low"] < three["ci_high"] < 1.0
+
+
+def test_slovenia_class_8_shrunk_below_a_pixel_is_refused(
+    slovenia_dir: Path, make_cfg, tmp_path: Path
+) -> None:
+    """Real data (the issue's case): class 8 polygons shrunk to 1 m discs inside them."""
+    import rasterio
+
+    with rasterio.open(slovenia_dir / "NDVI.tif") as src:
+        transform = src.transform
+    gdf = gpd.read_file(slovenia_dir / "reference.gpkg", engine="pyogrio", fid_as_index=True)
+    shrunk = gdf["LULC_ID"] == 8
+    for fid in gdf.index[shrunk]:  # a 1 m disc inside the polygon: no overlap
+        geom = gdf.geometry[fid]
+        gdf.loc[fid, "geometry"] = geom.intersection(geom.representative_point().buffer(1.0))
+        col, row = ~transform @ gdf.geometry[fid].centroid.coords[0]
+        centre = Point(transform @ (int(col) + 0.5, int(row) + 0.5))
+        assert not gdf.geometry[fid].contains(centre)  # the only pixel centre within reach
+    path = tmp_path / "reference.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    cfg = make_cfg(f"data.reference={path}")
+    # 8 of the 11 class-8 polygons reach the raster; polygons 32 (class 3) and 21 (class 4)
+    # of the real file hold no pixel centre either
+    with pytest.warns(MissingSamplesWarning, match=r"class 8 \('artificial surface'\) has NO "
+                      r"sample at all; 10 polygon\(s\) gave no sample \(class 3 \('grassland'\): "
+                      r"1 of 26 polygon\(s\), ids \[32\];.*class 8 \('artificial surface'\): 8 of "
+                      r"8 polygon\(s\), ids \[14, 35, 39, 52, 54, 56, 57, 76\]\)"):
+        with pytest.raises(InputDataError, match=r"class 8 \('artificial surface'\) of the "
+                           r"reference has no learn sample"):
+            prepare(cfg)
