@@ -90,3 +90,43 @@ def test_smote_on_one_sample_falls_back_to_jitter_and_bad_settings() -> None:
                        (AugmentationConfig("jitter", std_factor=0), "std_factor")]:
         with pytest.raises(ConfigError, match=match):
             augment(x, mask, y, bad)
+
+
+def test_prepare_augments_the_learn_split_only_and_records_it(make_cfg, tiny_dataset,
+                                                             tmp_path: Path) -> None:
+    import pandas as pd
+
+    from i2dl.samples.store import LEARN, SELECTION, VAL, open_store, read_array
+    from i2dl.stages.prepare import run as run_prepare
+    from i2dl.stages.train import run as run_train
+    from tests.conftest import FAST
+
+    base = ("+experiment=rf", *FAST, *tiny_dataset["overrides"], "sampling.strategy=constant",
+            "sampling.per_class=5", "model.estimator.n_estimators=5", "infer.chunk_size=16")
+    plain = run_prepare(make_cfg(*base))
+    aug = ("sampling.augmentation.enabled=true", "sampling.augmentation.strategy=jitter",
+           "sampling.augmentation.samples_strategy=minNumber",
+           "sampling.augmentation.min_number=12")
+    cfg = make_cfg(*base, *aug)
+    store = run_prepare(cfg)
+    assert store != plain  # another store (the sampling config is in its fingerprint)
+    g0, g1 = open_store(plain), open_store(store)
+    split0, split1 = read_array(g0, "split"), read_array(g1, "split")
+    code0, code1 = read_array(g0, "code"), read_array(g1, "code")
+    for s in (SELECTION, VAL):  # untouched
+        np.testing.assert_array_equal(np.sort(code0[split0 == s]), np.sort(code1[split1 == s]))
+    learn0 = {int(c): int((code0[split0 == LEARN] == c).sum()) for c in (1, 2, 3)}
+    learn1 = {int(c): int((code1[split1 == LEARN] == c).sum()) for c in (1, 2, 3)}
+    assert learn1 == {c: max(n, 12) for c, n in learn0.items()}
+    n = len(code0)
+    np.testing.assert_array_equal(read_array(g1, "X")[:n], read_array(g0, "X"))
+    assert g1.attrs["augmentation"]["added"] == {
+        str(c): learn1[c] - learn0[c] for c in (1, 2, 3) if learn1[c] > learn0[c]}
+    stats = pd.read_csv(store.with_name(store.name.removesuffix(".zarr")
+                                        + ".class_statistics.csv"))
+    learn_rows = stats[stats["split"] == "learn"]
+    assert dict(zip(learn_rows["class"], learn_rows["augmented_pixels"], strict=True)) == {
+        c: learn1[c] - learn0[c] for c in (1, 2, 3)}
+    # a whole run trains on it and scores val as usual
+    summary = run_train(make_cfg(*base, *aug))
+    assert summary["n_learn"] == sum(learn1.values()) and 0 <= summary["oa"] <= 1

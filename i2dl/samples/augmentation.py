@@ -35,6 +35,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,6 +169,7 @@ def _mean(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def augment(
     x: np.ndarray, mask: np.ndarray, y: np.ndarray, cfg: AugmentationConfig,
+    adds: dict[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """New learn samples for the classes below their target (module docstring).
 
@@ -176,6 +178,8 @@ def augment(
         mask: ``(N, T)`` bool, True = valid.
         y: ``(N,)`` int class codes.
         cfg: the settings (checked here).
+        adds: samples to add per class code; default :func:`target_counts` of ``y``'s
+            counts (give it when ``x`` holds only the classes to augment).
 
     Returns:
         ``(x_new (M, T, C) float32, mask_new (M, T) bool, y_new (M,) y's dtype,
@@ -188,14 +192,16 @@ def augment(
         ConfigError: invalid settings (:meth:`AugmentationConfig.check`).
     """
     cfg.check()
-    codes, counts = np.unique(y, return_counts=True)
-    adds = target_counts({int(c): int(n) for c, n in zip(codes, counts, strict=True)}, cfg)
+    if adds is None:
+        codes, counts = np.unique(y, return_counts=True)
+        adds = target_counts({int(c): int(n) for c, n in zip(codes, counts, strict=True)},
+                             cfg)
     rng = np.random.default_rng(cfg.seed)
     parts_x, parts_m, parts_y, parts_s = [], [], [], []
     for code in sorted(adds):
-        if adds[code] == 0:
-            continue
         rows = np.flatnonzero(y == code)
+        if adds[code] == 0 or not len(rows):
+            continue
         nx, nm, src = _new_rows(x[rows], mask[rows], adds[code], cfg, rng, code)
         parts_x.append(nx)
         parts_m.append(nm)
@@ -209,3 +215,94 @@ def augment(
                 np.zeros(0, y.dtype), np.zeros(0, np.int64))
     return (np.concatenate(parts_x), np.concatenate(parts_m), np.concatenate(parts_y),
             np.concatenate(parts_s))
+
+
+class StackedRows:
+    """Two ``(N, ...)`` array-likes one after the other, read by slices (never all at once).
+
+    The store's selected samples (an array, or a :class:`~i2dl.samples.store.RowsView`
+    of a spool on disk) followed by the augmented ones, for
+    :func:`~i2dl.samples.store.write_store`.
+    """
+
+    def __init__(self, first: Any, second: np.ndarray) -> None:
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *second.shape[1:])
+        self.dtype = second.dtype
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Rows ``key`` (a slice, step 1) as an in-memory array."""
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise TypeError("StackedRows is read by contiguous slices")
+        n1 = len(self.first)
+        parts = []
+        if start < n1:
+            parts.append(np.asarray(self.first[start : min(stop, n1)], dtype=self.dtype))
+        if stop > n1:
+            parts.append(self.second[max(start - n1, 0) : stop - n1])
+        return np.concatenate(parts) if parts else self.second[:0]
+
+
+def _take(x: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows of an array or of a RowsView (by its base), in memory."""
+    base_rows = getattr(x, "rows", None)
+    if base_rows is not None:
+        return np.asarray(x.base[base_rows[rows]])
+    return np.asarray(x[rows])
+
+
+def augment_arrays(
+    arrays: dict[str, Any], settings: Any, seed: int, learn: int,
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """Append augmented learn samples to a store's arrays (``sampling.augmentation``).
+
+    Args:
+        arrays: the store arrays (:data:`i2dl.samples.store.ARRAY_DTYPES`), ``X`` an array
+            or a RowsView.
+        settings: ``sampling.augmentation`` (``enabled``, ``strategy``, ...), or None.
+        seed: the run's seed.
+        learn: the ``split`` value of the learn split.
+
+    Returns:
+        ``(arrays, added)``: the arrays with the new rows last (``split`` = learn; their
+        ``polygon_id``, ``region``, ``tile``, ``row``, ``col`` those of the sample each was
+        made from, so that they stay in their polygon's group), and the number of samples
+        added per class code (empty when off).
+
+    Raises:
+        ConfigError: invalid settings.
+    """
+    if not settings or not settings.get("enabled", False):
+        return arrays, {}
+    cfg = AugmentationConfig(
+        strategy=str(settings.get("strategy", "replicate")),
+        samples_strategy=str(settings.get("samples_strategy", "balance")),
+        min_number=settings.get("min_number"), by_class=settings.get("by_class"),
+        std_factor=float(settings.get("std_factor", 10.0)),
+        neighbors=int(settings.get("neighbors", 5)), seed=int(seed)).check()
+    in_learn = np.flatnonzero(np.asarray(arrays["split"]) == learn)
+    codes = np.asarray(arrays["code"])[in_learn]
+    values, counts = np.unique(codes, return_counts=True)
+    adds = target_counts({int(c): int(n) for c, n in zip(values, counts, strict=True)}, cfg)
+    rows = in_learn[np.isin(codes, [c for c, n in adds.items() if n > 0])]
+    if not len(rows):
+        return arrays, {}
+    new_x, new_mask, new_y, source = augment(
+        _take(arrays["X"], rows), np.asarray(arrays["mask"])[rows],
+        np.asarray(arrays["code"])[rows], cfg, adds)
+    src = rows[source]
+    out = dict(arrays)
+    for name in ("polygon_id", "region", "tile", "row", "col"):
+        out[name] = np.concatenate([arrays[name], np.asarray(arrays[name])[src]])
+    out["code"] = np.concatenate([arrays["code"], new_y])
+    out["mask"] = np.concatenate([arrays["mask"], new_mask])
+    split = np.asarray(arrays["split"])
+    out["split"] = np.concatenate([split, np.full(len(src), learn, dtype=split.dtype)])
+    x = arrays["X"]
+    out["X"] = (np.concatenate([x, new_x.astype(x.dtype)]) if isinstance(x, np.ndarray)
+                else StackedRows(x, new_x))
+    return out, {c: n for c, n in adds.items() if n > 0}

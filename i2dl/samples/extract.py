@@ -29,6 +29,7 @@ from i2dl.errors import ConfigError, InputDataError, StoreError
 from i2dl.features.source import data_tiles, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.nomenclature import read_class_names
+from i2dl.samples.augmentation import augment_arrays
 from i2dl.samples.class_statistics import (
     check_split_classes,
     class_statistics,
@@ -239,6 +240,13 @@ def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpo
     x_learn = RowsView(x_all, rows[learn]) if on_disk else x_all[rows[learn]]
     norm = learn_statistics(x_learn, arrays["mask"][learn], normalization_method(cfg))
     arrays["X"] = RowsView(x_all, rows) if on_disk else x_all[rows]  # type: ignore[assignment]
+    # iota2 sample augmentation: new learn rows last, the statistics above without them
+    arrays, added = augment_arrays(arrays, sampling.get("augmentation"), int(cfg.seed), LEARN)
+    if added:
+        attrs["augmentation"] = {"strategy": str(sampling.augmentation.strategy),
+                                 "added": {str(c): int(n) for c, n in added.items()}}
+        n_new = sum(added.values())
+        stats = _with_augmented(stats, arrays["code"][-n_new:], arrays["region"][-n_new:])
     attrs.update(
         {
             "fingerprint": fingerprint,
@@ -254,6 +262,20 @@ def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpo
     write_class_statistics(class_statistics_path(path), stats)
     _log_counts(attrs["counts"], names, codes)
     return path
+
+
+def _with_augmented(stats: Any, codes: np.ndarray, regions: np.ndarray) -> Any:
+    """iota2's class statistics with an ``augmented_pixels`` column (learn rows only).
+
+    ``codes`` and ``regions`` are those of the added samples.
+    """
+    pairs, counts = np.unique(np.stack([codes, regions]), axis=1, return_counts=True)
+    added = {(int(c), int(r)): int(n) for (c, r), n in zip(pairs.T, counts, strict=True)}
+    stats = stats.copy()
+    stats["augmented_pixels"] = [
+        added.get((int(c), int(r)), 0) if split == "learn" else 0
+        for c, r, split in zip(stats["class"], stats["region"], stats["split"], strict=True)]
+    return stats
 
 
 def class_statistics_path(store: Path) -> Path:
