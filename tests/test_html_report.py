@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -74,8 +75,16 @@ def test_run_and_multirun_pages_show_the_metrics_json_figures(make_cfg, tiny_dat
                    "model.estimator.n_estimators=10", "infer.chunk_size=16")
     run_train(cfg)
     out = Path(cfg.paths.output_dir)
+    assert (out / "index.html").is_file()  # written by the multi-run report
     for seed in (0, 1):
         run = out / f"seed_{seed}"
+        assert (run / "report" / "index.html").is_file()  # written by train
+        # iota2's task status and logs archive, written by train as well
+        status = json.loads((run / "logs" / "tasks_status.json").read_text())
+        assert [(t["name"], t["state"]) for t in status["tasks"]] == [
+            ("prepare", "done"), ("fit", "done"), ("evaluate", "done"), ("infer", "done")]
+        with zipfile.ZipFile(run / "logs" / "logs.zip") as zf:
+            assert {"logs/train.log", "logs/run_informations.txt"} <= set(zf.namelist())
         page = _parse(write_run_html(run))
         metrics = json.loads((run / "report" / "metrics.json").read_text())
         for key in ("oa", "kappa", "f1_macro"):
@@ -101,6 +110,13 @@ def test_run_and_multirun_pages_show_the_metrics_json_figures(make_cfg, tiny_dat
     assert [float(r[3]) for r in page.tables["runs"][1:]] == pytest.approx(
         results["metrics"]["oa"]["values"], abs=5e-5)
     assert sorted(page.links) == ["seed_0/report/index.html", "seed_1/report/index.html"]
+    # the comparison page of `python -m i2dl report A B`
+    from i2dl.evaluation.results_files import write_comparison
+
+    written = write_comparison(tmp_path / "cmp", [results, results])
+    page = _parse(written["comparison.html"])
+    rows = page.tables["comparison"][1:]
+    assert len(rows) == 2 and rows[0][2].startswith(f"{results['metrics']['oa']['mean']:.4f}")
 
 
 def test_a_run_without_summary_is_refused(tmp_path: Path) -> None:

@@ -300,8 +300,8 @@ def run(cfg: DictConfig, train_one: Callable[[DictConfig], dict[str, Any]]) -> d
             class_proportions(superpixels, summary["classif_map"], codes,
                               context_root / CONTEXT_TILE / "context.tif", **extra)
     for h in history:
-        log.info("autocontext iteration %d: OA %.4f, kappa %.4f, macro F1 %.4f",
-                 h["iteration"], h["oa"], h["kappa"], h["f1_macro"])
+        log.info("autocontext iteration %d: OA %s, kappa %s, macro F1 %s", h["iteration"],
+                 *("n/a" if h[k] is None else f"{h[k]:.4f}" for k in ("oa", "kappa", "f1_macro")))
     write_text_atomic(out / "autocontext.json", json.dumps(history, indent=2))
     settings = dict(OmegaConf.to_container(cfg.get("autocontext") or {}))  # type: ignore[arg-type]
     settings["learn_context"] = learn_context(cfg)

@@ -219,3 +219,37 @@ def write_multirun_html(out: str | Path, agg: Mapping[str, Any]) -> Path:
         sections.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li>{escape(str(w))}</li>" for w in warnings) + "</ul>")
     return write_text_atomic(out / INDEX_HTML, _page(title, sections))
+
+
+#: the comparison page of ``python -m i2dl report DIR1 DIR2 ...``
+COMPARISON_HTML = "comparison.html"
+
+
+def write_comparison_html(out: str | Path, groups: Sequence[Mapping[str, Any]],
+                          labels: Sequence[str]) -> Path:
+    """Write ``<out>/comparison.html``: one row per experiment (mean ± std of each metric).
+
+    Args:
+        out: output folder.
+        groups: multi-run aggregates (:func:`i2dl.evaluation.aggregate.aggregate`).
+        labels: one label per group.
+
+    Returns:
+        The page's path (written atomically).
+    """
+    out = Path(out)
+    rows = []
+    for label, g in zip(labels, groups, strict=True):
+        page = Path(str(g.get("root", ""))) / INDEX_HTML
+        name = escape(label)
+        if page.is_file():
+            name = f'<a href="{escape(page.resolve().as_uri())}">{name}</a>'
+        cells = []
+        for key in ("oa", "kappa", "f1_macro"):
+            st = (g.get("metrics") or {}).get(key) or {}
+            std = f" ± {_num(st.get('std'))}" if st.get("std") is not None else ""
+            cells.append(f"{_num(st.get('mean'))}{std}")
+        rows.append([name, escape(str(g.get("n_runs"))), *cells])
+    table = _table(["experiment", "runs", "OA", "Cohen's kappa", "macro F1"], rows,
+                   "comparison")
+    return write_text_atomic(out / COMPARISON_HTML, _page("i2dl comparison", [table]))

@@ -23,6 +23,12 @@ from matplotlib.figure import Figure
 
 from i2dl.errors import InputDataError
 from i2dl.evaluation.aggregate import CI_LEVEL, METRICS
+from i2dl.evaluation.html_report import (
+    COMPARISON_HTML,
+    INDEX_HTML,
+    write_comparison_html,
+    write_multirun_html,
+)
 from i2dl.evaluation.run_report import confusion_csv, confusion_png
 from i2dl.io.files import write_bytes_atomic
 
@@ -236,7 +242,8 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
       ``"code name"``, rows = reference (format of i2dl.evaluation.run_report's CSV);
     * ``confusion_matrix_sum.png``: heatmap of the summed matrix, row-normalised
       (:func:`i2dl.evaluation.run_report.confusion_png`);
-    * ``f1_per_class.png``: bar chart of the mean per-class F1, std error bars.
+    * ``f1_per_class.png``: bar chart of the mean per-class F1, std error bars;
+    * ``index.html``: the page of :func:`i2dl.evaluation.html_report.write_multirun_html`.
 
     Args:
         out_dir: output folder.
@@ -257,7 +264,8 @@ def write_results(out_dir: str | Path, agg: Mapping[str, Any]) -> dict[str, Path
         F1_PNG: _f1_png(agg),
     }
     written = _write_files(out_dir, contents)
-    log.info("multi-run report written to %s", out_dir)
+    written[INDEX_HTML] = write_multirun_html(out_dir, agg)
+    log.info("multi-run report written to %s (page %s)", out_dir, written[INDEX_HTML])
     return written
 
 
@@ -378,7 +386,7 @@ def comparison_csv(groups: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-    """Write ``comparison.md`` (:func:`compare`) and ``comparison.csv`` atomically.
+    """Write ``comparison.md`` (:func:`compare`), ``comparison.csv`` and ``comparison.html``.
 
     Returns:
         File name -> path written.
@@ -391,7 +399,9 @@ def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -
         COMPARISON_MD: compare(groups).encode("utf-8"),
         COMPARISON_CSV: comparison_csv(groups).encode("utf-8"),
     }
-    return _write_files(out_dir, contents)
+    written = _write_files(out_dir, contents)
+    written[COMPARISON_HTML] = write_comparison_html(out_dir, groups, _group_labels(groups))
+    return written
 
 
 def _write_files(out_dir: str | Path, contents: dict[str, bytes]) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import platform
 import sys
 import time
@@ -38,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2dl.io.files import write_bytes_atomic, write_text_atomic
 from i2dl.io.layout import LOGS_DIR, versions
+
+log = logging.getLogger(__name__)
 
 #: files of ``<run>/logs/`` (see the module's docstring)
 TASKS_JSON = "tasks_status.json"
@@ -92,12 +95,20 @@ class TaskStatus:
             self.write()
 
     def write(self) -> None:
-        """Rewrite ``tasks_status.json``, ``tasks_status.svg`` and ``run_informations.txt``."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.logs / TASKS_JSON, json.dumps(
-            {"run": str(self.run), "started": self.started, "tasks": self.tasks}, indent=2))
-        write_text_atomic(self.logs / TASKS_SVG, tasks_svg(self.tasks))
-        write_text_atomic(self.logs / RUN_INFORMATIONS, self.informations())
+        """Rewrite ``tasks_status.json``, ``tasks_status.svg`` and ``run_informations.txt``.
+
+        Best effort: a folder that cannot be written is logged (a warning), never raised,
+        so that the stage's own check reports it with its fix.
+        """
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.logs / TASKS_JSON, json.dumps(
+                {"run": str(self.run), "started": self.started, "tasks": self.tasks},
+                indent=2))
+            write_text_atomic(self.logs / TASKS_SVG, tasks_svg(self.tasks))
+            write_text_atomic(self.logs / RUN_INFORMATIONS, self.informations())
+        except OSError as exc:
+            log.warning("task status not written in %s: %s", self.logs, exc)
 
     def informations(self) -> str:
         """The text of ``run_informations.txt``."""
@@ -161,16 +172,24 @@ def tasks_svg(tasks: list[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_logs_zip(run: str | Path) -> Path:
+def write_logs_zip(run: str | Path) -> Path | None:
     """Archive ``<run>/logs/*`` (not the archive itself) and ``<run>/.hydra/*.yaml``.
 
     The archive a user attaches when asking for help; written atomically, the names inside
-    relative to the run folder.
+    relative to the run folder. Best effort, as :meth:`TaskStatus.write`.
 
     Returns:
-        ``<run>/logs/logs.zip``.
+        ``<run>/logs/logs.zip``, or None when it could not be written (logged).
     """
     run = Path(run)
+    try:
+        return _zip_logs(run)
+    except OSError as exc:
+        log.warning("logs.zip not written in %s: %s", run / LOGS_DIR, exc)
+        return None
+
+
+def _zip_logs(run: Path) -> Path:
     files = sorted(p for p in (run / LOGS_DIR).glob("*") if p.is_file() and p.name != LOGS_ZIP)
     files += sorted((run / ".hydra").glob("*.yaml"))
     buffer = io.BytesIO()

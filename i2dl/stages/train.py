@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from i2dl.builders import autocontext
 from i2dl.errors import ConfigError, InputDataError
+from i2dl.evaluation.html_report import write_run_html
 from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.files import atomic_path, explain_disk_full, run_folder_lock
 from i2dl.io.layout import (
@@ -24,6 +25,7 @@ from i2dl.io.layout import (
     versions,
     write_json,
 )
+from i2dl.io.run_info import TaskStatus, write_logs_zip
 from i2dl.maps.quality import area_adjusted_accuracy, map_class_pixels
 from i2dl.samples.store import read_info
 from i2dl.stages import evaluate, fit, infer, prepare
@@ -126,70 +128,91 @@ def area_adjusted_report(out: Path, info: Any, classif: Path) -> dict[str, Any] 
     return {**{k: round(v, 6) for k, v in overall.items()}, "area_unit": unit, "csv": str(path)}
 
 
+def _metric(value: Any) -> str:
+    """A metric for the log: 4 decimals, or ``n/a`` when undefined (null)."""
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def _summary(cfg: DictConfig, out: Path, store: Path, best: Any, metrics: dict[str, Any],
+             maps: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """The run's ``summary.json`` content (see :func:`train_one`)."""
+    info = read_info(store)
+    area = area_adjusted_report(out, info, maps.classif) if maps else None
+    counts = info.attrs["counts"]
+    classes = zip(info.class_codes, info.class_names, strict=True)
+    summary: dict[str, Any] = {
+        "experiment": cfg.get("experiment_name"),
+        "seed": cfg.seed,
+        "fold": cfg.sampling.get("fold") if cfg.sampling.get("folds") else None,
+        "oa": metrics["oa"],
+        "kappa": metrics["kappa"],
+        "f1_macro": metrics["f1_macro"],
+        "n_learn": counts["n_learn"],
+        "n_selection": counts.get("n_selection", 0),
+        "n_val": counts["n_val"],
+        "n_classes": info.n_classes,
+        "classes": [{"code": c, "name": n} for c, n in classes],
+        "store": str(store),
+        "best_checkpoint": best if isinstance(best, dict) else str(best),
+        "report": str(out / REPORT_DIR / METRICS_JSON),
+        "classif_map": str(maps.classif) if maps else None,
+        "confidence_map": str(maps.confidence) if maps else None,
+        "proba_map": str(maps.proba) if maps and maps.proba else None,
+        "infer_device": maps.device if maps else None,
+        "area_adjusted": area,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "versions": versions(),
+    }
+    if metrics.get("selection"):
+        # chose the checkpoint: optimistic, for hyper-parameter search only
+        summary["selection"] = metrics["selection"]
+    if "test" in metrics:
+        summary["test"] = {
+            k: metrics["test"][k] for k in ("oa", "kappa", "f1_macro", "n_samples")
+        }
+    return summary
+
+
 def train_one(cfg: DictConfig) -> dict[str, Any]:
     """One run of the main job in ``cfg.paths.output_dir``; writes ``summary.json``.
+
+    Each stage is recorded in ``logs/tasks_status.{json,svg}`` and
+    ``logs/run_informations.txt`` as it starts and ends (:class:`i2dl.io.run_info.TaskStatus`,
+    iota2's task status); ``report/index.html`` is written at the end
+    (:func:`i2dl.evaluation.html_report.write_run_html`) and ``logs/logs.zip`` whatever
+    the outcome (the archive to attach when asking for help).
 
     Returns:
         The summary: OA, kappa, macro F1, sample counts, classes, paths, timings (s),
         package versions.
     """
     out = run_dir(cfg)
+    status = TaskStatus(out, cfg)
     timings: dict[str, float] = {}
-    with stage_logging(out, "train"):
+
+    def stage(name: str, call: Any) -> Any:
         t0 = time.perf_counter()
-        store = prepare.run(cfg)
-        timings["prepare"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        best = fit.run(cfg, store=store)
-        timings["fit"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        metrics = evaluate.run(cfg)
-        timings["evaluate"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        maps = infer.run(cfg)
-        timings["infer"] = time.perf_counter() - t0
-        info = read_info(store)
-        area = area_adjusted_report(out, info, maps.classif) if maps else None
-        counts = info.attrs["counts"]
-        classes = zip(info.class_codes, info.class_names, strict=True)
-        summary: dict[str, Any] = {
-            "experiment": cfg.get("experiment_name"),
-            "seed": cfg.seed,
-            "fold": cfg.sampling.get("fold") if cfg.sampling.get("folds") else None,
-            "oa": metrics["oa"],
-            "kappa": metrics["kappa"],
-            "f1_macro": metrics["f1_macro"],
-            "n_learn": counts["n_learn"],
-            "n_selection": counts.get("n_selection", 0),
-            "n_val": counts["n_val"],
-            "n_classes": info.n_classes,
-            "classes": [{"code": c, "name": n} for c, n in classes],
-            "store": str(store),
-            "best_checkpoint": best if isinstance(best, dict) else str(best),
-            "report": str(out / REPORT_DIR / METRICS_JSON),
-            "classif_map": str(maps.classif) if maps else None,
-            "confidence_map": str(maps.confidence) if maps else None,
-            "proba_map": str(maps.proba) if maps and maps.proba else None,
-            "infer_device": maps.device if maps else None,
-            "area_adjusted": area,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "versions": versions(),
-        }
-        if metrics.get("selection"):
-            # chose the checkpoint: optimistic, for hyper-parameter search only
-            summary["selection"] = metrics["selection"]
-        if "test" in metrics:
-            summary["test"] = {
-                k: metrics["test"][k] for k in ("oa", "kappa", "f1_macro", "n_samples")
-            }
-        write_json(out / SUMMARY_JSON, summary)
-        log.info(
-            "done: OA %.4f, kappa %.4f, macro F1 %.4f on %d val %s; summary %s",
-            summary["oa"],
-            summary["kappa"] or 0.0,
-            summary["f1_macro"],
-            summary["n_val"],
-            "segments" if (cfg.get("obia") or {}).get("enabled", False) else "pixels",
-            out / SUMMARY_JSON,
-        )
-        return summary
+        with status.stage(name):
+            result = call()
+        timings[name] = time.perf_counter() - t0
+        return result
+
+    try:
+        with stage_logging(out, "train"):
+            store = stage("prepare", lambda: prepare.run(cfg))
+            best = stage("fit", lambda: fit.run(cfg, store=store))
+            metrics = stage("evaluate", lambda: evaluate.run(cfg))
+            maps = stage("infer", lambda: infer.run(cfg))
+            summary = _summary(cfg, out, store, best, metrics, maps, timings)
+            write_json(out / SUMMARY_JSON, summary)
+            log.info("report: %s", write_run_html(out))
+            log.info(
+                "done: OA %s, kappa %s, macro F1 %s on %d val %s; summary %s",
+                _metric(summary["oa"]), _metric(summary["kappa"]),
+                _metric(summary["f1_macro"]), summary["n_val"],
+                "segments" if (cfg.get("obia") or {}).get("enabled", False) else "pixels",
+                out / SUMMARY_JSON,
+            )
+            return summary
+    finally:
+        write_logs_zip(out)
