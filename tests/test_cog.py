@@ -49,3 +49,28 @@ def test_continuous_map_averages_and_bad_kind(tmp_path: Path) -> None:
         np.testing.assert_array_equal(src.read(), conf)
     with pytest.raises(ConfigError, match="kind"):
         to_cog(path, "nearest")
+
+
+def test_a_run_writes_its_maps_and_fusion_as_cogs(make_cfg, tiny_dataset) -> None:
+    from i2dl.stages.train import run as run_train
+    from tests.conftest import FAST
+
+    cfg = make_cfg("+experiment=rf", *FAST, *tiny_dataset["overrides"], "runs=2",
+                   "fusion=true", "model.estimator.n_estimators=5", "infer.chunk_size=16",
+                   "infer.write_proba=true")
+    run_train(cfg)
+    out = Path(cfg.paths.output_dir)
+    paths = [out / "seed_0" / "maps" / n for n in ("classif.tif", "confidence.tif",
+                                                    "proba.tif", "PixelsValidity.tif")]
+    paths += [out / "seed_1" / "final" / n for n in ("Classif_Seed_1.tif",
+                                                      "Confidence_Seed_1.tif")]
+    paths += [out / "final" / n for n in ("Classif_Fusion.tif", "Agreement_Fusion.tif")]
+    for path in paths:
+        with rasterio.open(path) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG", path
+    off = make_cfg("+experiment=rf", *FAST, *tiny_dataset["overrides"], "infer.cog=false",
+                   "model.estimator.n_estimators=5", "infer.chunk_size=16",
+                   f"paths.output_dir={out / 'plain'}")
+    run_train(off)
+    with rasterio.open(out / "plain" / "maps" / "classif.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"

@@ -266,3 +266,11 @@ def test_ddp_refusal_names_only_what_was_set(make_cfg) -> None:
     with pytest.raises(ConfigError, match="kfold=3 with trainer=ddp") as exc:
         check_config(make_cfg("trainer=ddp", "kfold=3"))
     assert "runs=" not in str(exc.value)
+
+
+def test_ddp_refusal_of_the_runs_loop_names_only_what_was_set(make_cfg) -> None:
+    from i2dl.training.runs import requested_runs
+
+    with pytest.raises(ConfigError) as exc:
+        requested_runs(make_cfg("trainer=ddp", "runs=2"))
+    assert "runs=2 is not supported" in str(exc.value) and "kfold" not in str(exc.value)

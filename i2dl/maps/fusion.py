@@ -36,7 +36,7 @@ import rasterio
 
 from i2dl.errors import ConfigError
 from i2dl.io.files import atomic_path
-from i2dl.io.geotiff import block_windows, geotiff_profile
+from i2dl.io.geotiff import block_windows, geotiff_profile, to_cog
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _decide(
 def fuse_maps(
     paths: list[Path], codes: list[int], out_dir: str | Path, chunk_size: int = 1024,
     method: str = "majority_voting", mob: np.ndarray | None = None,
-    undecided_label: int | None = None,
+    undecided_label: int | None = None, cog: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``Classif_Fusion.tif`` and ``Agreement_Fusion.tif`` from per-run maps.
 
@@ -160,6 +160,7 @@ def fuse_maps(
         mob: (runs, K) masses of belief, required by ``dempster_shafer``.
         undecided_label: label of tied pixels (None = smallest code wins); must not be a
             class code or 0.
+        cog: rewrite both as Cloud-Optimized GeoTIFFs (:func:`i2dl.io.geotiff.to_cog`).
 
     Returns:
         The fusion and agreement map paths.
@@ -204,5 +205,8 @@ def fuse_maps(
                     fused, agreement = majority_vote(maps, codes_arr, undecided_label)
                 dc.write(fused[None], window=win)
                 da.write(agreement[None], window=win)
+    if cog:
+        to_cog(targets["fusion"], "categorical")
+        to_cog(targets["agreement"], "continuous")
     log.info("fusion of %d runs: %s, %s", len(paths), targets["fusion"], targets["agreement"])
     return targets["fusion"], targets["agreement"]

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from i2dl.builders.obia import classify_segments, obia_settings
 from i2dl.errors import ConfigError, StoreError
 from i2dl.features.source import data_tiles, open_source
-from i2dl.io.geotiff import mosaic
+from i2dl.io.geotiff import mosaic, to_cog
 from i2dl.io.layout import FINAL_DIR, MAPS_DIR, checkpoint_path, read_fit_state, trained_model_dirs
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.io.vector import burn_window
@@ -379,6 +379,11 @@ def _final_products(cfg: DictConfig, out: Path, results: Mapping[str | None, Inf
         proba = mosaic([r.proba for r in parts],  # type: ignore[misc]
                        final / f"Proba_Seed_{seed}.tif")
     log.info("final products of %d tile(s): %s", len(parts), final)
+    if cfg.infer.get("cog", True):
+        for r in parts:
+            cog_maps(r)
+        cog_maps(InferenceResult(classif=classif, confidence=conf, proba=proba, n_pixels=0,
+                                 n_nodata=0, device="", validity=validity))
     if len(parts) == 1:
         return parts[0]
     return InferenceResult(
@@ -390,6 +395,18 @@ def _final_products(cfg: DictConfig, out: Path, results: Mapping[str | None, Inf
         device=str(device),
         validity=validity,
     )
+
+
+def cog_maps(result: InferenceResult) -> None:
+    """Rewrite a result's maps as COGs (:func:`i2dl.io.geotiff.to_cog`).
+
+    Overviews of the class map by mode; of the confidence, probabilities and valid-date
+    counts by average.
+    """
+    to_cog(result.classif, "categorical")
+    for path in (result.confidence, result.proba, result.validity):
+        if path is not None:
+            to_cog(path, "continuous")
 
 
 def write_run_maps(

@@ -45,10 +45,12 @@ def requested_runs(cfg: DictConfig) -> tuple[int, Any]:
     runs = int(cfg.get("runs", 1) or 1)
     kfold = cfg.get("kfold")
     if "ddp" in str(cfg.trainer.get("strategy", "")) and (runs > 1 or kfold is not None):
+        asked = " and ".join([f"runs={runs}"] * (runs > 1)
+                             + [f"kfold={kfold}"] * (kfold is not None))
         raise ConfigError(
-            f"trainer=ddp trains one model with several processes; runs={runs} and "
-            f"kfold={kfold} are not supported with it: sweep seeds or folds as a multirun "
-            "(-m seed=1,2,3 or sampling.fold=0,1,2 with hydra/launcher=slurm)"
+            f"trainer=ddp trains one model with several processes; {asked} is not supported "
+            "with it: sweep seeds or folds as a multirun (-m seed=1,2,3 or "
+            "sampling.fold=0,1,2 with hydra/launcher=slurm)"
         )
     return runs, kfold
 
@@ -125,6 +127,7 @@ def fuse_run_maps(cfg: DictConfig, out: Path, run_dirs: list[Path]) -> dict[str,
     fused, agreement = fuse_maps(
         [Path(m) for m in maps], codes, out / FINAL_DIR, method=method, mob=mob,
         undecided_label=None if undecided is None else int(undecided),
+        cog=bool(cfg.infer.get("cog", True)),
     )
     return {"classif": str(fused), "agreement": str(agreement), "method": method}
 
