@@ -229,6 +229,8 @@ def config_checks() -> tuple[Check, ...]:
         _choice("fusion_mob", ["accuracy", "precision", "recall"], "precision"),
         _int("fusion_undecided_label", 1, null="ties go to the smallest class code",
              example="255"),
+        _fraction("fusion_validation_ratio", zero=True, example="0.1"),
+        _fraction("sampling.fusion_holdout_ratio", zero=True, example="0.1"),
         Check("infer.smoothing.window_size", "an odd integer >= 3",
               lambda v: _is_int(v) and v >= 3 and v % 2 == 1, "7"),
         Check("infer.smoothing.smoothness", "a number > 0",

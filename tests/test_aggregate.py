@@ -269,7 +269,7 @@ def test_write_results(tmp_path: Path, multirun: Path):
     written = write_results(out, agg)
     assert set(written) == {
         "RESULTS.txt", "results.json", "confusion_matrix_sum.csv",
-        "confusion_matrix_sum.png", "f1_per_class.png",
+        "confusion_matrix_sum.png", "f1_per_class.png", "index.html",
     }  # fmt: skip
     for path in written.values():
         assert path.is_file() and path.parent == out

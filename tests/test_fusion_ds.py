@@ -98,3 +98,47 @@ def test_the_only_unchosen_class_keeps_the_belief_left_by_every_run() -> None:
     codes4 = np.array([1, 2, 3, 4])
     fused, _ = dempster_shafer(maps, codes4, np.full((2, 4), 0.4), undecided_label=255)
     assert fused[0, 0] == 255
+
+
+def test_fused_map_scored_on_polygons_no_run_saw_and_one_final_folder(
+        make_cfg, tiny_dataset, tmp_path: Path) -> None:
+    import json
+
+    import zarr
+
+    from i2dl.samples.store import FUSION
+    from i2dl.stages.train import run as run_train
+
+    # 3 polygons per class: one per class is held apart from both runs
+    agg = run_train(make_cfg(*tiny_dataset["overrides"], *FAST, "+experiment=rf", "runs=2",
+                             "fusion=true", "fusion_validation_ratio=0.34",
+                             "model.estimator.n_estimators=5"))
+    run = tmp_path / "run"
+    held, truth, rc = [], None, None
+    for i in range(2):
+        store = json.loads((run / f"seed_{i}" / "summary.json").read_text())["store"]
+        g = zarr.open_group(store, mode="r")
+        split, pid = g["split"][:], g["polygon_id"][:]
+        held.append(set(pid[split == FUSION].tolist()))
+        assert not held[-1] & set(pid[split != FUSION].tolist())  # never learn/val/selection
+        if i == 0:
+            sel = split == FUSION
+            truth, rc = g["code"][:][sel], (g["row"][:][sel], g["col"][:][sel])
+    assert held[0] == held[1] and len(held[0]) == 3  # the same polygons, one per class
+    scores = agg["fusion"]["scores"]
+    with rasterio.open(run / "final" / "Classif_Fusion.tif") as src:
+        fused = src.read(1)[rc]
+    assert scores["n_samples"] == len(truth)
+    assert scores["oa"] == pytest.approx(float((fused == truth).mean()), abs=1e-6)
+    with rasterio.open(run / "seed_1" / "maps" / "classif.tif") as src:
+        run1 = src.read(1)[rc]
+    assert scores["runs"]["seed_1"]["oa"] == pytest.approx(float((run1 == truth).mean()),
+                                                           abs=1e-6)
+    metrics = json.loads((run / "final" / "fusion_report" / "metrics.json").read_text())
+    assert metrics["oa"] == scores["oa"]
+    text = (run / "RESULTS.txt").read_text()
+    assert "held apart from every run" in text and "seed_0" in text.split("Fusion of the runs")[1]
+    # iota2's one final/ folder: every seed's products beside the fusion
+    for name in ("Classif_Seed_0.tif", "Classif_Seed_1.tif", "Confidence_Seed_1.tif",
+                 "Classif_Fusion.tif"):
+        assert (run / "final" / name).is_file()

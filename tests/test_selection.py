@@ -461,7 +461,7 @@ def test_class_statistics_zero_rows_and_errors() -> None:
     row = df[(df["class"] == 1) & (df["split"] == "learn")].iloc[0]
     assert (row.polygons, row.available_pixels, row.selected_pixels) == (1, 2, 2)
     with pytest.raises(InputDataError, match="split values"):
-        class_statistics(y, pid, np.array([0, 3, 1]), region, None, run=0)
+        class_statistics(y, pid, np.array([0, 7, 1]), region, None, run=0)
     with pytest.raises(InputDataError, match="region"):
         class_statistics(y, pid, split, region[:2], None, run=0)
 

@@ -162,6 +162,7 @@ def format_results(agg: Mapping[str, Any]) -> str:
     for lab, row in zip(labels, cms["matrix"], strict=True):
         lines.append(f"  {lab:>8}" + " ".join(f"{v:>{width}}" for v in row))
 
+    lines += _fusion_lines(agg.get("fusion"))
     if agg["timings_s"]:
         lines += [
             "",
@@ -171,6 +172,28 @@ def format_results(agg: Mapping[str, Any]) -> str:
     if agg["warnings"]:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in agg["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _fusion_lines(fusion: Mapping[str, Any] | None) -> list[str]:
+    """The fusion's part of RESULTS.txt: its map, and its scores beside each run's."""
+    if not fusion:
+        return []
+    lines = ["", f"Fusion of the runs ({fusion['method']}): {fusion['classif']}"]
+    scores = fusion.get("scores")
+    if not scores:
+        return [*lines, "  not scored: no polygon was held apart from the runs "
+                        "(fusion_validation_ratio)"]
+    lines += [
+        f"  scored on {scores['n_samples']} pixels of polygons held apart from every run "
+        "(no run learnt, selected or validated on them):",
+        f"  {'map':<12} {'OA':>8} {'kappa':>8} {'macro F1':>9}",
+        f"  {'fusion':<12} {_f(scores['oa']):>8} {_f(scores['kappa']):>8} "
+        f"{_f(scores['f1_macro']):>9}",
+    ]
+    for name, m in scores["runs"].items():
+        lines.append(f"  {name:<12} {_f(m['oa']):>8} {_f(m['kappa']):>8} "
+                     f"{_f(m['f1_macro']):>9}")
+    return [*lines, f"  confusion matrix: {scores['report']}"]
 
 
 def _f1_png(agg: Mapping[str, Any]) -> bytes:

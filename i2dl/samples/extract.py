@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2dl.builders.obia import obia_settings
 from i2dl.errors import ConfigError, InputDataError, StoreError
+from i2dl.features.feature_maps import TaskRunner
 from i2dl.features.source import data_tiles, uses_sensors
 from i2dl.io.files import remove_orphans, target_lock, temporary_name
 from i2dl.io.nomenclature import read_class_names
@@ -42,8 +43,9 @@ from i2dl.samples.reading import (
     samples_from_table,
 )
 from i2dl.samples.selection import select_samples, selection_from_config
-from i2dl.samples.split import split_polygons
+from i2dl.samples.split import fusion_holdout, split_polygons
 from i2dl.samples.store import (
+    FUSION,
     LEARN,
     SPLIT_NAMES,
     STORE_VERSION,
@@ -127,7 +129,7 @@ def store_path(cfg: DictConfig) -> Path:
     return Path(cfg.store.dir) / name
 
 
-def prepare(cfg: DictConfig) -> Path:
+def prepare(cfg: DictConfig, run_tasks: TaskRunner | None = None) -> Path:
     """Build (or reuse) the sample store for ``cfg``.
 
     The samples come from a time-series raster + reference polygons (``data.raster``,
@@ -137,6 +139,9 @@ def prepare(cfg: DictConfig) -> Path:
 
     Args:
         cfg: the composed config; uses ``data``, ``sampling`` and ``store``.
+        run_tasks: runs the extraction from rasters as Dask tasks, one per row of blocks
+            of a tile (``dask.engine=dask``, :class:`i2dl.maps.cluster.TaskRunner`); None =
+            in this process. The store is the same either way.
 
     Returns:
         Path of the complete store.
@@ -170,10 +175,10 @@ def prepare(cfg: DictConfig) -> Path:
     # one process builds a store, a concurrent one waits and reuses it; orphaned
     # temporaries of a killed build are removed under the lock
     with target_lock(path):
-        return _prepare_locked(cfg, path)
+        return _prepare_locked(cfg, path, run_tasks)
 
 
-def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
+def _prepare_locked(cfg: DictConfig, path: Path, run_tasks: TaskRunner | None) -> Path:
     """:func:`prepare` under the store's lock."""
     fingerprint = store_fingerprint(cfg)
     if path.exists() and not cfg.store.get("rebuild", False):
@@ -193,12 +198,13 @@ def _prepare_locked(cfg: DictConfig, path: Path) -> Path:
     remove_orphans(spool_target)  # spools of killed runs
     spool = SampleSpool(temporary_name(spool_target))
     try:
-        return _build_store(cfg, path, fingerprint, spool)
+        return _build_store(cfg, path, fingerprint, spool, run_tasks)
     finally:
         spool.remove()
 
 
-def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpool) -> Path:
+def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpool,
+                 run_tasks: TaskRunner | None = None) -> Path:
     """Extract, split, select and write the samples of ``cfg`` to the store ``path``."""
     data, sampling = cfg.data, cfg.sampling
     obia = obia_settings(cfg)
@@ -207,7 +213,7 @@ def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpo
     elif data.get("table"):
         arrays, attrs, label_names = samples_from_table(data)
     else:
-        arrays, attrs, label_names = samples_from_raster(data, sampling, spool)
+        arrays, attrs, label_names = samples_from_raster(data, sampling, spool, run_tasks)
 
     pairs = np.unique(np.stack([arrays["polygon_id"], arrays["code"]]), axis=1)
     if pairs.shape[1] != len(np.unique(arrays["polygon_id"])):
@@ -326,10 +332,14 @@ def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
         sel = np.flatnonzero(arrays["region"] == region)
         pid = arrays["polygon_id"][sel]
         ids, first = np.unique(pid, return_index=True)
+        codes = arrays["code"][sel][first]
+        # fused multi-runs: polygons held apart from every run (the same in each run)
+        held = fusion_holdout(ids, codes, float(sampling.get("fusion_holdout_ratio") or 0.0),
+                              int(sampling.get("fusion_holdout_seed") or 0))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             split_of = split_polygons(
-                ids, arrays["code"][sel][first], ratio=sampling.ratio,
+                ids[~held], codes[~held], ratio=sampling.ratio,
                 seed=int(sampling.random_seed),
                 selection_ratio=sampling.get("selection_ratio", 0.0) or 0.0,
                 folds=sampling.get("folds"), fold=int(sampling.get("fold", 0) or 0),
@@ -337,6 +347,7 @@ def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
         for w in caught:
             log.warning("region %d: %s", int(region), w.message)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        split_of.update({int(i): FUSION for i in ids[held]})
         lookup = np.array([split_of[int(i)] for i in ids], dtype=np.int8)
         split[sel] = lookup[np.searchsorted(ids, pid)]
     return split

@@ -156,3 +156,40 @@ def split_polygons(
         for pid, part in zip(ids, parts, strict=True):
             split[int(pid)] = int(part)
     return split
+
+
+def fusion_holdout(ids: np.ndarray, codes: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """The polygons held apart from every run to score the fusion of the runs' maps.
+
+    iota2's ``merge_final_classifications_ratio``: the fused map of ``runs`` seeds is
+    scored on reference data that no run learnt from, validated or selected on. Each run
+    re-splits the other polygons with its own seed; these are drawn once, with the first
+    run's seed, so they are the same in every run. Per class, ``floor(ratio * n)`` of its
+    ``n`` polygons, leaving at least two (one for learn, one for val); a class with fewer
+    than three polygons gives none.
+
+    Args:
+        ids: (P,) int polygon ids, unique.
+        codes: (P,) int class code of each polygon.
+        ratio: fraction in [0, 1).
+        seed: the draw's seed (the first run's).
+
+    Returns:
+        (P,) bool, True for a held-apart polygon.
+
+    Raises:
+        ConfigError: ``ratio`` outside [0, 1).
+    """
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ConfigError(f"fusion_validation_ratio={ratio} must be in [0, 1)")
+    held = np.zeros(len(ids), dtype=bool)
+    if not ratio:
+        return held
+    rng = np.random.default_rng([int(seed), 0xF05])  # its own stream
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        members = members[np.argsort(ids[members])]  # independent of the input order
+        n_hold = min(int(np.floor(float(ratio) * len(members))), len(members) - 2)
+        if n_hold > 0:
+            held[rng.choice(members, size=n_hold, replace=False)] = True
+    return held

@@ -45,8 +45,9 @@ STORE_FORMAT = "i2dl-sample-store"
 #: Layout version: 2 names the class code array ``code`` (version 1 called it ``y``); 3
 #: writes every chunk (all-fill ones included) with Zstd content checksums, so that
 #: :func:`verify_store` can tell a deleted or garbled chunk from data; 4 ends every store
-#: with ``manifest.json`` (:data:`MANIFEST`), the hashes of its chunks and metadata.
-STORE_VERSION = 4
+#: with ``manifest.json`` (:data:`MANIFEST`), the hashes of its chunks and metadata; 5 adds
+#: the ``fusion`` split value (:data:`FUSION`).
+STORE_VERSION = 5
 #: File of a store listing the SHA-256 of every other file; written last.
 MANIFEST = "manifest.json"
 #: ``format`` field of :data:`MANIFEST`.
@@ -55,12 +56,14 @@ MANIFEST_FORMAT = "i2dl-store-manifest"
 #: Values of the ``split`` array. ``LEARN``: fits the weights; ``SELECTION``: carved from
 #: the learn polygons of each class, chooses the checkpoint, drives early stopping and LR
 #: schedules; ``VAL``: iota2's validation polygons (``1 - sampling.ratio``), scored by the
-#: report and never seen by training or model selection.
+#: report and never seen by training or model selection; ``FUSION``: polygons held apart
+#: from every run of a fused multi-run to score the fused map (``fusion_validation_ratio``).
 LEARN = 0
 VAL = 1
 SELECTION = 2
+FUSION = 3
 #: Name of each split value, as in ``class_statistics.csv``, logs and docs.
-SPLIT_NAMES = {LEARN: "learn", SELECTION: "selection", VAL: "val"}
+SPLIT_NAMES = {LEARN: "learn", SELECTION: "selection", VAL: "val", FUSION: "fusion"}
 
 #: Arrays of a store and their dtypes; ``X`` and ``mask`` have extra axes.
 ARRAY_DTYPES: dict[str, str] = {

@@ -29,6 +29,7 @@ from i2dl.evaluation.results_files import write_results
 from i2dl.evaluation.run_report import CONFUSION_CSV
 from i2dl.io.layout import FINAL_DIR, REPORT_DIR, read_summary, run_dir, stage_logging
 from i2dl.maps.fusion import fuse_maps, mass_of_belief
+from i2dl.training.fusion_score import gather_final_products, score_fusion
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ def run_configs(cfg: DictConfig, runs: int, kfold: Any) -> list[DictConfig]:
         ]
     else:
         jobs = [(f"seed_{i}", {"seed": base + i}) for i in range(runs)]
+    if cfg.get("fusion", False) and len(jobs) > 1:  # polygons no run sees, to score it
+        for _, overrides in jobs:
+            overrides["sampling.fusion_holdout_ratio"] = float(
+                cfg.get("fusion_validation_ratio") or 0.0)
+            overrides["sampling.fusion_holdout_seed"] = base
     configs = []
     for name, overrides in jobs:
         cfg_i = copy.deepcopy(cfg)
@@ -100,15 +106,18 @@ def run_configs(cfg: DictConfig, runs: int, kfold: Any) -> list[DictConfig]:
     return configs
 
 
-def fuse_run_maps(cfg: DictConfig, out: Path, run_dirs: list[Path]) -> dict[str, str] | None:
+def fuse_run_maps(cfg: DictConfig, out: Path, run_dirs: list[Path]) -> dict[str, Any] | None:
     """With ``fusion=true``: the runs' maps fused into ``<out>/final/`` (iota2's fusion).
 
     Majority voting or Dempster-Shafer (``fusion_method``, with the mass of belief
     ``fusion_mob`` from each run's val confusion matrix), :func:`i2dl.maps.fusion.fuse_maps`.
 
+    The fused map and every run's map are then scored on the polygons held apart from
+    every run (:func:`i2dl.training.fusion_score.score_fusion`).
+
     Returns:
-        ``{"classif", "agreement", "method"}``, or None when fusion is off or a run has no
-        map.
+        ``{"classif", "agreement", "method", "scores"}`` (``scores`` None when nothing
+        was held apart), or None when fusion is off or a run has no map.
     """
     summaries = [read_summary(d) for d in run_dirs]
     maps = [str(s.get("classif_map") or "") for s in summaries]
@@ -129,7 +138,10 @@ def fuse_run_maps(cfg: DictConfig, out: Path, run_dirs: list[Path]) -> dict[str,
         undecided_label=None if undecided is None else int(undecided),
         cog=bool(cfg.infer.get("cog", True)),
     )
-    return {"classif": str(fused), "agreement": str(agreement), "method": method}
+    scores = score_fusion(out, fused, {d.name: m for d, m in zip(run_dirs, maps, strict=True)},
+                          summaries[0]["store"], summaries[0]["classes"])
+    return {"classif": str(fused), "agreement": str(agreement), "method": method,
+            "scores": scores}
 
 
 def repeat_runs(
@@ -157,11 +169,12 @@ def repeat_runs(
         run_dirs.append(Path(cfg_i.paths.output_dir))
     with stage_logging(out, "train"):
         agg = aggregate(run_dirs)
-        files = write_results(out, agg)
-        log.info("%d runs aggregated: %s", len(run_dirs), files.get("RESULTS.txt", out))
         fusion = fuse_run_maps(cfg, out, run_dirs)
         if fusion is not None:
             agg["fusion"] = fusion
+        gather_final_products(out, run_dirs)  # iota2's one final/ folder
+        files = write_results(out, agg)
+        log.info("%d runs aggregated: %s", len(run_dirs), files.get("RESULTS.txt", out))
     return agg, run_dirs
 
 
