@@ -23,7 +23,13 @@ MaskCommunSL is 1 where the pixel has at least one valid date of every sensor (t
 pixels the features are defined on), 0 elsewhere, uint8.
 
 This module writes one tile (chunks, then their mosaic); the stage
-(:mod:`i2dl.stages.features_map`) runs it for every tile and mosaics the tiles.
+(:mod:`i2dl.stages.features_map`) runs it for every tile and mosaics the tiles. With
+``dask.engine=dask`` each chunk is a task of the run's Dask cluster (iota2's
+``write_features_<tile>_chunk_<i>`` tasks, each logged to
+``<run>/logs/features-map/write_features_<tile>_chunk_<i>.log``): a worker opens the tile
+once per thread (:func:`worker_source`), writes the chunk file and returns the chunk's
+common mask; this process writes MaskCommunSL and merges the chunks, so the files are
+those of the serial run.
 
 Bands are date-major (band ``t * C + c`` over the ``C`` dated channels) and their
 descriptions name the feature and the date (``NDVI_20170203``); invalid observations are
@@ -34,7 +40,10 @@ named without a date, NaN where the pixel has no valid date (``T * C + S`` bands
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +53,54 @@ from rasterio.windows import Window
 from rich.progress import Progress
 
 from i2dl.errors import ConfigError
+from i2dl.features.source import open_source
 from i2dl.io.files import atomic_path, write_text_atomic
 from i2dl.io.geotiff import block_windows, geotiff_profile, mosaic
 
 log = logging.getLogger(__name__)
+
+#: Runs named tasks ``(name, log stem, fn, args)`` and yields ``fn(*args)`` in their order:
+#: :class:`i2dl.maps.cluster.TaskRunner` (a Dask cluster), injected by the stages.
+TaskRunner = Callable[[Sequence[tuple[str, str, Callable[..., Any], tuple[Any, ...]]]],
+                      Iterator[Any]]
+
+_SOURCES_LOCK = threading.Lock()
+#: per worker process: thread id -> (key of data and tile, the open source)
+_SOURCES: dict[int, tuple[str, Any]] = {}
+
+
+def worker_source(data: Mapping[str, Any], tile: str | None) -> Any:
+    """This thread's open time series of ``data`` and ``tile``, opened once per thread.
+
+    What a Dask task reads from (:func:`i2dl.features.source.open_source` arguments, plain
+    containers): each worker thread keeps one source open, so the tasks of a tile do not
+    reopen its files; a task of another tile closes the thread's previous source. The
+    workers' sources are closed by :func:`close_worker_sources` at the end of a stage.
+
+    Raises:
+        ConfigError, InputFileNotFoundError, InputDataError: see ``open_source``.
+    """
+    key = json.dumps([data, tile], sort_keys=True, default=str)
+    thread = threading.get_ident()
+    with _SOURCES_LOCK:
+        held = _SOURCES.get(thread)
+    if held is not None and held[0] == key:
+        return held[1]
+    if held is not None:
+        held[1].close()
+    source = open_source(data, tile)
+    with _SOURCES_LOCK:
+        _SOURCES[thread] = (key, source)
+    return source
+
+
+def close_worker_sources() -> None:
+    """Close every source :func:`worker_source` holds in this process (run on each worker)."""
+    with _SOURCES_LOCK:
+        held = list(_SOURCES.values())
+        _SOURCES.clear()
+    for _, source in held:
+        source.close()
 
 
 def static_names(source: Any) -> list[str]:
@@ -142,6 +195,12 @@ def to_int16(bands: np.ndarray, scale: float) -> np.ndarray:
     return np.where(ok, scaled, INT16_NODATA).astype(np.int16)
 
 
+def _span(win: Window) -> str:
+    """``rows r0-r1, cols c0-c1`` of a window (end excluded), for task names."""
+    r0, c0 = int(win.row_off), int(win.col_off)
+    return f"rows {r0}-{r0 + int(win.height)}, cols {c0}-{c0 + int(win.width)}"
+
+
 def _sensor_dates(source: Any) -> dict[str, list]:
     """Acquisition dates per sensor of a feature stack, or ``{"stack": dates}``."""
     sensors = getattr(source, "sensors", None)
@@ -150,9 +209,33 @@ def _sensor_dates(source: Any) -> dict[str, list]:
     return {"stack": list(source.dates)}
 
 
+def _feature_chunk(source: Any, tile: str, out: Path, i: int, win: Window, names: list[str],
+                   dtype: str, scale: float) -> tuple[Path, np.ndarray]:
+    """Write chunk ``i`` of a tile: ``<out>/customF/<tile>_chunk_<i>.tif``.
+
+    Returns:
+        The chunk's path, and its common mask (h, w) uint8: 1 = a valid date.
+    """
+    x, valid = source.read(win)  # (h, w, T, C)
+    bands = feature_bands(x, valid, len(static_names(source)))
+    transform = rasterio.windows.transform(win, source.transform)
+    path = _write_chunk(out / "customF" / f"{tile}_chunk_{i}.tif", bands, source.crs,
+                        transform, names, dtype, scale)
+    return path, valid.any(axis=-1).astype(np.uint8)
+
+
+def feature_chunk_task(data: Mapping[str, Any], tile_key: str | None, tile: str, out: str,
+                       i: int, win: Window, names: list[str], dtype: str,
+                       scale: float) -> tuple[Path, np.ndarray]:
+    """The Dask task of one chunk: :func:`_feature_chunk` on the worker's open source."""
+    return _feature_chunk(worker_source(data, tile_key), tile, Path(out), i, win, names, dtype,
+                          scale)
+
+
 def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
                         number_of_chunks: int | None = None, dtype: str = "float32",
-                        scale: float = 1.0) -> Path:
+                        scale: float = 1.0, run_tasks: TaskRunner | None = None,
+                        opens: tuple[Mapping[str, Any], str | None] | None = None) -> Path:
     """Write one tile's features chunk by chunk, then merge the chunks.
 
     Args:
@@ -163,12 +246,19 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
         number_of_chunks: iota2's ``number_of_chunks``: that many row strips instead.
         dtype: ``float32`` (NaN = invalid) or ``int16`` (iota2's; see module doc).
         scale: int16 scale factor (value * scale is written).
+        run_tasks: runs the chunks as Dask tasks (``dask.engine=dask``); None = in turn,
+            in this process.
+        opens: with ``run_tasks``, how a worker opens the tile: the ``data`` config as
+            plain containers and the tile (:func:`worker_source`).
 
     Returns:
         ``<out>/by_tiles/<tile>.tif``.
 
     Raises:
-        ConfigError: ``chunk_size`` < 1, bad ``number_of_chunks``, ``dtype`` or ``scale``.
+        ConfigError: ``chunk_size`` < 1, bad ``number_of_chunks``, ``dtype`` or ``scale``;
+            ``run_tasks`` without ``opens``.
+        I2dlError: with ``run_tasks``, a chunk failed its last attempt (tile and chunk
+            named, see :func:`i2dl.maps.cluster.task_failure`).
     """
     if dtype not in ("float32", "int16"):
         raise ConfigError(f"features_map.dtype={dtype!r}: use float32 or int16")
@@ -185,18 +275,24 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
                           "".join(f"{d:%Y%m%d}\n" for d in source.dates))
     mask_profile = geotiff_profile(source.width, source.height, 1, "uint8", source.crs,
                                    source.transform, None)
+    if run_tasks is None:
+        done: Any = (_feature_chunk(source, tile, out, i, win, names, dtype, float(scale))
+                     for i, win in enumerate(windows))
+    elif opens is None:
+        raise ConfigError("write_tile_features: run_tasks needs opens=(data, tile)")
+    else:
+        done = run_tasks([(f"tile {tile}, chunk {i} (window {_span(win)})",
+                           f"write_features_{tile}_chunk_{i}", feature_chunk_task,
+                           (opens[0], opens[1], tile, str(out), i, win, names, dtype,
+                            float(scale)))
+                          for i, win in enumerate(windows)])
     chunks = []
     with Progress() as bar, atomic_path(tmp_dir / "MaskCommunSL.tif") as mask_tmp, \
             rasterio.open(mask_tmp, "w", **mask_profile) as mask_dst:
         task = bar.add_task(f"features {tile}", total=len(windows))
-        for i, win in enumerate(windows):
-            x, valid = source.read(win)  # (h, w, T, C)
-            mask_dst.write(valid.any(axis=-1).astype(np.uint8)[None], window=win)
-            bands = feature_bands(x, valid, len(static_names(source)))
-            transform = rasterio.windows.transform(win, source.transform)
-            path = out / "customF" / f"{tile}_chunk_{i}.tif"
-            chunks.append(_write_chunk(path, bands, source.crs, transform, names, dtype,
-                                       float(scale)))
+        for win, (path, common) in zip(windows, done, strict=True):
+            mask_dst.write(common[None], window=win)
+            chunks.append(path)
             bar.advance(task)
     nodata = np.nan if dtype == "float32" else INT16_NODATA
     merged = mosaic(chunks, out / "by_tiles" / f"{tile}.tif", names, nodata=nodata)

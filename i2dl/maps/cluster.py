@@ -17,20 +17,32 @@ server on the scheduler (``:8787``) and on every worker even with
 joblib runs sequentially (scikit-learn's ``n_jobs`` is 1): the cluster's workers x threads
 are the parallelism, and joblib would otherwise warn in every window that a daemonic Dask
 worker cannot start processes.
+
+The per-tile stages (``prepare``'s sample extraction, ``features-map``, the tiler) run on
+the same clusters through :class:`TaskRunner`, set by the run's ``dask`` config group
+(``configs/dask/default.yaml``): each named task (tile, chunk) writes its own log file,
+a failed task is run again up to ``dask.retries`` times (iota2 ``task_retry_limits``),
+then the stage stops with an error naming the task and its log.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from rasterio.windows import Window
 
-from i2dl.errors import ConfigError
+from i2dl.errors import ConfigError, I2dlError
+from i2dl.features.feature_maps import close_worker_sources
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.maps.engine import WindowClassifier, WindowEngine
@@ -182,6 +194,7 @@ def dask_client(
     n_workers: int = 2,
     threads_per_worker: int = 1,
     processes: bool = True,
+    key: str = "infer.dask",
 ) -> Iterator[Any]:
     """A :class:`distributed.Client`: joined to ``address`` or to a new local cluster.
 
@@ -192,6 +205,7 @@ def dask_client(
         n_workers: worker processes of the local cluster.
         threads_per_worker: threads of each local worker.
         processes: False = workers are threads of this process (no pickling; tests).
+        key: the config node of these settings, named in errors (``infer.dask``, ``dask``).
 
     Raises:
         ConfigError: the scheduler cannot be reached, or a bad cluster shape.
@@ -200,7 +214,7 @@ def dask_client(
 
     if n_workers < 1 or threads_per_worker < 1:
         raise ConfigError(
-            f"infer.dask.n_workers and infer.dask.threads_per_worker must be >= 1, got "
+            f"{key}.n_workers and {key}.threads_per_worker must be >= 1, got "
             f"{n_workers} and {threads_per_worker}"
         )
     if address:
@@ -208,8 +222,8 @@ def dask_client(
             client = Client(address, timeout="30s")
         except OSError as exc:
             raise ConfigError(
-                f"cannot reach the Dask scheduler infer.dask.address={address!r} ({exc}); "
-                "start one (dask scheduler) or leave infer.dask.address null for a local "
+                f"cannot reach the Dask scheduler {key}.address={address!r} ({exc}); "
+                f"start one (dask scheduler) or leave {key}.address null for a local "
                 "cluster"
             ) from None
         with client:
@@ -227,3 +241,249 @@ def dask_client(
         log.info("local Dask cluster: %d workers x %d threads (no dashboard; scikit-learn "
                  "models run one job per window task)", n_workers, threads_per_worker)
         yield client
+
+
+# --- per-tile stages as named Dask tasks (the run's ``dask`` config group) ---------------
+
+#: ``dask.engine`` choices: ``local`` runs the tasks in this process, in turn.
+ENGINES = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """The run's ``dask`` config group (``configs/dask/default.yaml``), checked.
+
+    Attributes:
+        address: scheduler address, None = a local cluster (:func:`dask_client`).
+        n_workers, threads_per_worker, processes: the local cluster's shape.
+        retries: times a failed task is run again (iota2 ``task_retry_limits``).
+    """
+
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    processes: bool = True
+    retries: int = 0
+
+
+def dask_settings(cfg: Mapping[str, Any]) -> DaskSettings | None:
+    """The Dask settings of a run, or None when ``dask.engine`` is ``local`` (or unset).
+
+    Args:
+        cfg: a config with (or without) a ``dask`` node: the stages' composed config, or
+            the tiler's.
+
+    Raises:
+        ConfigError: an unknown ``dask.engine``, a negative ``dask.retries``, or
+            ``dask.n_workers`` / ``dask.threads_per_worker`` below 1.
+    """
+    node = cfg.get("dask") or {}
+    engine = str(node.get("engine", "local"))
+    if engine not in ENGINES:
+        raise ConfigError(f"dask.engine={engine!r}: use local (this process) or dask (a "
+                          "dask.distributed cluster); e.g. dask.engine=dask")
+    if engine == "local":
+        return None
+    values = {k: node.get(k, DaskSettings.__dataclass_fields__[k].default)
+              for k in ("n_workers", "threads_per_worker", "retries")}
+    for k, v in values.items():
+        low = 0 if k == "retries" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"dask.{k}={v!r}: expected an integer >= {low}; e.g. dask.{k}="
+                              f"{max(low, 2) if k != 'retries' else 1}")
+    return DaskSettings(address=node.get("address") or None,
+                        processes=bool(node.get("processes", True)), **values)
+
+
+class Task(NamedTuple):
+    """One task of a stage: ``fn(*args)`` run on a worker (``fn`` and ``args`` picklable).
+
+    The stages build plain ``(name, log, fn, args)`` tuples: the lower packages
+    (features, samples) do not import this module.
+
+    Attributes:
+        name: what the task does, for messages (``tile T31TCJ, chunk 3``).
+        log: the stem of its log file (``write_features_T31TCJ_chunk_3``).
+        fn: a module-level function.
+        args: its arguments.
+    """
+
+    name: str
+    log: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class _ThreadFilter(logging.Filter):
+    """Only the records of one thread: a worker's other threads run other tasks."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not in a worker
+        return "this process"
+
+
+def run_task(name: str, log_path: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one task on a worker, its ``i2dl`` log records (INFO and above) in ``log_path``.
+
+    Every attempt appends to the file (a retried task shows each attempt), and a failure
+    is logged there with its traceback before it is raised again (Dask then retries it or
+    reports it). scikit-learn runs one job per task (:func:`_sequential_joblib`).
+
+    Returns:
+        ``fn(*args)``.
+    """
+    handler = logging.FileHandler(log_path, mode="a")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setLevel(logging.INFO)
+    handler.addFilter(_ThreadFilter(threading.get_ident()))
+    package = logging.getLogger("i2dl")
+    if package.getEffectiveLevel() > logging.INFO:  # a worker process configures no logging
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    try:
+        log.info("%s: started on %s", name, _worker_name())
+        with _sequential_joblib():
+            result = fn(*args)
+        log.info("%s: done", name)
+        return result
+    except Exception:
+        log.exception("%s: failed", name)
+        raise
+    finally:
+        package.removeHandler(handler)
+        handler.close()
+
+
+def task_failure(task: Task, log_path: Path, retries: int, exc: BaseException) -> I2dlError:
+    """The error raised when a task failed its last attempt: task, attempts, log, fix.
+
+    An i2dl error keeps its class (an :class:`~i2dl.errors.InputDataError` stays one, so
+    the CLI prints it without a traceback); any other exception becomes an
+    :class:`~i2dl.errors.I2dlError` chained to it.
+    """
+    cause = f"{type(exc).__name__}: {exc}"
+    fix = "fix the cause and run the stage again"
+    if type(exc).__name__ == "KilledWorker":
+        fix = ("its workers died (out of memory?): give them more memory, fewer "
+               "dask.threads_per_worker or smaller chunks, and run the stage again")
+    elif not retries:
+        fix += " (or set dask.retries=N for transient failures: shared file systems)"
+    msg = (f"{task.name} failed {retries + 1} time(s) on the Dask cluster (dask.retries="
+           f"{retries}, iota2 task_retry_limits): {cause}. Its log: {log_path}; {fix}")
+    if isinstance(exc, I2dlError):
+        try:
+            return type(exc)(msg)
+        except TypeError:  # a subclass with another constructor
+            pass
+    return I2dlError(msg)
+
+
+class TaskRunner:
+    """Runs the named tasks of a stage on a Dask cluster and yields their results in order.
+
+    The cluster starts at the first call (a stage that has nothing to compute, such as a
+    ``prepare`` that reuses its store, starts none) and stops with :meth:`close`; each
+    task logs to ``<log_dir>/<task.log>.log``. At most ``max_in_flight`` tasks are
+    submitted and not yet consumed, so memory stays bounded whatever the number of
+    tasks; results come back in the order of the tasks, so the outputs the stage writes
+    from them are those of the serial run.
+
+    Args:
+        settings: the run's ``dask`` group (:func:`dask_settings`).
+        log_dir: the folder of the task logs (created).
+        max_in_flight: None = twice the cluster's threads.
+    """
+
+    def __init__(self, settings: DaskSettings, log_dir: Path,
+                 max_in_flight: int | None = None) -> None:
+        self.settings = settings
+        self.log_dir = Path(log_dir)
+        self.max_in_flight = max_in_flight
+        self._stack = ExitStack()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The connected :class:`distributed.Client` (the cluster starts on first use)."""
+        if self._client is None:
+            s = self.settings
+            self._client = self._stack.enter_context(dask_client(
+                s.address, s.n_workers, s.threads_per_worker, s.processes, key="dask"))
+        return self._client
+
+    def __call__(self, tasks: Iterable[tuple[str, str, Callable[..., Any], tuple[Any, ...]]],
+                 ) -> Iterator[Any]:
+        """``fn(*args)`` of every task, run on the cluster, yielded in the tasks' order.
+
+        Raises:
+            I2dlError: (or the task's own i2dl error class) a task failed
+                ``dask.retries + 1`` times; the message names it and its log
+                (:func:`task_failure`). The tasks not finished are cancelled.
+        """
+        client = self.client
+        limit = self.max_in_flight or max(2, 2 * sum(client.nthreads().values()))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        queue = (Task(*t) for t in tasks)
+        in_flight: deque[tuple[Task, Path, Any]] = deque()
+
+        def submit(task: Task) -> None:
+            path = self.log_dir / f"{task.log}.log"
+            path.unlink(missing_ok=True)  # a rerun's log starts afresh
+            in_flight.append((task, path, client.submit(
+                run_task, task.name, str(path), task.fn, *task.args, pure=False,
+                retries=self.settings.retries, key=f"{task.log}-{uuid.uuid4().hex[:8]}")))
+
+        try:
+            for task in islice(queue, limit):
+                submit(task)
+            while in_flight:
+                task, path, future = in_flight.popleft()
+                try:
+                    result = future.result()
+                except Exception as exc:
+                    raise task_failure(task, path, self.settings.retries, exc) from exc
+                future.release()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    submit(nxt)
+                yield result
+        finally:
+            client.cancel([f for _, _, f in in_flight])
+
+    def close(self) -> None:
+        """Close the rasters the workers hold open, and stop (or leave) the cluster."""
+        if self._client is not None:
+            try:
+                self._client.run(close_worker_sources)
+            finally:
+                self._client = None
+                self._stack.close()
+
+
+@contextmanager
+def task_runner(settings: DaskSettings | None, log_dir: Path) -> Iterator[TaskRunner | None]:
+    """A :class:`TaskRunner` for ``settings``, closed at the end; None for ``dask.engine=local``.
+
+    Source: iota2 runs each step of each tile as a task of a Dask scheduler (a
+    ``LocalCluster`` or an existing one), with ``task_retry_limits`` and a log per task.
+    """
+    if settings is None:
+        yield None
+        return
+    runner = TaskRunner(settings, log_dir)
+    try:
+        yield runner
+    finally:
+        runner.close()

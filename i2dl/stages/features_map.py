@@ -2,7 +2,9 @@
 
 Writes the feature time series of the ``data`` config — exactly what ``prepare`` and
 ``infer`` read — chunk by chunk, per tile, then mosaics the tiles (iota2's output tree),
-see :mod:`i2dl.features.feature_maps`.
+see :mod:`i2dl.features.feature_maps`. With ``dask.engine=dask`` every chunk of a tile is
+a task of the run's Dask cluster (:mod:`i2dl.maps.cluster`), logged to
+``<run>/logs/features-map/``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import logging
 from pathlib import Path
 
 import rasterio
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from i2dl.errors import InputDataError
 from i2dl.features.feature_maps import band_descriptions, write_tile_features
 from i2dl.features.source import data_tiles, open_source
 from i2dl.io.geotiff import mosaic
-from i2dl.io.layout import FINAL_DIR, run_dir, stage_logging
+from i2dl.io.layout import FINAL_DIR, LOGS_DIR, run_dir, stage_logging
+from i2dl.maps.cluster import dask_settings, task_runner
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,23 @@ def run(cfg: DictConfig) -> Path:
 
     Raises:
         InputDataError: tiles with different features (bands or dates) cannot be mosaicked.
+        ConfigError: bad ``features_map`` or ``dask`` settings.
+        I2dlError: with ``dask.engine=dask``, a chunk failed its last attempt (named).
     """
     out = run_dir(cfg)
-    with stage_logging(out, "features-map"):
+    with stage_logging(out, "features-map"), \
+            task_runner(dask_settings(cfg), out / LOGS_DIR / "features-map") as run_tasks:
         tiles = data_tiles(cfg.data) or [str(cfg.data.get("name", "tile"))]
         fm = cfg.get("features_map") or {}
         chunk = int(fm.get("chunk_size", 512))
         n_chunks = fm.get("number_of_chunks")
         dtype, scale = str(fm.get("dtype", "float32")), float(fm.get("scale", 1000))
+        data = OmegaConf.to_container(cfg.data, resolve=True)
         by_tile: list[Path] = []
         names: list[str] = []
         for i, tile in enumerate(tiles):
-            with open_source(cfg.data, tile if data_tiles(cfg.data) else None) as source:
+            key = tile if data_tiles(cfg.data) else None
+            with open_source(cfg.data, key) as source:
                 tile_names = band_descriptions(source)
                 if i and tile_names != names:
                     raise InputDataError(
@@ -55,7 +63,7 @@ def run(cfg: DictConfig) -> Path:
                 names = tile_names
                 by_tile.append(write_tile_features(
                     source, tile, out, chunk, None if n_chunks is None else int(n_chunks),
-                    dtype, scale))
+                    dtype, scale, run_tasks, (data, key)))  # type: ignore[arg-type]
                 log.info("tile %s: %s", tile, by_tile[-1])
         final = mosaic(by_tile, out / FINAL_DIR / FEATURES_MAP, descriptions=names)
         if dtype == "int16":
