@@ -142,3 +142,28 @@ def test_fused_map_scored_on_polygons_no_run_saw_and_one_final_folder(
     for name in ("Classif_Seed_0.tif", "Classif_Seed_1.tif", "Confidence_Seed_1.tif",
                  "Classif_Fusion.tif"):
         assert (run / "final" / name).is_file()
+
+
+def test_slovenia_two_run_dempster_shafer_keeps_every_agreed_pixel(
+        make_cfg, slovenia_dir, tmp_path: Path) -> None:
+    # issue 22's reproduction: where both runs agree, the fusion took 255 (undecided)
+    from i2dl.stages.train import run as run_train
+
+    agg = run_train(make_cfg("+experiment=rf", *FAST, "runs=2", "fusion=true",
+                             "fusion_method=dempster_shafer", "fusion_undecided_label=255",
+                             "model.estimator.n_estimators=20"))
+    run = tmp_path / "run"
+    maps = []
+    for i in range(2):
+        with rasterio.open(run / f"seed_{i}" / "maps" / "classif.tif") as src:
+            maps.append(src.read(1))
+    with rasterio.open(run / "final" / "Classif_Fusion.tif") as src:
+        fused = src.read(1)
+    agree = (maps[0] == maps[1]) & (maps[0] > 0)
+    assert agree.sum() > 1000
+    np.testing.assert_array_equal(fused[agree], maps[0][agree])
+    # no class that neither run chose (Slovenia has 5 classes: never the only unchosen one)
+    chosen = (fused == maps[0]) | (fused == maps[1]) | (fused == 255)
+    assert chosen[(maps[0] > 0) & (maps[1] > 0)].all()
+    scores = agg["fusion"]["scores"]
+    assert scores["n_samples"] > 0 and set(scores["runs"]) == {"seed_0", "seed_1"}
