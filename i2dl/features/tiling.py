@@ -32,7 +32,9 @@ per tile, one band per date (:mod:`i2dl.io.sensors.s2angles`). Sentinel-1 angles
 not implemented: asking for them is an error, not a silent no-op.
 
 Command: ``python -m i2dl tiler [config=tiler.yaml] key=value ...`` with the keys of
-``configs/tiler.yaml`` (iota2's names).
+``configs/tiler.yaml`` (iota2's names) and the run's ``dask.*`` keys
+(``configs/dask/default.yaml``): ``dask.engine=dask`` runs every tile x feature as a task
+of a Dask cluster, retried ``dask.retries`` times, then reported by name.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from rasterio.windows import Window
 from rich.progress import Progress
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
+from i2dl.features.feature_maps import TaskRunner
 from i2dl.io.files import atomic_path
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.sensors.s2angles import write_s2_angles
@@ -312,8 +315,94 @@ def _files(folder: str | Path, what: str, suffixes: tuple[str, ...]) -> list[Pat
     return files
 
 
-def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]:
+def _grid(c: DictConfig) -> list[Tile]:
+    """The tiles of the config's grid (vector or rasters).
+
+    Raises:
+        ConfigError: a vector grid's keys missing.
+    """
+    tiles_wanted = list(c.get("list_tile") or []) or None
+    if c.get("grid"):
+        missing = [k for k in ("tile_field", "spatial_resolution", "proj") if not c.get(k)]
+        if missing:
+            raise ConfigError(f"a vector grid needs {missing} too")
+        return grid_from_vector(c.grid, c.tile_field, float(c.spatial_resolution), c.proj,
+                                tiles_wanted)
+    return grid_from_rasters(c.rasters_grid_path, tiles_wanted)
+
+
+def _jobs(c: DictConfig) -> list[tuple[str, str, Any, Resampling]]:
+    """What to write on every tile: ``(kind, name, input, resampling)``.
+
+    Raises:
+        ConfigError: nothing to tile, or an unknown resampling.
+        InputFileNotFoundError: an input folder without its files.
+    """
+    per_feature = dict(c.get("resampling") or {})
+    default = _resampling(str(per_feature.pop("default", "bilinear")))
+    jobs: list[tuple[str, str, Any, Resampling]] = []
+    if c.get("features_path"):
+        jobs += [("feature", p.stem, p, _resampling(str(per_feature.get(p.stem, default.name))))
+                 for p in _files(c.features_path, "features_path", RASTER_EXT)]
+    if c.get("srtm_path"):
+        jobs.append(("srtm", "srtm", _files(c.srtm_path, "srtm_path", (".hgt",)), default))
+    if c.get("worldclim_path"):
+        jobs.append(("worldclim", "worldclim",
+                     _files(c.worldclim_path, "worldclim_path", RASTER_EXT), default))
+    if c.get("s2_path"):
+        jobs.append(("s2_angles", "s2_angles", c.s2_path, default))
+    if not jobs:
+        raise ConfigError("nothing to tile: set features_path, srtm_path, worldclim_path or "
+                          "s2_path")
+    return jobs
+
+
+def tile_feature(kind: str, name: str, item: Any, method: Resampling, tile: Tile,
+                 out: str) -> dict[str, Path]:
+    """Write one feature of one tile (one task): ``{feature name: path}``.
+
+    Raises:
+        InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
+    """
+    folder = Path(out) / tile.name
+    if kind == "feature":
+        done = {name: write_warped([item], tile, folder / f"{name}.tif", method)}
+    elif kind == "srtm":
+        done = write_srtm(item, tile, folder)
+    elif kind == "s2_angles":
+        done = write_s2_angles(item, tile, folder)
+    else:
+        done = {"worldclim": write_warped(item, tile, folder / "worldclim.tif", method,
+                                          descriptions=[p.stem for p in item])}
+    log.info("tile %s: %s written (%dx%d px, %s)", tile.name, name, tile.width, tile.height,
+             tile.crs)
+    return done
+
+
+def _logged(path: Path, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with this module's log records copied to ``path`` (the serial run)."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    try:
+        return fn(*args)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def run_tiler(cfg: Mapping[str, Any] | DictConfig,
+              run_tasks: TaskRunner | None = None) -> dict[str, dict[str, Path]]:
     """Tile the features of ``cfg`` (keys of ``configs/tiler.yaml``).
+
+    Every tile x feature is one task (iota2's), logged to
+    ``<output_path>/logs/FeaturesTiler/tile_<tile>_<feature>.log``.
+
+    Args:
+        cfg: the tiler's keys.
+        run_tasks: runs the tasks on a Dask cluster (``dask.engine=dask``, built by the
+            stage from the ``dask`` keys); None = in turn, in this process. The rasters
+            written are the same.
 
     Returns:
         tile -> feature name -> written path.
@@ -321,6 +410,8 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
     Raises:
         ConfigError: both or neither grid kinds, missing keys, angles asked for.
         InputFileNotFoundError, InputDataError: unreadable or inconsistent inputs.
+        I2dlError: with ``run_tasks``, a task failed its last attempt (tile and feature
+            named, see :func:`i2dl.maps.cluster.task_failure`).
     """
     c = OmegaConf.create(dict(cfg)) if not isinstance(cfg, DictConfig) else cfg
     if bool(c.get("grid")) == bool(c.get("rasters_grid_path")):
@@ -331,59 +422,23 @@ def run_tiler(cfg: Mapping[str, Any] | DictConfig) -> dict[str, dict[str, Path]]
                           "remove the key")
     if not c.get("output_path"):
         raise ConfigError("output_path is required (where <tile>/<feature>.tif go)")
-    tiles_wanted = list(c.get("list_tile") or []) or None
-    if c.get("grid"):
-        missing = [k for k in ("tile_field", "spatial_resolution", "proj") if not c.get(k)]
-        if missing:
-            raise ConfigError(f"a vector grid needs {missing} too")
-        tiles = grid_from_vector(c.grid, c.tile_field, float(c.spatial_resolution), c.proj,
-                                 tiles_wanted)
-    else:
-        tiles = grid_from_rasters(c.rasters_grid_path, tiles_wanted)
+    tiles = _grid(c)
+    jobs = _jobs(c)
     out = Path(c.output_path)
-    jobs: list[tuple[str, Any]] = []
-    if c.get("features_path"):
-        jobs += [("feature", p) for p in _files(c.features_path, "features_path", RASTER_EXT)]
-    if c.get("srtm_path"):
-        jobs.append(("srtm", _files(c.srtm_path, "srtm_path", (".hgt",))))
-    if c.get("worldclim_path"):
-        jobs.append(("worldclim", _files(c.worldclim_path, "worldclim_path", RASTER_EXT)))
-    if c.get("s2_path"):
-        jobs.append(("s2_angles", c.s2_path))
-    if not jobs:
-        raise ConfigError("nothing to tile: set features_path, srtm_path, worldclim_path or "
-                          "s2_path")
-    per_feature = dict(c.get("resampling") or {})
-    default = _resampling(str(per_feature.pop("default", "bilinear")))
     logs = out / "logs" / "FeaturesTiler"
     logs.mkdir(parents=True, exist_ok=True)
-    written: dict[str, dict[str, Path]] = {}
+    pairs = [(tile, job) for tile in tiles for job in jobs]
+    if run_tasks is None:
+        results: Any = (_logged(logs / f"tile_{tile.name}_{job[1]}.log", tile_feature, *job,
+                                tile, str(out)) for tile, job in pairs)
+    else:
+        results = run_tasks([(f"tile {tile.name}, feature {job[1]}",
+                              f"tile_{tile.name}_{job[1]}", tile_feature, (*job, tile, str(out)))
+                             for tile, job in pairs])
+    written: dict[str, dict[str, Path]] = {t.name: {} for t in tiles}
     with Progress() as bar:
-        task = bar.add_task("tiling", total=len(tiles) * len(jobs))
-        for tile in tiles:
-            done = written.setdefault(tile.name, {})
-            for kind, item in jobs:
-                name = Path(item).stem if kind == "feature" else kind
-                handler = logging.FileHandler(logs / f"tile_{tile.name}_{name}.log", mode="w")
-                handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-                log.addHandler(handler)
-                try:
-                    if kind == "feature":
-                        method = _resampling(str(per_feature.get(name, default.name)))
-                        done[name] = write_warped([item], tile, out / tile.name / f"{name}.tif",
-                                                  method)
-                    elif kind == "srtm":
-                        done.update(write_srtm(item, tile, out / tile.name))
-                    elif kind == "s2_angles":
-                        done.update(write_s2_angles(item, tile, out / tile.name))
-                    else:
-                        done["worldclim"] = write_warped(
-                            item, tile, out / tile.name / "worldclim.tif", default,
-                            descriptions=[p.stem for p in item])
-                    log.info("tile %s: %s written (%dx%d px, %s)", tile.name, name, tile.width,
-                             tile.height, tile.crs)
-                finally:
-                    log.removeHandler(handler)
-                    handler.close()
-                bar.advance(task)
+        task = bar.add_task("tiling", total=len(pairs))
+        for (tile, _), done in zip(pairs, results, strict=True):
+            written[tile.name].update(done)
+            bar.advance(task)
     return written

@@ -1,18 +1,23 @@
 """Stage ``tiler``: ``python -m i2dl tiler [config=FILE.yaml] key=value ...``.
 
 iota2's features tiler (``i2_features_to_grid``): plain ``key=value`` arguments over the
-defaults of ``configs/tiler.yaml``; the work is :func:`i2dl.features.tiling.run_tiler`.
+defaults of ``configs/tiler.yaml`` and of the run's ``dask`` group
+(``configs/dask/default.yaml``: ``dask.engine=dask`` makes every tile x feature a Dask
+task); the work is :func:`i2dl.features.tiling.run_tiler`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from i2dl.config import CONFIG_DIR
 from i2dl.errors import I2dlError
 from i2dl.features.tiling import DEFAULTS, run_tiler
+from i2dl.maps.cluster import dask_settings, task_runner
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +26,8 @@ def main(argv: list[str]) -> int:
     Returns:
         0 on success, 2 on a usage error, 1 on bad input (printed without traceback).
     """
-    cfg = OmegaConf.load(DEFAULTS)
+    cfg = OmegaConf.merge(OmegaConf.load(DEFAULTS),
+                          {"dask": OmegaConf.load(CONFIG_DIR / "dask" / "default.yaml")})
     dotlist = []
     for item in argv:
         key, sep, value = item.partition("=")
@@ -38,8 +44,11 @@ def main(argv: list[str]) -> int:
             dotlist.append(item)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    assert isinstance(cfg, DictConfig)  # merged mappings
     try:
-        written = run_tiler(cfg)  # type: ignore[arg-type]
+        logs = Path(str(cfg.get("output_path") or ".")) / "logs" / "FeaturesTiler"
+        with task_runner(dask_settings(cfg), logs) as run_tasks:
+            written = run_tiler(cfg, run_tasks)
     except I2dlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
