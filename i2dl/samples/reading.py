@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+import rasterio.windows
+from omegaconf import DictConfig, OmegaConf
 from rasterio.windows import Window
 from rich.progress import track
+from shapely.geometry import box
 
 from i2dl.builders.obia import STATS, segment_samples, segmentation_for
 from i2dl.errors import ConfigError, InputDataError
+from i2dl.features.feature_maps import TaskRunner, worker_source
 from i2dl.features.source import data_tiles, open_source, stack_feature_options
 from i2dl.io.geotiff import block_windows
 from i2dl.io.nomenclature import read_class_names
@@ -102,14 +105,16 @@ class SampleSpool:
 
 
 def samples_from_raster(
-    data: DictConfig, sampling: DictConfig, spool: SampleSpool
+    data: DictConfig, sampling: DictConfig, spool: SampleSpool,
+    run_tasks: TaskRunner | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[int, str]]:
     """Rasterise the reference polygons and extract the labelled pixels' series.
 
     With several tiles (``data.list_tile``), every tile is read (same dates and channels
     required) and the samples of all tiles go to one store with their ``tile`` index.
     With ``sampling.region_file``, every sample gets the region its pixel falls in and
-    samples outside every region are dropped.
+    samples outside every region are dropped. With ``run_tasks`` (``dask.engine=dask``)
+    each row of extraction blocks of a tile is a Dask task (:func:`_extract`).
 
     Returns:
         ``(arrays, attrs, class_names)``: the per-sample arrays (``X`` the spooled series),
@@ -157,9 +162,10 @@ def samples_from_raster(
             regions = read_regions(sampling.region_file, sampling.region_field, first.crs)
         parts, n_labelled = [], 0
         codes = np.arange(len(ref.polygons))
+        plain: Any = OmegaConf.to_container(data, resolve=True)  # what a Dask worker opens
         for t, src in enumerate(sources):
             part, n_tile = _extract(src, ref.polygons, codes, regions, tiles[t] if tiles else "-",
-                                    spool)
+                                    spool, run_tasks, (plain, each_tile[t]))
             n_labelled += n_tile
             if part is None:
                 continue
@@ -441,6 +447,87 @@ def _int_cell(text: str, path: Path, line: int, column: int) -> int:
     )
 
 
+def _extract_block(
+    series: Any, polygons: Any, rows: np.ndarray, regions: Any | None, win: Window,
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None, tuple[int, int, int]]:
+    """The labelled pixels of one block: ``(x, arrays, (labelled, outside, no valid))``.
+
+    Only the polygons (and eco-regions) that reach the block are burnt
+    (:func:`i2dl.io.vector.burn_window`), and only the bounding box of its labelled pixels
+    is read. ``x`` (n, T, C) are the kept series, ``arrays`` their ``mask``, ``row``,
+    ``col``, ``_poly_row`` and ``region`` (None without a labelled pixel).
+    """
+    sub = burn_window(polygons, rows, series.transform, win)
+    rr, cc = np.nonzero(sub >= 0)
+    n_outside = 0
+    if len(rr) and regions is not None:
+        reg = burn_window(regions, regions["region"].to_numpy(), series.transform, win)
+        inside = reg[rr, cc] >= 0
+        n_outside = int((~inside).sum())
+        rr, cc = rr[inside], cc[inside]
+    if len(rr) == 0:
+        return np.zeros(0, np.float32), None, (0, n_outside, 0)
+    r_lo, c_lo = int(rr.min()), int(cc.min())
+    r0, c0 = int(win.row_off) + r_lo, int(win.col_off) + c_lo
+    crop = Window(c0, r0, int(cc.max()) - c_lo + 1, int(rr.max()) - r_lo + 1)
+    x, valid = read_series_window(series, crop)
+    x, valid = x[rr - r_lo, cc - c_lo], valid[rr - r_lo, cc - c_lo]
+    keep = valid.any(axis=1)
+    part = {
+        "mask": valid[keep],
+        "row": (rr[keep] + int(win.row_off)).astype(np.int32),
+        "col": (cc[keep] + int(win.col_off)).astype(np.int32),
+        "_poly_row": sub[rr, cc][keep],
+        "region": (reg[rr, cc][keep].astype(np.int32) if regions is not None
+                   else np.zeros(int(keep.sum()), dtype=np.int32)),
+    }
+    return x[keep], part, (len(rr), n_outside, int((~keep).sum()))
+
+
+def extract_strip_task(
+    data: dict[str, Any], tile: str | None, polygons: Any, rows: np.ndarray,
+    regions: Any | None, windows: list[Window],
+) -> list[tuple[np.ndarray, dict[str, np.ndarray] | None, tuple[int, int, int]]]:
+    """The Dask task of one strip of blocks: :func:`_extract_block` of each, in order.
+
+    ``polygons``, ``rows`` and ``regions`` are those that reach the strip, in their order:
+    the burns are those of the whole reference. The worker opens the tile once per
+    thread (:func:`i2dl.features.feature_maps.worker_source`).
+    """
+    series = worker_source(data, tile)
+    return [_extract_block(series, polygons, rows, regions, w) for w in windows]
+
+
+def _near(frame: Any, bounds: tuple[float, ...], values: np.ndarray | None = None) -> Any:
+    """The rows of ``frame`` whose bounding box meets ``bounds``, in order (and their values)."""
+    idx = np.sort(frame.sindex.query(box(*bounds)))
+    part = frame.iloc[idx].reset_index(drop=True)
+    return part if values is None else (part, np.asarray(values)[idx])
+
+
+def _strip_tasks(
+    series: Any, polygons: Any, rows: np.ndarray, regions: Any | None, tile: str,
+    opens: tuple[dict[str, Any], str | None], windows: list[Window],
+) -> list[tuple[str, str, Any, tuple[Any, ...]]]:
+    """One task per row of blocks: ``(name, log stem, fn, args)`` for a task runner."""
+    strips: dict[int, list[Window]] = {}
+    for w in windows:
+        strips.setdefault(int(w.row_off), []).append(w)
+    geometry = polygons[[polygons.geometry.name]]
+    tasks = []
+    for r0, strip in strips.items():
+        whole = Window(0, r0, series.width, int(strip[0].height))
+        bounds = rasterio.windows.bounds(whole, series.transform)
+        near, values = _near(geometry, bounds, rows)
+        reg = None if regions is None else _near(regions[["region", regions.geometry.name]],
+                                                 bounds)
+        r1 = r0 + int(whole.height)
+        tasks.append((f"tile {tile}, sample extraction of rows {r0}-{r1}",
+                      f"extract_samples_{tile}_rows_{r0}-{r1}", extract_strip_task,
+                      (opens[0], opens[1], near, values, reg, strip)))
+    return tasks
+
+
 def _extract(
     series: Any,
     polygons: Any,
@@ -448,14 +535,16 @@ def _extract(
     regions: Any | None,
     tile: str,
     spool: SampleSpool,
+    run_tasks: TaskRunner | None = None,
+    opens: tuple[dict[str, Any], str | None] | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, int]:
     """Read the series of every pixel whose centre a polygon covers, block by block.
 
-    The grid is cut into ``EXTRACT_BLOCK`` windows; in each, only the polygons (and
-    eco-regions) that reach it are burnt (:func:`i2dl.io.vector.burn_window`), and only
-    the bounding box of its labelled pixels is read. Time and memory follow the labelled
-    pixels, not the grid: no whole-grid array is made, and blocks without a polygon cost
-    a spatial-index query.
+    The grid is cut into ``EXTRACT_BLOCK`` windows (:func:`_extract_block`). Time and
+    memory follow the labelled pixels, not the grid: no whole-grid array is made, and
+    blocks without a polygon cost a spatial-index query. With ``run_tasks`` every row of
+    blocks is a Dask task (:func:`extract_strip_task`); the blocks' samples are spooled in
+    the same order, so the store is that of the serial run.
 
     Args:
         series: the opened time series.
@@ -464,46 +553,32 @@ def _extract(
         regions: eco-regions (``region`` column) or None.
         tile: the tile's name, for messages.
         spool: receives the series ``X`` of the samples, in sample order.
+        run_tasks: runs the strips as Dask tasks (``dask.engine=dask``); None = in turn.
+        opens: with ``run_tasks``, how a worker opens the tile (``data`` as plain
+            containers, tile).
 
     Returns:
         ``(arrays, n_labelled)``: ``mask``, ``row``, ``col``, ``_poly_row`` and
         ``region`` of the labelled pixels with a valid date (None if there is none), and
         the number of labelled pixels (inside a region when there are regions).
     """
-    parts: list[dict[str, np.ndarray]] = []
-    n_no_valid = n_outside = n_labelled = 0
     windows = block_windows(series.width, series.height, EXTRACT_BLOCK)
-    for win in track(windows, description="extracting samples", disable=len(windows) < 4):
-        sub = burn_window(polygons, rows, series.transform, win)
-        rr, cc = np.nonzero(sub >= 0)
-        if len(rr) == 0:
-            continue
-        if regions is not None:
-            reg = burn_window(regions, regions["region"].to_numpy(), series.transform, win)
-            inside = reg[rr, cc] >= 0
-            n_outside += int((~inside).sum())
-            rr, cc = rr[inside], cc[inside]
-            if len(rr) == 0:
-                continue
-        n_labelled += len(rr)
-        r_lo, c_lo = int(rr.min()), int(cc.min())
-        r0, c0 = int(win.row_off) + r_lo, int(win.col_off) + c_lo
-        crop = Window(c0, r0, int(cc.max()) - c_lo + 1, int(rr.max()) - r_lo + 1)
-        x, valid = read_series_window(series, crop)
-        x, valid = x[rr - r_lo, cc - c_lo], valid[rr - r_lo, cc - c_lo]
-        keep = valid.any(axis=1)
-        n_no_valid += int((~keep).sum())
-        spool.append(x[keep])
-        parts.append(
-            {
-                "mask": valid[keep],
-                "row": (rr[keep] + int(win.row_off)).astype(np.int32),
-                "col": (cc[keep] + int(win.col_off)).astype(np.int32),
-                "_poly_row": sub[rr, cc][keep],
-                "region": (reg[rr, cc][keep].astype(np.int32) if regions is not None
-                           else np.zeros(int(keep.sum()), dtype=np.int32)),
-            }
-        )
+    if run_tasks is None or opens is None:
+        blocks: Any = ([_extract_block(series, polygons, rows, regions, w)]
+                       for w in track(windows, description="extracting samples",
+                                      disable=len(windows) < 4))
+    else:
+        blocks = run_tasks(_strip_tasks(series, polygons, rows, regions, tile, opens,
+                                        windows))
+    parts: list[dict[str, np.ndarray]] = []
+    counts = np.zeros(3, dtype=np.int64)  # labelled, outside every region, no valid date
+    for results in blocks:
+        for x, part, n in results:
+            counts += n
+            if part is not None:
+                spool.append(x)
+                parts.append(part)
+    n_labelled, n_outside, n_no_valid = (int(v) for v in counts)
     if n_outside:
         log.info("tile %s: %d labelled pixel(s) in no region dropped", tile, n_outside)
     if n_no_valid:
