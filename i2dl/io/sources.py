@@ -3,7 +3,8 @@
 - a **stack**: ``data.raster`` (a date-major GeoTIFF), ``data.dates_file``,
   ``data.band_names``, ``data.masks`` (:func:`i2dl.io.raster.open_time_series`);
 - a **sensor**: one entry of ``data.sensors`` (``sentinel2_theia``, ``sentinel2_sen2cor``,
-  ``landsat8_n2a``, or ``stack``) and its options, for one tile.
+  ``landsat8_n2a``, ``stac`` (COGs listed by a STAC catalogue), or ``stack``) and its
+  options, for one tile.
 
 Composing the sensors of a tile into one feature series (gap-filling, indices, user and
 external features) is the job of :func:`i2dl.features.source.open_source`.
@@ -28,6 +29,7 @@ SENSORS = {
     "landsat5_n2a": "i2dl.io.sensors.landsat8:Landsat5N2A",
     "sentinel2_l3a": "i2dl.io.sensors.theia:Sentinel2L3A",
     "landsat8_theia": "i2dl.io.sensors.theia:Landsat8Theia",
+    "stac": "i2dl.io.sensors.stac:StacSeries",
 }
 
 
