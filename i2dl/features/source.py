@@ -9,6 +9,14 @@ Two kinds of ``data`` configs feed the same ``prepare`` and ``infer`` code:
   ``data.tile`` (or the first of ``data.list_tile``), ``start_date``/``end_date``, ``gapfilling``,
   ``indices``, ``keep_bands``, ``user_features`` and ``external_features``
   (:class:`i2dl.features.stack.FeatureStack`), as iota2 reads sensor folders per tile.
+
+Both are read on the tile's own grid, or, with ``data.proj`` and/or
+``data.spatial_resolution`` (iota2's ``chain.proj`` and ``chain.spatial_resolution``), on
+the run's output grid (:func:`output_grid`): every tile reprojected onto one CRS and pixel
+lattice, so that tiles of several UTM zones give one map. Each window is warped from the
+tile's pixels covering it (:class:`i2dl.features.stack.WarpedSeries`; with sensors, each
+sensor and the user features by the feature stack): values by ``data.resampling``
+(bilinear; nearest for class rasters), validity masks by nearest.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from i2dl.errors import ConfigError
 from i2dl.features.external import load_functions
-from i2dl.features.stack import FeatureStack
+from i2dl.features.stack import FeatureStack, WarpedSeries
 from i2dl.io.raster import as_date
 from i2dl.io.sensors.base import TimeSeriesSource
+from i2dl.io.sensors.common import Grid, target_grid
 from i2dl.io.sensors.sentinel1 import open_sentinel1
 from i2dl.io.sensors.userfeat import UserFeatures
 from i2dl.io.sources import open_sensor, open_stack
@@ -67,7 +76,15 @@ def open_source(data: Mapping[str, Any], tile: str | None = None) -> TimeSeriesS
     if not uses_sensors(data):
         options = stack_feature_options(data)
         if not options:
-            return open_stack(_plain(data), tile)
+            series = open_stack(_plain(data), tile)
+            try:
+                grid = output_grid(data, series, tile)
+                if grid is None:
+                    return series
+                return WarpedSeries(series, grid, str(data.get("resampling") or "bilinear"))
+            except BaseException:
+                series.close()
+                raise
         # a stack with feature options: the stack is the one "sensor" of a feature stack,
         # so the options are applied, never dropped (no gap-filling unless asked)
         plain = dict(_plain(data))
@@ -77,6 +94,37 @@ def open_source(data: Mapping[str, Any], tile: str | None = None) -> TimeSeriesS
                   "gapfilling": plain.get("gapfilling") or {"enabled": False}}
         return open_feature_stack(routed, tile)
     return open_feature_stack(data, tile)
+
+
+def output_grid(data: Mapping[str, Any], grid: Any, tile: str | None = None) -> Grid | None:
+    """The grid a tile is read on: ``data.proj`` at ``data.spatial_resolution``.
+
+    iota2's ``chain.proj`` and ``chain.spatial_resolution`` put every tile on one output
+    grid; here the tile's footprint in ``proj`` snapped to multiples of the resolution
+    (:func:`i2dl.io.sensors.common.target_grid`), so the tiles share one pixel lattice.
+    ``proj: null`` keeps the tile's CRS, ``spatial_resolution: null`` its pixel size.
+
+    Args:
+        data: the ``data`` config node.
+        grid: the tile's own grid (``crs``, ``transform``, ``width``, ``height``).
+        tile: the tile, for messages.
+
+    Returns:
+        The output grid, or None when the tile is read on its own grid (both keys null,
+        or the output grid is the tile's).
+
+    Raises:
+        ConfigError: a bad ``proj`` or ``spatial_resolution``.
+        InputDataError: ``proj`` is set and the tile has no CRS.
+    """
+    proj, res = data.get("proj") or None, data.get("spatial_resolution")
+    if proj is None and res is None:
+        return None
+    own = Grid(grid.crs, grid.transform, grid.width, grid.height)
+    path = getattr(grid, "path", "the series")
+    where = f"tile {tile} ({path})" if tile else str(path)
+    out = target_grid(own, proj, res, where)
+    return None if out.same_as(own) else out
 
 
 #: ``data`` options that compute features on top of the input series
@@ -127,6 +175,9 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
                 sensors.update(open_sentinel1(dict(opts or {}), tile, start, end))
             else:
                 sensors[name] = open_sensor(name, opts, tile, start, end)
+        reference = data.get("reference_sensor") or next(iter(sensors), None)
+        grid = (output_grid(data, sensors[reference], tile) if reference in sensors
+                else None)
         user = None
         if data.get("user_features"):
             if tile is None:
@@ -155,6 +206,8 @@ def open_feature_stack(data: Mapping[str, Any], tile: str | None = None) -> Feat
             start_date=start,
             end_date=end,
             path=f"{data.get('name', 'sensors')}:{tile}",
+            grid=grid,
+            resampling=str(data.get("resampling") or "bilinear"),
         )
     except BaseException:
         for src in sensors.values():

@@ -3,9 +3,11 @@
 For every window read, in order (iota2 ``sensors_data_interpolation``, spectral indices,
 ``userFeat``, ``external_features``):
 
-1. each sensor is read on the grid of the **reference sensor** (other grids are
-   resampled on the fly with ``rasterio.warp.reproject``: bilinear for reflectances,
-   nearest for validity);
+1. each sensor is read on the grid of the **reference sensor**, or on the run's output
+   grid with ``data.proj``/``data.spatial_resolution`` (iota2 ``chain.proj``,
+   :func:`i2dl.features.source.output_grid`); other grids are resampled on the fly with
+   ``rasterio.warp.reproject``: bilinear for reflectances, nearest for validity, and so
+   are the user features;
 2. its spectral indices are appended (``indices``, ``keep_bands``); optical sensors only,
    Sentinel-1 series (``sentinel1_asc``/``sentinel1_des``) have none;
 3. with gap-filling (``gapfilling.enabled``), each sensor's valid observations are
@@ -52,6 +54,7 @@ from i2dl.features.gapfill import gapfill, regular_grid
 from i2dl.features.indices import compute_indices
 from i2dl.io.raster import days_since
 from i2dl.io.sensors.base import RasterReader
+from i2dl.io.sensors.common import resolve_window
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +70,22 @@ INDEX_SENSOR = {
 
 
 def _grid_window(src: Any, ref: Any, window: Window) -> Window:
-    """The window of ``src``'s grid covering ``window`` of ``ref``'s grid (+1 px margin)."""
+    """The window of ``src``'s grid covering ``window`` of ``ref``'s grid, with a margin.
+
+    The margin covers the resampling kernel: 1 source pixel, plus the ratio of the pixel
+    sizes when ``ref``'s pixels are larger (GDAL widens its kernels when it downsamples).
+    """
     left, bottom, right, top = window_bounds(window, ref.transform)
     if src.crs is not None and ref.crs is not None and src.crs != ref.crs:
         left, bottom, right, top = transform_bounds(ref.crs, src.crs, left, bottom, right, top)
     win = from_bounds(left, bottom, right, top, src.transform)
-    col0 = max(int(np.floor(win.col_off)) - 1, 0)
-    row0 = max(int(np.floor(win.row_off)) - 1, 0)
-    col1 = min(int(np.ceil(win.col_off + win.width)) + 1, src.width)
-    row1 = min(int(np.ceil(win.row_off + win.height)) + 1, src.height)
+    scale = max(win.width / max(float(window.width), 1.0),
+                win.height / max(float(window.height), 1.0), 1.0)
+    pad = 1 + int(np.ceil(scale))
+    col0 = max(int(np.floor(win.col_off)) - pad, 0)
+    row0 = max(int(np.floor(win.row_off)) - pad, 0)
+    col1 = min(int(np.ceil(win.col_off + win.width)) + pad, src.width)
+    row1 = min(int(np.ceil(win.row_off + win.height)) + pad, src.height)
     return Window(col0, row0, max(col1 - col0, 0), max(row1 - row0, 0))
 
 
@@ -84,16 +94,50 @@ def _same_grid(a: Any, b: Any) -> bool:
             and a.height == b.height)
 
 
-def read_on_grid(src: Any, ref: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def warp_options(src: Any, ref: Any) -> dict[str, Any]:
+    """GDAL warp options that make a warped window equal that window of a whole-grid warp.
+
+    The exact transformer (``tolerance`` 0; GDAL's approximation moves sampling points by
+    up to 1/8 px from one window to the next) and, when both grids are in the same unit,
+    a constant resampling factor (``XSCALE``/``YSCALE``: GDAL otherwise computes it per
+    chunk from the chunk's bounding boxes, so a rotated chunk reads as a downsampling and
+    its bilinear kernel widens).
+
+    Args:
+        src: the source grid (``crs``, ``transform``).
+        ref: the output grid (``crs``, ``transform``).
+
+    Returns:
+        Keyword arguments of :func:`rasterio.warp.reproject`.
+    """
+    options: dict[str, Any] = {"tolerance": 0.0}
+    a, b = src.crs, ref.crs
+    if a is None or b is None or a == b or (a.is_projected and b.is_projected
+                                             and a.linear_units == b.linear_units):
+        options["XSCALE"] = abs(src.transform.a) / abs(ref.transform.a)
+        options["YSCALE"] = abs(src.transform.e) / abs(ref.transform.e)
+    return options
+
+
+def read_on_grid(
+    src: Any, ref: Any, window: Window, resampling: Resampling = Resampling.bilinear,
+) -> tuple[np.ndarray, np.ndarray]:
     """Read ``src`` resampled onto ``window`` of ``ref``'s grid.
+
+    The source pixels covering the window (plus the kernel's margin) are read and warped
+    by GDAL (``rasterio.warp.reproject``, exact transformer): the values by ``resampling``,
+    each date's invalid observations (clouds, nodata) left out of the interpolation, the
+    validity by nearest, so a window equals the same window of a whole-grid warp.
 
     Args:
         src: a source (``read(window) -> x (H,W,T,C), valid (H,W,T)``) on any grid.
         ref: the reference grid (crs, transform, width, height).
         window: window of the reference grid.
+        resampling: for the values: bilinear (reflectances, continuous values) or
+            nearest (class rasters).
 
     Returns:
-        ``x`` (h, w, T, C) float32 bilinear-resampled, ``valid`` (h, w, T) bool
+        ``x`` (h, w, T, C) float32 resampled (0 where invalid), ``valid`` (h, w, T) bool
         nearest-resampled (False outside ``src``).
     """
     if _same_grid(src, ref):
@@ -109,15 +153,86 @@ def read_on_grid(src: Any, ref: Any, window: Window) -> tuple[np.ndarray, np.nda
     x, valid = src.read(swin)
     src_transform = src.transform * src.transform.translation(swin.col_off, swin.row_off)
     common = {"src_transform": src_transform, "src_crs": src.crs or ref.crs,
-              "dst_transform": dst_transform, "dst_crs": ref.crs or src.crs}
+              "dst_transform": dst_transform, "dst_crs": ref.crs or src.crs,
+              **warp_options(src, ref)}
     xs = np.where(valid[..., None], x, np.nan).transpose(2, 3, 0, 1).reshape(t * c, *x.shape[:2])
-    reproject(xs, x_out, resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan,
-              **common)
+    reproject(xs, x_out, resampling=resampling, src_nodata=np.nan, dst_nodata=np.nan, **common)
     reproject(valid.transpose(2, 0, 1).astype(np.uint8), v_out, resampling=Resampling.nearest,
               **common)
     x_out = x_out.reshape(t, c, h, w).transpose(2, 3, 0, 1)
     v = (v_out.transpose(1, 2, 0) > 0) & ~np.isnan(x_out).any(axis=-1)
     return np.nan_to_num(x_out, nan=0.0), v
+
+
+class WarpedSeries(RasterReader):
+    """A time series read on another grid: iota2's ``chain.proj``/``spatial_resolution``.
+
+    Every window is read from ``source`` (its pixels covering the window) and warped onto
+    ``grid`` by :func:`read_on_grid`: values by ``resampling`` with the invalid
+    observations left out, validity by nearest; pixels of ``grid`` outside the source
+    are invalid at every date.
+
+    Args:
+        source: the time series on its own grid (a GeoTIFF stack, a sensor reader).
+        grid: the output grid (``crs``, ``transform``, ``width``, ``height``), e.g.
+            :func:`i2dl.io.sensors.common.target_grid` of the source's grid.
+        resampling: a :class:`rasterio.enums.Resampling` name for the values:
+            ``bilinear`` (reflectances, continuous values) or ``nearest`` (class rasters).
+
+    Raises:
+        ConfigError: unknown ``resampling``.
+    """
+
+    def __init__(self, source: Any, grid: Any, resampling: str = "bilinear") -> None:
+        self.resampling = resampling_method(resampling)
+        self.source = source
+        self.path = source.path
+        self.dates = list(source.dates)
+        self.band_names = list(source.band_names)
+        self.crs, self.transform = grid.crs, grid.transform
+        self.width, self.height = grid.width, grid.height
+        self.nodata = None
+
+    def read(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` (h, w, T, C) float32 (0 where invalid), ``valid`` (h, w, T) bool.
+
+        Raises:
+            ValueError: the window is fractional or outside the grid.
+        """
+        win = resolve_window(window, self.width, self.height, self.path)
+        return read_on_grid(self.source, self, win, self.resampling)
+
+    def close(self) -> None:
+        """Close the source."""
+        self.source.close()
+
+
+def resampling_method(name: str) -> Resampling:
+    """The :class:`rasterio.enums.Resampling` of ``data.resampling``.
+
+    Raises:
+        ConfigError: not a resampling method of GDAL's warper.
+    """
+    if name not in Resampling.__members__ or name == "gauss":
+        raise ConfigError(
+            f"data.resampling={name!r} is not a resampling method; use bilinear "
+            "(reflectances, continuous values), nearest (class rasters) or cubic"
+        )
+    return Resampling[name]
+
+
+class _StaticSeries:
+    """Date-independent features (``read_static``) as a one-date series (:func:`read_on_grid`)."""
+
+    def __init__(self, features: Any) -> None:
+        self.features = features
+        self.crs, self.transform = features.crs, features.transform
+        self.width, self.height = features.width, features.height
+        self.n_dates, self.n_channels = 1, len(features.names)
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        x, valid = self.features.read_static(window)
+        return x[:, :, None, :], valid[:, :, None]
 
 
 class FeatureStack(RasterReader):
@@ -145,10 +260,15 @@ class FeatureStack(RasterReader):
         device: where indices and external features are computed (``data.features_device``):
             ``cpu`` (NumPy), ``cuda`` (CuPy) or ``auto``; see :mod:`i2dl.features.backend`.
             Reading and gap-filling stay on the CPU; the features come back as NumPy.
+        grid: the grid the features are computed on (``crs``, ``transform``, ``width``,
+            ``height``; :func:`i2dl.features.source.output_grid`), every sensor and the
+            user features resampled onto it; None = the reference sensor's grid.
+        resampling: how values are resampled onto it (``data.resampling``): ``bilinear``
+            (reflectances, continuous values) or ``nearest``; validity is always nearest.
 
     Raises:
-        ConfigError: no sensor, unknown reference, or ``device=cuda`` without CuPy and a
-            GPU.
+        ConfigError: no sensor, unknown reference, unknown ``resampling``, or
+            ``device=cuda`` without CuPy and a GPU.
     """
 
     def __init__(
@@ -166,8 +286,11 @@ class FeatureStack(RasterReader):
         end_date: dt.date | None = None,
         path: str | Path = "sensors",
         device: str = "cpu",
+        grid: Any = None,
+        resampling: str = "bilinear",
     ) -> None:
         self.xp = device_module(device)
+        self.resampling = resampling_method(resampling)
         if not sensors:
             raise ConfigError("data.sensors is empty: declare at least one sensor")
         self.sensors = dict(sensors)
@@ -192,8 +315,9 @@ class FeatureStack(RasterReader):
                               "features: name at least one function")
         self.path = path
         ref = self.sensors[self.reference]
-        self.crs, self.transform = ref.crs, ref.transform
-        self.width, self.height = ref.width, ref.height
+        on = ref if grid is None else grid
+        self.crs, self.transform = on.crs, on.transform
+        self.width, self.height = on.width, on.height
         self.nodata = None
 
         all_dates = sorted({d for s in self.sensors.values() for d in s.dates})
@@ -253,8 +377,7 @@ class FeatureStack(RasterReader):
 
     def _sensor_block(self, name: str, window: Window) -> tuple[np.ndarray, np.ndarray]:
         src = self.sensors[name]
-        ref = self.sensors[self.reference]
-        x, valid = read_on_grid(src, ref, window)
+        x, valid = read_on_grid(src, self, window, self.resampling)
         if self._indices_for(name):
             x, _ = compute_indices(to_module(x, self.xp), list(src.band_names), self.indices,
                                    self.keep_bands, sensor=INDEX_SENSOR.get(name, "sentinel2"))
@@ -274,6 +397,18 @@ class FeatureStack(RasterReader):
             x, _ = gapfill(x, valid, own, target)
             valid = observed
         return x.astype(np.float32, copy=False), valid
+
+    def _static_features(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The user features of a window of the grid: (h, w, F) float32, valid (h, w) bool.
+
+        Resampled onto the grid (``resampling``, validity nearest) when they are on another.
+        """
+        user = self.user_features
+        if not hasattr(user, "transform") or _same_grid(user, self):
+            feats, valid = user.read_static(window)
+            return feats, valid
+        feats, valid = read_on_grid(_StaticSeries(user), self, window, self.resampling)
+        return feats[:, :, 0], valid[:, :, 0]
 
     def _indices_for(self, name: str) -> bool:
         """Spectral indices apply to optical sensors, not to Sentinel-1 backscatter."""
@@ -339,7 +474,7 @@ class FeatureStack(RasterReader):
         x, valid = xb[ri : ri + h, ci : ci + w], vb[ri : ri + h, ci : ci + w]
         statics = []
         if self.user_features is not None:
-            feats, fvalid = self.user_features.read_static(window)
+            feats, fvalid = self._static_features(window)
             statics.append(feats)
             valid = valid & fvalid[..., None]
         if self.functions:

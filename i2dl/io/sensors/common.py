@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 import resource
 from collections import OrderedDict
@@ -22,6 +23,9 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, InputDataError, InputFileNotFoundError
@@ -75,6 +79,83 @@ def _same_crs(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return bool(a == b)
+
+
+def target_grid(
+    grid: Grid, proj: Any = None, resolution: float | None = None, where: str = "the tile",
+) -> Grid:
+    """A tile's grid on the run's output grid (iota2 ``chain.proj``, ``spatial_resolution``).
+
+    The tile's footprint is transformed to ``proj`` (edges densified, so a UTM tile's
+    curved edges are covered) and snapped outwards to multiples of ``resolution``: every
+    tile is then on one pixel lattice, and the maps of neighbouring tiles mosaic pixel for
+    pixel, without resampling (iota2 reprojects every tile onto ``proj`` at
+    ``spatial_resolution`` the same way). Pixels of the new grid outside the tile's
+    footprint have no data.
+
+    Args:
+        grid: the tile's own grid.
+        proj: output CRS (``"EPSG:2154"``, WKT, a rasterio ``CRS``); None = the tile's CRS.
+        resolution: output pixel size in ``proj`` units (square pixels); None = the tile's
+            pixel size, which needs ``proj`` in the tile's units (metres to metres).
+        where: the tile named in messages.
+
+    Returns:
+        The output grid; ``grid`` itself when both ``proj`` and ``resolution`` are None.
+
+    Raises:
+        ConfigError: ``proj`` is not a CRS, ``resolution`` is not a number > 0, or it is
+            None while ``proj`` has other units than the tile.
+        InputDataError: the tile has no CRS, so it cannot be reprojected.
+    """
+    if proj is None and resolution is None:
+        return grid
+    if proj is not None and grid.crs is None:
+        raise InputDataError(
+            f"{where} has no CRS, so it cannot be reprojected to data.proj={proj}: assign "
+            "its CRS (gdal_edit.py -a_srs EPSG:...) or set data.proj to null"
+        )
+    try:
+        crs = grid.crs if proj is None else CRS.from_user_input(proj)
+    except CRSError as exc:
+        raise ConfigError(
+            f"data.proj={proj!r} is not a coordinate reference system ({exc}); give it as "
+            "iota2's chain.proj, e.g. EPSG:2154"
+        ) from None
+    if resolution is None:
+        if not _same_units(grid.crs, crs):
+            raise ConfigError(
+                f"data.proj={proj} is not in the units of {where} ({grid.crs}): set "
+                "data.spatial_resolution, the output pixel size in data.proj units"
+            )
+        resolution = grid.res[0]
+    if isinstance(resolution, bool) or not isinstance(resolution, int | float) \
+            or not resolution > 0:
+        raise ConfigError(
+            f"data.spatial_resolution={resolution!r}: give the output pixel size, a number "
+            "> 0 in data.proj units (e.g. 10), or null for the tiles' own pixel size"
+        )
+    res = float(resolution)
+    t = grid.transform
+    xs = (t.c, t.c + t.a * grid.width)
+    ys = (t.f, t.f + t.e * grid.height)
+    bounds = (min(xs), min(ys), max(xs), max(ys))
+    if grid.crs is not None and not _same_crs(grid.crs, crs):
+        bounds = transform_bounds(grid.crs, crs, *bounds, densify_pts=21)
+    x0 = math.floor(bounds[0] / res + 1e-6) * res
+    y1 = math.ceil(bounds[3] / res - 1e-6) * res
+    width = max(1, math.ceil((bounds[2] - x0) / res - 1e-6))
+    height = max(1, math.ceil((y1 - bounds[1]) / res - 1e-6))
+    return Grid(crs, Affine(res, 0.0, x0, 0.0, -res, y1), width, height)
+
+
+def _same_units(a: Any, b: Any) -> bool:
+    """Both CRS geographic, or both projected with the same linear unit."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.is_geographic or b.is_geographic:
+        return bool(a.is_geographic and b.is_geographic)
+    return bool(a.linear_units == b.linear_units)
 
 
 def check_grid(path: Path, grid: Grid, expected: Grid, expected_from: str, fix: str) -> None:
