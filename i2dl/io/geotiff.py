@@ -173,7 +173,8 @@ def _check_mosaic_inputs(paths: Sequence[Path], sources: Sequence[Any]) -> None:
     if len(crs) > 1:
         raise ConfigError(
             f"tiles {[str(p) for p in paths]} are in different CRS {sorted(crs)}: cannot "
-            "mosaic; reproject them to one CRS"
+            "mosaic; reproject them to one CRS (for i2dl's maps: set data.proj, e.g. "
+            "EPSG:2154, and data.spatial_resolution, so every tile is mapped on one grid)"
         )
     for path, src in zip(paths, sources, strict=True):
         if src.count != first.count:

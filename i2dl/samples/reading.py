@@ -112,6 +112,9 @@ def samples_from_raster(
 
     With several tiles (``data.list_tile``), every tile is read (same dates and channels
     required) and the samples of all tiles go to one store with their ``tile`` index.
+    Tiles of different CRS need ``data.proj`` (iota2 ``chain.proj``): each is then read on
+    the output grid (:func:`i2dl.features.source.output_grid`), the polygons reprojected
+    to it, and the samples' ``row``/``col`` are pixels of that grid.
     With ``sampling.region_file``, every sample gets the region its pixel falls in and
     samples outside every region are dropped. With ``run_tasks`` (``dask.engine=dask``)
     each row of extraction blocks of a tile is a Dask task (:func:`_extract`).
@@ -143,7 +146,9 @@ def samples_from_raster(
             if src.crs != first.crs:
                 raise InputDataError(
                     f"tile {tile} is in {src.crs} but tile {tiles[0]} in {first.crs}: tiles of "
-                    "one run must share a CRS"
+                    "one run are mapped on one grid. Set data.proj (iota2's chain.proj, e.g. "
+                    "data.proj=EPSG:2154) and data.spatial_resolution (e.g. 10) to reproject "
+                    "every tile onto it"
                 )
         boxes = np.array([_bounds(s) for s in sources])
         union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
