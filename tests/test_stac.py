@@ -120,22 +120,24 @@ def test_reader_gives_the_stack_values_dates_and_validity(slovenia_dir, slovenia
 
 
 def test_main_job_runs_from_the_catalogue(make_cfg, slovenia_dir, slovenia_stac, tmp_path) -> None:
-    """The same job (gap-filled every 10 days, iota2's default) on the stack and the catalogue.
+    """``data=stac_example`` on the catalogue = the same job on the stack (both gap-filled).
 
-    The stack's second acquisition of 2015-12-08 (cloudy everywhere) is one date with the
-    first in the catalogue; gap-filling onto the same 10-day grid makes both series equal.
+    Gap-filling every 10 days (iota2's default, and the example's) puts both series on the
+    same dates: the stack's second acquisition of 2015-12-08 (cloudy everywhere) is one
+    date with the first in the catalogue, which changes nothing once gap-filled.
     """
     from i2dl.stages import train
 
-    common = ["+experiment=rf", *FAST, "seed=0", "model.estimator.n_estimators=50",
-              "data=slovenia_s2_ndvi", "+data.gapfilling.enabled=true",
-              "+data.gapfilling.temporal_resolution=10"]
-    stack = train.run(make_cfg(*common, f"paths.output_dir={tmp_path / 'stack_run'}",
-                               f"paths.store_dir={tmp_path / 'stack_stores'}"))
+    common = ["+experiment=rf", *FAST, "seed=0", "model.estimator.n_estimators=50"]
+    stack = train.run(make_cfg(
+        *common, "data=slovenia_s2_ndvi", "+data.gapfilling.enabled=true",
+        "+data.gapfilling.temporal_resolution=10", f"paths.output_dir={tmp_path / 'stack_run'}",
+        f"paths.store_dir={tmp_path / 'stack_stores'}"))
     stac = train.run(make_cfg(
-        *common, "~data.raster", "~data.dates_file", "~data.masks", "~data.band_names",
-        "+data.tile=T33TVL", f"+data.sensors.stac.items={slovenia_stac['items']}",
-        "+data.sensors.stac.bands=[NDVI]", "+data.sensors.stac.assets.NDVI=ndvi"))
+        *common, "data=stac_example", f"data.sensors.stac.items={slovenia_stac['items']}",
+        "data.sensors.stac.bands=[NDVI]", "data.sensors.stac.assets={NDVI: ndvi}",
+        "data.tile=T33TVL", "data.indices=[]", f"data.reference={slovenia_dir / 'reference.gpkg'}",
+        "data.data_field=LULC_ID", f"data.nomenclature={slovenia_dir / 'nomenclature.txt'}"))
     g_stack, g_stac = (zarr.open_group(s["store"], mode="r") for s in (stack, stac))
     np.testing.assert_array_equal(g_stac["X"][:], g_stack["X"][:])
     np.testing.assert_array_equal(g_stac["mask"][:], g_stack["mask"][:])
