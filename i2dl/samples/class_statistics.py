@@ -232,6 +232,7 @@ def check_split_classes(
     names: Mapping[int, str],
     source: str,
     allow_missing: bool = False,
+    expect_val: bool = True,
 ) -> None:
     """Refuse a learn split with fewer than two classes, or without a class of the reference.
 
@@ -245,6 +246,8 @@ def check_split_classes(
         allow_missing: ``sampling.allow_missing_classes``: a class of the reference with
             no learn sample is warned of instead of refused (the model then never predicts
             it).
+        expect_val: False with ``sampling.split_ground_truth=false`` (no val split by
+            design: logged, not warned).
 
     Raises:
         InputDataError: the learn split holds fewer than two classes (a classifier needs
@@ -289,7 +292,10 @@ def check_split_classes(
         log.warning("%s (%s=true: training without it)", msg, ALLOW_MISSING_KEY)
         warnings.warn(msg, MissingSamplesWarning, stacklevel=2)
     val = sorted(int(c) for c in np.unique(codes[split == VAL]))
-    if len(val) < 2:
+    if not expect_val and not val:
+        log.info("%s: sampling.split_ground_truth=false: every polygon is in learn, no val "
+                 "polygon, no accuracy report", source)
+    elif len(val) < 2:
         msg = (
             f"{source}: the val split holds {len(val)} class(es) "
             f"({', '.join(_class_label(c, names) for c in val) or 'none'}): the accuracy "

@@ -239,6 +239,7 @@ def _build_store(cfg: DictConfig, path: Path, fingerprint: str, spool: SampleSpo
         {c: nomenclature.get(c, label_names.get(c, str(c))) for c in reference_codes},
         str(data.get("table") or data.reference),
         allow_missing=bool(sampling.get("allow_missing_classes", False)),
+        expect_val=bool(sampling.get("split_ground_truth", True)),
     )
     codes = sorted(int(c) for c in np.unique(arrays["code"]))
     names = [nomenclature.get(c, label_names.get(c, str(c))) for c in codes]
@@ -343,6 +344,7 @@ def _split(arrays: dict[str, np.ndarray], sampling: DictConfig) -> np.ndarray:
                 seed=int(sampling.random_seed),
                 selection_ratio=sampling.get("selection_ratio", 0.0) or 0.0,
                 folds=sampling.get("folds"), fold=int(sampling.get("fold", 0) or 0),
+                split_ground_truth=bool(sampling.get("split_ground_truth", True)),
             )
         for w in caught:
             log.warning("region %d: %s", int(region), w.message)

@@ -58,11 +58,14 @@ def _check_ratio(name: str, value: float, allow_zero: bool = False) -> float:
 
 
 def _learn_val(
-    ids: np.ndarray, ratio: float, rng: np.random.Generator, folds: int | None, fold: int
+    ids: np.ndarray, ratio: float, rng: np.random.Generator, folds: int | None, fold: int,
+    split_ground_truth: bool = True,
 ) -> np.ndarray:
     """Split values (LEARN or VAL) of one class's sorted polygon ids."""
     n = len(ids)
     out = np.full(n, LEARN, dtype=np.int8)
+    if not split_ground_truth:
+        return out
     if folds is not None:
         # deal the shuffled polygons into folds: fold sizes differ by at most one
         out[rng.permutation(n)[np.arange(n) % folds == fold]] = VAL
@@ -83,6 +86,7 @@ def split_polygons(
     selection_ratio: float = 0.0,
     folds: int | None = None,
     fold: int = 0,
+    split_ground_truth: bool = True,
 ) -> dict[int, int]:
     """Assign each polygon to learn, selection or val, class by class.
 
@@ -97,6 +101,8 @@ def split_polygons(
         folds: K for polygon-grouped, class-stratified k-fold cross-validation; None for
             iota2's ratio split.
         fold: with ``folds``, the fold (0..K-1) that is val.
+        split_ground_truth: False = iota2's ``split_ground_truth: false``: every polygon
+            in learn (then selection is carved from it as usual), no val polygon.
 
     Returns:
         polygon id -> split (``LEARN`` = 0, ``VAL`` = 1, ``SELECTION`` = 2, defined in
@@ -104,7 +110,7 @@ def split_polygons(
 
     Raises:
         ConfigError: a ratio out of range, ``folds`` < 2 or ``fold`` not in 0..K-1,
-            polygon ids not unique.
+            polygon ids not unique, ``folds`` with ``split_ground_truth=False``.
 
     Warns:
         SinglePolygonClassWarning: for a class with a single polygon (kept in learn, no
@@ -113,6 +119,9 @@ def split_polygons(
     """
     ratio = _check_ratio("ratio", ratio)
     selection_ratio = _check_ratio("selection_ratio", selection_ratio, allow_zero=True)
+    if folds is not None and not split_ground_truth:
+        raise ConfigError("sampling.folds needs val folds: it cannot be combined with "
+                          "sampling.split_ground_truth=false")
     if folds is not None:
         if isinstance(folds, bool) or int(folds) < 2:
             raise ConfigError(f"sampling.folds must be null or an integer >= 2, got {folds!r}")
@@ -130,7 +139,7 @@ def split_polygons(
     split: dict[int, int] = {}
     for code in np.unique(codes):
         ids = np.sort(polygon_ids[codes == code])
-        if len(ids) == 1 and folds is None:
+        if len(ids) == 1 and folds is None and split_ground_truth:
             warnings.warn(
                 f"class {int(code)} has a single polygon (id {int(ids[0])}): it cannot be in "
                 "both learn and val, so it is kept in learn and the class has no validation "
@@ -138,7 +147,7 @@ def split_polygons(
                 SinglePolygonClassWarning,
                 stacklevel=2,
             )
-        parts = _learn_val(ids, ratio, rng, folds, fold)
+        parts = _learn_val(ids, ratio, rng, folds, fold, split_ground_truth)
         learn = np.flatnonzero(parts == LEARN)
         if selection_ratio > 0:
             if len(learn) == 1:

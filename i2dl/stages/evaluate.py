@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from datamodules.pixel_series import StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
 from i2dl.evaluation.metrics import confusion_matrix, scores
-from i2dl.evaluation.run_report import CONFUSION_PNG, write_report
+from i2dl.evaluation.run_report import CONFUSION_CSV, CONFUSION_PNG, write_report
 from i2dl.io.files import write_text_atomic
 from i2dl.io.layout import (
     CHECKPOINT_DIR,
@@ -94,6 +94,22 @@ def predict_table(
     return table.codes, y_pred
 
 
+#: what evaluate returns without val polygons (``sampling.split_ground_truth=false``)
+NO_VALIDATION = ("sampling.split_ground_truth=false: every reference polygon is in learn, "
+                 "so there is no val pixel and no accuracy report (iota2 "
+                 "split_ground_truth: false); the maps are written as usual")
+
+
+def no_validation(report: Path) -> dict[str, Any]:
+    """Metrics of a run without val polygons: all None, and why (also logged)."""
+    log.warning("%s", NO_VALIDATION)
+    for stale in (report / METRICS_JSON, report / CONFUSION_CSV, report / CONFUSION_PNG):
+        stale.unlink(missing_ok=True)  # a former run's report would be read as this one's
+    return {"n_samples": 0, "oa": None, "kappa": None, "precision_macro": None,
+            "recall_macro": None, "f1_macro": None, "confusion_matrix": [], "classes": [],
+            "no_validation": NO_VALIDATION}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Score the chosen checkpoint (``evaluate.ckpt``) on the val split -> ``<run>/report/``.
 
@@ -140,6 +156,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     title=f"{name} val, region {region}",
                 )
         all_true, all_pred = np.concatenate(y_true), np.concatenate(y_pred)
+        if len(all_true) == 0 and not cfg.sampling.get("split_ground_truth", True):
+            return no_validation(report)
         if len(all_true) == 0:
             raise StoreError(f"store {info.path} has no val pixel to evaluate")
         metrics = write_report(

@@ -341,16 +341,18 @@ def check_splits(
         The network's parameter count, or None for a scikit-learn model.
 
     Raises:
-        ConfigError: no learn or val pixel, or a deep model without selection pixels.
+        ConfigError: no learn pixel, no val pixel (unless
+            ``sampling.split_ground_truth=false``), or a deep model without selection pixels.
     """
     n_learn = datamodule.dataset(LEARN).n_samples
     n_selection = datamodule.dataset(SELECTION).n_samples
     n_val = datamodule.dataset(VAL).n_samples
     where = f"region {region} of store {store}" if region is not None else f"store {store}"
-    if n_learn == 0 or n_val == 0:
+    needs_val = bool(cfg.sampling.get("split_ground_truth", True))
+    if n_learn == 0 or (n_val == 0 and needs_val):
         raise ConfigError(
             f"{where} has {n_learn} learn and {n_val} val pixels; both are needed to train "
-            "and evaluate a model"
+            "and evaluate a model (sampling.split_ground_truth=false trains without val)"
         )
     deep = isinstance(classifier, SITSClassifier)
     if deep and n_selection == 0:

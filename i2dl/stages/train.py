@@ -137,7 +137,9 @@ def _summary(cfg: DictConfig, out: Path, store: Path, best: Any, metrics: dict[s
              maps: Any, timings: dict[str, float]) -> dict[str, Any]:
     """The run's ``summary.json`` content (see :func:`train_one`)."""
     info = read_info(store)
-    area = area_adjusted_report(out, info, maps.classif) if maps else None
+    # the val pixels are the area estimate's samples: none without a validation split
+    area = area_adjusted_report(out, info, maps.classif) if maps and metrics["n_samples"] \
+        else None
     counts = info.attrs["counts"]
     classes = zip(info.class_codes, info.class_names, strict=True)
     summary: dict[str, Any] = {

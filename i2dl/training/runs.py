@@ -53,6 +53,11 @@ def requested_runs(cfg: DictConfig) -> tuple[int, Any]:
             "with it: sweep seeds or folds as a multirun (-m seed=1,2,3 or "
             "sampling.fold=0,1,2 with hydra/launcher=slurm)"
         )
+    if not cfg.sampling.get("split_ground_truth", True) and (runs > 1 or kfold is not None):
+        raise ConfigError(
+            "sampling.split_ground_truth=false leaves no val polygon, and runs / kfold "
+            "compare their runs on val: use runs=1 and kfold=null, or split the ground truth"
+        )
     return runs, kfold
 
 
