@@ -527,8 +527,10 @@ def _strip_tasks(
         reg = None if regions is None else _near(regions[["region", regions.geometry.name]],
                                                  bounds)
         r1 = r0 + int(whole.height)
-        tasks.append((f"tile {tile}, sample extraction of rows {r0}-{r1}",
-                      f"extract_samples_{tile}_rows_{r0}-{r1}", extract_strip_task,
+        where = f"tile {tile}" if tile != "-" else f"raster {Path(str(series.path)).name}"
+        tasks.append((f"{where}, sample extraction of rows {r0}-{r1}",
+                      f"extract_samples_{tile if tile != '-' else 'raster'}_rows_{r0}-{r1}",
+                      extract_strip_task,
                       (opens[0], opens[1], near, values, reg, strip)))
     return tasks
 
