@@ -239,7 +239,7 @@ def dask_client(
             Client(cluster) as client:
         _stop_http_servers(client)
         log.info("local Dask cluster: %d workers x %d threads (no dashboard; scikit-learn "
-                 "models run one job per window task)", n_workers, threads_per_worker)
+                 "models run one job per task)", n_workers, threads_per_worker)
         yield client
 
 
