@@ -493,11 +493,9 @@ def extract_strip_task(
     data: dict[str, Any], tile: str | None, polygons: Any, rows: np.ndarray,
     regions: Any | None, windows: list[Window],
 ) -> list[tuple[np.ndarray, dict[str, np.ndarray] | None, tuple[int, int, int]]]:
-    """The Dask task of one strip of blocks: :func:`_extract_block` of each, in order.
+    """The Dask task of a strip of blocks: :func:`_extract_block` of each, in order.
 
-    ``polygons``, ``rows`` and ``regions`` are those that reach the strip, in their order:
-    the burns are those of the whole reference. The worker opens the tile once per
-    thread (:func:`i2dl.features.feature_maps.worker_source`).
+    ``polygons``, ``rows``, ``regions``: those reaching the strip, in order (same burns).
     """
     series = worker_source(data, tile)
     return [_extract_block(series, polygons, rows, regions, w) for w in windows]
@@ -560,9 +558,8 @@ def _extract(
         regions: eco-regions (``region`` column) or None.
         tile: the tile's name, for messages.
         spool: receives the series ``X`` of the samples, in sample order.
-        run_tasks: runs the strips as Dask tasks (``dask.engine=dask``); None = in turn.
-        opens: with ``run_tasks``, how a worker opens the tile (``data`` as plain
-            containers, tile).
+        run_tasks: runs the strips as Dask tasks; None = in turn, in this process.
+        opens: with ``run_tasks``, ``(data, tile)`` that a worker opens.
 
     Returns:
         ``(arrays, n_labelled)``: ``mask``, ``row``, ``col``, ``_poly_row`` and
