@@ -239,6 +239,10 @@ def config_checks() -> tuple[Check, ...]:
         Check("infer.uncertainty", "a list of entropy, margin, least",
               lambda v: isinstance(v, list | tuple | ListConfig)
               and all(k in ("entropy", "margin", "least") for k in v), "[entropy]"),
+        _choice("dask.engine", ["dask", "local"], "local"),
+        _int("dask.n_workers", 1, example="4"),
+        _int("dask.threads_per_worker", 1, example="1"),
+        _int("dask.retries", 0, example="2"),
         _int("infer.dask.n_workers", 1, example="4"),
         _int("infer.dask.threads_per_worker", 1, example="1"),
         _int("features_map.chunk_size", 1, example="512"),
@@ -356,7 +360,7 @@ def ddp_problems(cfg: DictConfig) -> list[str]:
 #: Config groups whose nodes are checked key by key (:func:`unknown_key_problems`); the
 #: entries of ``callbacks`` and ``logger`` have free names, their ``_target_`` is checked.
 CHECKED_GROUPS = ("sampling", "store", "evaluate", "infer", "datamodule", "model", "trainer",
-                  "features_map", "obia", "autocontext", "paths", "data")
+                  "features_map", "obia", "autocontext", "paths", "data", "dask")
 #: Groups whose entries are named freely by the user (``+callbacks.spy._target_=...``).
 ENTRY_GROUPS = ("callbacks", "logger")
 #: Groups checked at their first level only (user-shaped nodes below: sensors, masks).

@@ -194,3 +194,16 @@ def test_seed_null_train_records_the_seed_in_the_summary(tiny_dataset, tmp_path:
     assert summary["seed"] == seed
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["seed"] == seed
     assert Path(summary["store"]).name.startswith(f"tiny_seed{seed}_")
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("dask.engine=spark", "dask.engine"),
+    ("dask.retries=-1", "dask.retries"),
+    ("dask.n_workers=0", "dask.n_workers"),
+    ("+dask.retires=2", "dask.retries"),
+])
+def test_the_dask_group_is_checked_before_any_work(make_cfg, override, match) -> None:
+    from i2dl.config import check_config
+
+    with pytest.raises(ConfigError, match=match):
+        check_config(make_cfg(override))
