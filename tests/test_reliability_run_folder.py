@@ -387,3 +387,17 @@ def test_sklearn_in_a_dask_worker_warns_no_more() -> None:
     assert quiet == 0
     with _sequential_joblib():  # the same probabilities with one job
         np.testing.assert_array_equal(model.predict_proba(x), model.predict_proba(x))
+
+
+def test_features_device_on_a_plain_stack_is_said_to_do_nothing(make_cfg, tiny_dataset,
+                                                                 caplog) -> None:
+    from omegaconf import open_dict
+
+    from i2dl.features.source import open_source
+
+    cfg = make_cfg(*tiny_dataset["overrides"])
+    with open_dict(cfg):
+        cfg.data.features_device = "cuda"
+    with open_source(cfg.data):
+        pass
+    assert "data.features_device=cuda has no effect" in caplog.text

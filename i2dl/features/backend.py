@@ -3,7 +3,7 @@
 i2dl's feature functions (spectral indices :mod:`i2dl.features.indices`, the user's
 external features :mod:`i2dl.features.external`) take the array module from their input
 (:func:`array_module`): given a NumPy array they compute with NumPy, given a CuPy array
-(``features.device=cuda`` with the ``gpu`` extra, ``pip install -e ".[gpu]"``) the same
+(``data.features_device=cuda`` with the ``gpu`` extra, ``pip install -e ".[gpu]"``) the same
 code runs on the GPU. Spatial filters go through :func:`ndimage` (``scipy.ndimage`` or
 ``cupyx.scipy.ndimage``, same functions). Arrays cross to torch without a copy
 (:func:`to_torch`: ``torch.from_numpy`` or DLPack). CuPy is imported only when asked
@@ -57,7 +57,7 @@ def ndimage(xp: ModuleType) -> ModuleType:
 
 
 def device_module(device: str) -> ModuleType:
-    """The array module of ``features.device``.
+    """The array module of ``data.features_device``.
 
     Args:
         device: ``cpu`` (NumPy), ``cuda`` (CuPy, required) or ``auto`` (CuPy when it is
@@ -70,12 +70,12 @@ def device_module(device: str) -> ModuleType:
     if name == "cpu":
         return np
     if name not in ("cuda", "auto"):
-        raise ConfigError(f"features.device={device!r}: use cpu, cuda or auto")
+        raise ConfigError(f"data.features_device={device!r}: use cpu, cuda or auto")
     cupy = _cupy()
     if cupy is None and name == "cuda":
         raise ConfigError(
-            "features.device=cuda needs CuPy and a CUDA device: pip install -e \".[gpu]\" "
-            "on a machine with a GPU, or use features.device=cpu"
+            "data.features_device=cuda needs CuPy and a CUDA device: pip install -e \".[gpu]\" "
+            "on a machine with a GPU, or use data.features_device=cpu"
         )
     return cupy if cupy is not None else np
 

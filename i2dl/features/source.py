@@ -21,6 +21,7 @@ sensor and the user features by the feature stack): values by ``data.resampling`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from i2dl.io.sensors.sentinel1 import open_sentinel1
 from i2dl.io.sensors.userfeat import UserFeatures
 from i2dl.io.sources import open_sensor, open_stack
 
+log = logging.getLogger(__name__)
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
@@ -76,6 +78,11 @@ def open_source(data: Mapping[str, Any], tile: str | None = None) -> TimeSeriesS
     if not uses_sensors(data):
         options = stack_feature_options(data)
         if not options:
+            device = str(data.get("features_device") or "cpu")
+            if device not in ("cpu", "auto"):
+                log.warning("data.features_device=%s has no effect: this stack (data.raster) "
+                            "has no index or external feature to compute; set data.indices "
+                            "or data.external_features, or leave it at cpu", device)
             series = open_stack(_plain(data), tile)
             try:
                 grid = output_grid(data, series, tile)
