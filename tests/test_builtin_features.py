@@ -85,7 +85,9 @@ def test_concat_mode_and_no_data_value(make_cfg, tiny_dataset, tmp_path) -> None
     module.write_text(MODULE)
     overrides = [o for o in tiny_dataset["overrides"] if not o.startswith("data.masks")]
     ext = f"{{module:{module},functions:[mean_b1],concat_mode:false,no_data_value:-10000}}"
-    store = prepare(make_cfg(*overrides, "data.masks=[]", f"+data.external_features={ext}"))
+    # class 1 gets no sample (below): allowed explicitly (prepare refuses it by default)
+    store = prepare(make_cfg(*overrides, "data.masks=[]", f"+data.external_features={ext}",
+                             "sampling.allow_missing_classes=true"))
     info = read_info(store)
     assert info.band_names == ["mean_b1"] and info.static_channels == (0,)
     group = open_store(store)

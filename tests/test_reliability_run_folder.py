@@ -292,7 +292,7 @@ def test_disk_full_in_prepare_names_the_file_and_the_free_space(
     cfg = make_cfg(*tiny_dataset["overrides"], "seed=0")
     chunk = tmp_path / "stores" / "tiny.zarr" / "x" / "c" / "0"
 
-    def full_disk(cfg: object) -> Path:
+    def full_disk(cfg: object, *args: object) -> Path:
         chunk.parent.mkdir(parents=True)
         with open(chunk, "wb") as fh:
             fh.write(b"x" * 4096)

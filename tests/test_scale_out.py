@@ -126,7 +126,8 @@ def test_multirun_through_the_submitit_launcher(tiny_dataset, tmp_path: Path) ->
     seeds = sorted(json.loads((sweep / str(i) / "summary.json").read_text())["seed"]
                    for i in (0, 1))
     assert seeds == [0, 1]
-    assert list((sweep / ".submitit").glob("*/*_log.out"))  # ran as submitit jobs
+    assert list((sweep / ".submitit").glob("*_log.out"))  # ran as submitit jobs
+    assert not (sweep / ".submitit" / "%j").exists()  # no literal %j folder (issue 21)
 
 
 def test_slurm_launcher_config_composes() -> None:
