@@ -207,7 +207,10 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             maps = stage("infer", lambda: infer.run(cfg))
             summary = _summary(cfg, out, store, best, metrics, maps, timings)
             write_json(out / SUMMARY_JSON, summary)
-            log.info("report: %s", write_run_html(out))
+            try:  # a page of what the run wrote: its failure must not fail the run
+                log.info("report: %s", write_run_html(out))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("report/index.html not written: %s: %s", type(exc).__name__, exc)
             log.info(
                 "done: OA %s, kappa %s, macro F1 %s on %d val %s; summary %s",
                 _metric(summary["oa"]), _metric(summary["kappa"]),
