@@ -177,7 +177,8 @@ def repeat_runs(
         fusion = fuse_run_maps(cfg, out, run_dirs)
         if fusion is not None:
             agg["fusion"] = fusion
-        gather_final_products(out, run_dirs)  # iota2's one final/ folder
+        if kfold is None:  # iota2's one final/ folder (folds share a seed: their names clash)
+            gather_final_products(out, run_dirs)
         files = write_results(out, agg)
         log.info("%d runs aggregated: %s", len(run_dirs), files.get("RESULTS.txt", out))
     return agg, run_dirs
