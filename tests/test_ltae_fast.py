@@ -177,7 +177,10 @@ def test_train_mode_outputs_and_gradients_equal_reference(shared: bool) -> None:
         # the gradient (key.bias and mlp.0.bias have zero gradients up to rounding: the
         # softmax ignores a per-head shift, BatchNorm a per-channel one)
         scale = max(1.0, float(b.abs().max()))
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale, msg=name)
+        # a gradient that is zero by symmetry is a sum of terms that cancel: its rounding
+        # depends on the summation order (threads available under load), hence 1e-4
+        atol = 1e-4 if name in ("key.bias", "mlp.0.bias") else 1e-5 * scale
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=atol, msg=name)
 
 
 def test_other_normalisation_uses_the_direct_path() -> None:
