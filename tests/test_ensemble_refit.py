@@ -90,7 +90,9 @@ def test_refit_trains_on_learn_and_selection_for_the_chosen_epochs(
     from i2dl.stages.train import run as run_train
 
     cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
-                   "trainer.max_epochs=3", "refit=true", "infer.chunk_size=16")
+                   "trainer.max_epochs=3", "refit=true", "infer.chunk_size=16",
+                   # the plain refit (SWA adds a BatchNorm pass: test_swa_refit_... below)
+                   "callbacks.swa.enabled=false")
     summary = run_train(cfg)
     run = Path(cfg.paths.output_dir)
     state = read_fit_state(run)
@@ -169,7 +171,10 @@ def test_swa_needs_the_refit(make_cfg, tiny_dataset: dict) -> None:
     cfg = make_cfg(*base, "refit=false", "callbacks.swa.enabled=true")
     with pytest.raises(ConfigError, match="set refit=true"):
         callbacks(cfg)
-    assert swa_callbacks(make_cfg(*base, "refit=true")) == []  # off by default
+    assert swa_callbacks(make_cfg(*base, "refit=true", "callbacks.swa.enabled=false")) == []
+    assert swa_callbacks(make_cfg(*FAST, *tiny_dataset["overrides"], "refit=true")) == [], \
+        "off by default outside the LTAE experiments"
+    assert swa_callbacks(make_cfg(*base, "refit=true"))  # on in +experiment=ltae
     (swa,) = swa_callbacks(make_cfg(*base, "refit=true", "callbacks.swa.enabled=true",
                                     "callbacks.swa.swa_lrs=0.002"))
     assert isinstance(swa, StochasticWeightAveraging)
