@@ -62,7 +62,7 @@ def callbacks(cfg: DictConfig, model_dir: Path | None = None) -> list[Any]:
     """
     monitor, mode = criterion_monitor(cfg.model.model_selection_criterion)
     out = []
-    swa_callbacks(cfg)  # refuses swa without refit before any epoch is spent
+    swa_callbacks(cfg)  # warns, before any epoch, when swa is asked without a refit
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None or "_target_" not in cb_cfg or name == SWA:
             continue
@@ -89,9 +89,11 @@ def swa_callbacks(cfg: DictConfig) -> list[Any]:
     learn + selection (``refit=true``), since the selection fit's model is the checkpoint
     of its best epoch, which an average of later epochs would replace unseen.
 
+    With ``refit=false`` (e.g. ``trainer=ddp``, which has no refit) the averaging is not
+    applied, with a warning.
+
     Raises:
-        ConfigError: ``callbacks.swa.enabled`` is true while ``refit`` is false, or
-            ``enabled`` is not a bool.
+        ConfigError: ``enabled`` is not a bool.
     """
     swa = (cfg.get("callbacks") or {}).get(SWA)
     if not swa or "_target_" not in swa:
@@ -102,10 +104,10 @@ def swa_callbacks(cfg: DictConfig) -> list[Any]:
     if not enabled:
         return []
     if not cfg.get("refit", False):
-        raise ConfigError(
-            "callbacks.swa.enabled=true averages the weights of the refit on learn + "
-            "selection; set refit=true as well (or callbacks.swa.enabled=false)"
-        )
+        log.warning("callbacks.swa.enabled=true averages the weights of the refit on learn "
+                    "+ selection, and refit=false: no weight averaging (set refit=true to "
+                    "have it, or callbacks.swa.enabled=false to silence this)")
+        return []
     settings = {k: v for k, v in swa.items() if k != "enabled"}
     return [instantiate(settings)]
 
