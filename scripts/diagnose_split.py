@@ -44,8 +44,9 @@ def main() -> None:
     x, mask = read_array(g, "X"), read_array(g, "mask")
     split, code = read_array(g, "split"), read_array(g, "code")
     poly = read_array(g, "polygon_id")
-    days = np.asarray(g.attrs["days"])
-    winter = np.array([int(d[5:7]) in WINTER for d in g.attrs["dates"]])
+    attrs = dict(g.attrs)
+    days = np.asarray(attrs["days"])
+    winter = np.array([int(str(d)[5:7]) in WINTER for d in list(attrs["dates"])])  # type: ignore[arg-type]
     filled, _ = gapfill(x, mask, days, days, device="cpu")
     series = filled[..., args.band]
 
