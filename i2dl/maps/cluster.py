@@ -1,14 +1,19 @@
 """Map inference over a Dask cluster: the windows of a tile are tasks on ``dask.distributed``.
 
-``infer.engine=dask`` sends every window of a tile to the cluster's workers: each task
-reads its window, classifies it and returns the arrays of the maps; this process writes
-them (:func:`i2dl.maps.engine.write_maps`: same files, resume and checks as the local
-engine, so the maps are identical to the serial path). A worker opens the raster and loads
-the model once per job (cached, one raster handle per worker thread). Without
-``infer.dask.address`` a :class:`distributed.LocalCluster` is started on this machine
-(``infer.dask.n_workers`` processes of ``infer.dask.threads_per_worker`` threads); with an
-address (``tcp://host:8786``) the run joins that cluster, whose workers must see the run
-folder and the rasters at the same paths (a shared file system) and have i2dl installed.
+``infer.engine=dask`` sends every window of a tile to the cluster's workers as a named task
+of the run's :class:`TaskRunner` (:func:`dask_engine`): each task reads its window,
+classifies it and returns the arrays of the maps; this process writes them
+(:func:`i2dl.maps.engine.write_maps`: same files, resume and checks as the local engine, so
+the maps are identical to the serial path). A worker opens the raster and loads the model
+once per job (cached, one raster handle per worker thread). The cluster is the run's
+``dask`` group (:func:`infer_settings`: ``infer.dask.*`` default to the ``dask.*`` keys):
+without an address a :class:`distributed.LocalCluster` is started on this machine
+(``n_workers`` processes of ``threads_per_worker`` threads); with an address
+(``tcp://host:8786``) the run joins that cluster, whose workers must see the run folder and
+the rasters at the same paths (a shared file system) and have i2dl installed. Each window
+logs to ``<run>/logs/infer/classify_<tile>_window_<i>.log``, is retried ``dask.retries``
+times, then stops the stage with an error naming the tile, the window and its log; no map
+is renamed into place, and the finished windows are kept for ``infer.resume``.
 
 The local cluster serves no dashboard and no HTTP port: ``distributed`` starts an HTTP
 server on the scheduler (``:8787``) and on every worker even with
@@ -18,8 +23,8 @@ joblib runs sequentially (scikit-learn's ``n_jobs`` is 1): the cluster's workers
 are the parallelism, and joblib would otherwise warn in every window that a daemonic Dask
 worker cannot start processes.
 
-The per-tile stages (``prepare``'s sample extraction, ``features-map``, the tiler) run on
-the same clusters through :class:`TaskRunner`, set by the run's ``dask`` config group
+The per-tile stages (``prepare``'s sample extraction, ``features-map``, the tiler, infer)
+run on the same clusters through :class:`TaskRunner`, set by the run's ``dask`` config group
 (``configs/dask/default.yaml``): each named task (tile, chunk) writes its own log file,
 a failed task is run again up to ``dask.retries`` times (iota2 ``task_retry_limits``),
 then the stage stops with an error naming the task and its log.
@@ -30,7 +35,6 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -42,7 +46,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, I2dlError
-from i2dl.features.feature_maps import close_worker_sources
+from i2dl.features.feature_maps import _span, close_worker_sources
+from i2dl.io.layout import LOGS_DIR
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.maps.engine import WindowClassifier, WindowEngine
@@ -68,15 +73,18 @@ class WindowJob(Protocol):
 
 
 _LOCK = threading.Lock()
-#: per worker process: job key -> classifier; (job key, thread id) -> open series
+#: per worker process: job key -> classifier; (job key, thread id) -> open series, and
+#: those a task is reading now (closed by that task when released meanwhile)
 _CLASSIFIERS: dict[str, WindowClassifier] = {}
 _SERIES: dict[tuple[str, int], TimeSeriesSource] = {}
+_BUSY: set[tuple[str, int]] = set()
 
 
 def _worker_state(job: WindowJob) -> tuple[TimeSeriesSource, WindowClassifier]:
-    """This worker thread's open series and the worker's classifier for ``job``."""
+    """This worker thread's open series (marked busy) and the worker's classifier for ``job``."""
     thread = threading.get_ident()
     with _LOCK:
+        _BUSY.add((job.key, thread))
         series = _SERIES.get((job.key, thread))
         if series is None:
             series = _SERIES[(job.key, thread)] = job.open()
@@ -104,56 +112,73 @@ def _sequential_joblib() -> AbstractContextManager[Any]:
 def classify_window(job: WindowJob, i: int, window: Window) -> tuple[int, dict[str, np.ndarray]]:
     """The task run by a worker: read window ``i`` and classify it.
 
-    scikit-learn models run with one job per task (:func:`_sequential_joblib`).
+    scikit-learn models run with one job per task (:func:`_sequential_joblib`). A failed
+    attempt closes this thread's raster handle, so that a retry reads through a new one.
+    Its handle is never closed under it (:func:`release`).
 
     Returns:
         ``(i, arrays)`` as :meth:`i2dl.maps.engine.WindowClassifier.__call__`.
     """
-    series, classify = _worker_state(job)
-    x, valid = read_series_window(series, window)
-    with _sequential_joblib():
-        return i, classify(window, x, valid)
+    mine, failed = (job.key, threading.get_ident()), True
+    try:
+        series, classify = _worker_state(job)
+        x, valid = read_series_window(series, window)
+        with _sequential_joblib():
+            arrays = classify(window, x, valid)
+        failed = False
+        return i, arrays
+    finally:
+        with _LOCK:
+            _BUSY.discard(mine)
+            # a failed read gets a new handle; a released job's stays closed
+            stale = _SERIES.pop(mine, None) if failed or job.key not in _CLASSIFIERS else None
+        if stale is not None:
+            stale.close()
 
 
 def release(job_key: str) -> None:
-    """Close the rasters and drop the model a worker holds for a job (run on every worker)."""
+    """Close the rasters and drop the model a worker holds for a job (run on every worker).
+
+    A raster a task is reading (a task left running after a failure cancelled the
+    others) is closed by that task when it ends.
+    """
     with _LOCK:
-        for key in [k for k in _SERIES if k[0] == job_key]:
-            _SERIES.pop(key).close()
         _CLASSIFIERS.pop(job_key, None)
+        idle = [_SERIES.pop(k) for k in list(_SERIES) if k[0] == job_key and k not in _BUSY]
+    for series in idle:
+        series.close()
 
 
-def dask_engine(client: Any, job: WindowJob, max_in_flight: int | None = None) -> WindowEngine:
+def dask_engine(runner: TaskRunner, job: WindowJob, tile: str) -> WindowEngine:
     """An engine for :func:`i2dl.maps.engine.write_maps` that runs windows on Dask.
 
+    Every window is a named task of ``runner``, ``tile <tile>, window <i> (rows r0-r1,
+    cols c0-c1)`` (as the chunks of ``features-map``), logged to
+    ``classify_<tile>_window_<i>.log`` in the runner's folder, retried ``dask.retries``
+    times. At most ``runner.max_in_flight`` windows (twice the cluster's threads) are
+    submitted and not yet written back: the memory of this process is bounded whatever the
+    tile size.
+
     Args:
-        client: a connected :class:`distributed.Client`.
+        runner: the stage's :class:`TaskRunner` (:func:`infer_runner`).
         job: the tile's job (picklable: sent to the workers).
-        max_in_flight: windows submitted and not yet written back; None = twice the
-            cluster's threads. Bounds the memory of this process whatever the tile size.
+        tile: the tile's name in task names and log files.
 
     Returns:
-        ``engine(windows, todo)`` yielding ``(i, arrays)`` as tasks finish (any order).
+        ``engine(windows, todo)`` yielding ``(i, arrays)`` as tasks finish (any order);
+        it raises :class:`~i2dl.errors.I2dlError` (or the window's own i2dl error class)
+        naming the tile, the window and its log when a window failed its last attempt.
     """
-    from distributed import as_completed
 
     def run(windows: list[Window], todo: list[int]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        limit = max_in_flight or max(2, 2 * sum(client.nthreads().values()))
-        queue = iter(todo)
-        futures = [client.submit(classify_window, job, i, windows[i], pure=False)
-                   for i in (next(queue) for _ in range(min(limit, len(todo))))]
-        done = as_completed(futures)
+        if not todo:  # every window resumed: no cluster to start
+            return
         try:
-            for future in done:
-                i, arrays = future.result()
-                future.release()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    done.add(client.submit(classify_window, job, nxt, windows[nxt], pure=False))
-                yield i, arrays
+            yield from runner(((f"tile {tile}, window {i} ({_span(windows[i])})",
+                                f"classify_{tile}_window_{i}", classify_window,
+                                (job, i, windows[i])) for i in todo), ordered=False)
         finally:
-            client.cancel(futures)
-            client.run(release, job.key)
+            runner.client.run(release, job.key)
 
     return run
 
@@ -266,6 +291,37 @@ class DaskSettings:
     retries: int = 0
 
 
+#: the keys of a ``dask`` node, as :class:`DaskSettings`' fields (and ``engine``)
+_KEYS = ("engine", "address", "n_workers", "threads_per_worker", "processes", "retries")
+
+
+def _checked(node: Mapping[str, Any], names: Mapping[str, str]) -> DaskSettings | None:
+    """``node`` (``engine`` and the cluster keys) as :class:`DaskSettings`, None if local.
+
+    Args:
+        node: the values by key (:data:`_KEYS`); absent keys take the defaults.
+        names: the config name of each key, for errors (``dask.n_workers``).
+
+    Raises:
+        ConfigError: an unknown engine, or a bad value, named by ``names``.
+    """
+    engine = str(node.get("engine", "local"))
+    if engine not in ENGINES:
+        raise ConfigError(f"{names['engine']}={engine!r}: use local (this process) or dask (a "
+                          f"dask.distributed cluster); e.g. {names['engine']}=dask")
+    if engine == "local":
+        return None
+    values = {k: node.get(k, DaskSettings.__dataclass_fields__[k].default)
+              for k in ("n_workers", "threads_per_worker", "retries")}
+    for k, v in values.items():
+        low = 0 if k == "retries" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{names[k]}={v!r}: expected an integer >= {low}; e.g. "
+                              f"{names[k]}={max(low, 2) if k != 'retries' else 1}")
+    return DaskSettings(address=node.get("address") or None,
+                        processes=bool(node.get("processes", True)), **values)
+
+
 def dask_settings(cfg: Mapping[str, Any]) -> DaskSettings | None:
     """The Dask settings of a run, or None when ``dask.engine`` is ``local`` (or unset).
 
@@ -277,22 +333,46 @@ def dask_settings(cfg: Mapping[str, Any]) -> DaskSettings | None:
         ConfigError: an unknown ``dask.engine``, a negative ``dask.retries``, or
             ``dask.n_workers`` / ``dask.threads_per_worker`` below 1.
     """
-    node = cfg.get("dask") or {}
-    engine = str(node.get("engine", "local"))
-    if engine not in ENGINES:
-        raise ConfigError(f"dask.engine={engine!r}: use local (this process) or dask (a "
-                          "dask.distributed cluster); e.g. dask.engine=dask")
-    if engine == "local":
-        return None
-    values = {k: node.get(k, DaskSettings.__dataclass_fields__[k].default)
-              for k in ("n_workers", "threads_per_worker", "retries")}
-    for k, v in values.items():
-        low = 0 if k == "retries" else 1
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"dask.{k}={v!r}: expected an integer >= {low}; e.g. dask.{k}="
-                              f"{max(low, 2) if k != 'retries' else 1}")
-    return DaskSettings(address=node.get("address") or None,
-                        processes=bool(node.get("processes", True)), **values)
+    return _checked(cfg.get("dask") or {}, {k: f"dask.{k}" for k in _KEYS})
+
+
+def _select(cfg: Any, key: str) -> Any:
+    """``key`` of ``cfg`` resolved; None when absent or unresolvable (no ``dask`` group)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+
+
+def infer_settings(cfg: Any) -> DaskSettings | None:
+    """The Dask settings of ``infer``: the run's ``dask`` group, or None for a local run.
+
+    ``infer.engine`` and ``infer.dask.{address,n_workers,threads_per_worker,processes}``
+    (the keys of the former infer-only cluster, kept) default to the ``dask`` keys
+    (``configs/infer/default.yaml``); one set on its own applies to infer only (logged).
+    ``dask.retries`` applies to infer too (``infer.dask.retries`` overrides it).
+
+    Args:
+        cfg: the composed config (``infer``, ``dask``).
+
+    Raises:
+        ConfigError: an unknown ``infer.engine``, or a bad value (named ``infer.dask.<key>``
+            when set there, else ``dask.<key>``).
+    """
+    node: dict[str, Any] = {}
+    names = {k: f"dask.{k}" for k in _KEYS}
+    own = []
+    for k in _KEYS:
+        value, run = _select(cfg, f"infer.{k}" if k == "engine" else f"infer.dask.{k}"), \
+            _select(cfg, f"dask.{k}")
+        if value is not None or run is not None:
+            node[k] = run if value is None else value
+        if value is not None and value != run:
+            names[k] = "infer.engine" if k == "engine" else f"infer.dask.{k}"
+            own.append(f"{names[k]}={value!r}")
+    settings = _checked(node, names)
+    if settings is not None and own:
+        log.info("infer overrides the run's dask group with %s", ", ".join(own))
+    return settings
 
 
 class Task(NamedTuple):
@@ -398,7 +478,8 @@ class TaskRunner:
     task logs to ``<log_dir>/<task.log>.log``. At most ``max_in_flight`` tasks are
     submitted and not yet consumed, so memory stays bounded whatever the number of
     tasks; results come back in the order of the tasks, so the outputs the stage writes
-    from them are those of the serial run.
+    from them are those of the serial run (or as they finish, ``ordered=False``, for a
+    stage that places each result itself: infer's windows).
 
     Args:
         settings: the run's ``dask`` group (:func:`dask_settings`).
@@ -424,32 +505,46 @@ class TaskRunner:
         return self._client
 
     def __call__(self, tasks: Iterable[tuple[str, str, Callable[..., Any], tuple[Any, ...]]],
-                 ) -> Iterator[Any]:
+                 ordered: bool = True) -> Iterator[Any]:
         """``fn(*args)`` of every task, run on the cluster, yielded in the tasks' order.
+
+        Each task logs to ``<log_dir>/<task.log>.log`` and is submitted with
+        ``retries=dask.retries`` (:func:`run_task`).
+
+        Args:
+            tasks: ``(name, log, fn, args)`` tuples (:class:`Task`), consumed lazily.
+            ordered: False = yield the results as the tasks finish (any order).
 
         Raises:
             I2dlError: (or the task's own i2dl error class) a task failed
                 ``dask.retries + 1`` times; the message names it and its log
                 (:func:`task_failure`). The tasks not finished are cancelled.
         """
+        from distributed import as_completed
+
         client = self.client
         limit = self.max_in_flight or max(2, 2 * sum(client.nthreads().values()))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         queue = (Task(*t) for t in tasks)
-        in_flight: deque[tuple[Task, Path, Any]] = deque()
+        in_flight: dict[Any, tuple[Task, Path]] = {}  # future -> task, in submission order
+        finished = None if ordered else as_completed()
 
         def submit(task: Task) -> None:
             path = self.log_dir / f"{task.log}.log"
             path.unlink(missing_ok=True)  # a rerun's log starts afresh
-            in_flight.append((task, path, client.submit(
+            future = client.submit(
                 run_task, task.name, str(path), task.fn, *task.args, pure=False,
-                retries=self.settings.retries, key=f"{task.log}-{uuid.uuid4().hex[:8]}")))
+                retries=self.settings.retries, key=f"{task.log}-{uuid.uuid4().hex[:8]}")
+            in_flight[future] = (task, path)
+            if finished is not None:
+                finished.add(future)
 
         try:
             for task in islice(queue, limit):
                 submit(task)
             while in_flight:
-                task, path, future = in_flight.popleft()
+                future = next(iter(in_flight)) if finished is None else next(finished)
+                task, path = in_flight.pop(future)
                 try:
                     result = future.result()
                 except Exception as exc:
@@ -460,7 +555,7 @@ class TaskRunner:
                     submit(nxt)
                 yield result
         finally:
-            client.cancel([f for _, _, f in in_flight])
+            client.cancel(list(in_flight))
 
     def close(self) -> None:
         """Close the rasters the workers hold open, and stop (or leave) the cluster."""
@@ -487,3 +582,14 @@ def task_runner(settings: DaskSettings | None, log_dir: Path) -> Iterator[TaskRu
         yield runner
     finally:
         runner.close()
+
+
+def infer_runner(cfg: Any, run: Path) -> AbstractContextManager[TaskRunner | None]:
+    """The :class:`TaskRunner` of ``infer`` (:func:`infer_settings`), None for a local run.
+
+    Its tasks (the windows, :func:`dask_engine`) log to ``<run>/logs/infer/``.
+
+    Raises:
+        ConfigError: bad ``infer.engine`` / ``infer.dask`` / ``dask`` settings.
+    """
+    return task_runner(infer_settings(cfg), Path(run) / LOGS_DIR / "infer")

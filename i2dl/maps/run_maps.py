@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from i2dl.io.layout import FINAL_DIR, MAPS_DIR, checkpoint_path, read_fit_state,
 from i2dl.io.sensors.base import TimeSeriesSource
 from i2dl.io.vector import burn_window
 from i2dl.maps.boundary import region_boundary_weights
-from i2dl.maps.cluster import dask_client, dask_engine
+from i2dl.maps.cluster import dask_engine, infer_runner
 from i2dl.maps.device import resolve_batch_size, resolve_device
 from i2dl.maps.engine import (
     InferenceResult,
@@ -238,22 +238,6 @@ def probability_products(icfg: DictConfig) -> tuple[list[str], DictConfig | dict
     return kinds, smoothing, smooth
 
 
-def _engine_context(icfg: DictConfig) -> Any:
-    """A Dask client for ``infer.engine=dask``, nothing for ``local``."""
-    engine = str(icfg.get("engine", "local"))
-    if engine == "local":
-        return nullcontext(None)
-    if engine != "dask":
-        raise ConfigError(f"infer.engine={engine!r}: use local or dask")
-    dcfg = icfg.get("dask") or {}
-    return dask_client(
-        dcfg.get("address") or None,
-        int(dcfg.get("n_workers", 2)),
-        int(dcfg.get("threads_per_worker", 1)),
-        bool(dcfg.get("processes", True)),
-    )
-
-
 def _map_extras(cfg: DictConfig, info: StoreInfo, result: InferenceResult, maps: Path) -> None:
     """The preview picture, colour-indexed copy, label table and QGIS style of a map."""
     preview = write_map_preview(
@@ -329,7 +313,7 @@ def _tile_maps(
              for name in ("data", "sampling")}
     results = {}
     with ExitStack() as stack:
-        client = stack.enter_context(_engine_context(icfg))
+        runner = stack.enter_context(infer_runner(cfg, out))
         for tile in tiles:
             maps = out / MAPS_DIR / tile if multi and tile else out / MAPS_DIR
             job = TileJob(
@@ -338,14 +322,14 @@ def _tile_maps(
                 bool(icfg.write_proba), boundary_buffer(icfg), load, auto_batch_size,
             )
             with job.open() as series:
-                if client is None:
+                if runner is None:
                     engine = local_engine(
                         series, job.classifier(series, (models, info)),
                         int(icfg.get("reader_threads", 1)), int(icfg.get("read_ahead", 2)),
                         job.open,
                     )
                 else:
-                    engine = dask_engine(client, job)
+                    engine = dask_engine(runner, job, tile or str(cfg.data.get("name", "tile")))
                 results[tile] = write_maps(
                     series, info, engine, maps, str(device),
                     chunk_size=int(icfg.chunk_size),
