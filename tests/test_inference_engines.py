@@ -141,6 +141,9 @@ def test_dask_engine_writes_the_local_maps(
         np.testing.assert_array_equal(saved[name], _read(run / "maps" / f"{name}.tif")[0])
     assert dask.n_pixels == local.n_pixels > 0
     assert "local Dask cluster: 2 workers" in (run / "logs" / "infer.log").read_text()
+    # the former infer-only keys still work; every window logs (from the worker processes too)
+    logs = sorted((run / "logs" / "infer").glob("classify_tiny_window_*.log"))
+    assert len(logs) == 9 and all(p.read_text().endswith("done\n") for p in logs)
     with rasterio.open(run / "maps" / "classif.tif") as src:
         assert src.count == 1 and src.crs is not None
 
