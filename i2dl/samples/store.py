@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -522,7 +523,12 @@ class RowsView:
     """Rows ``rows`` of an (N, ...) array, gathered slice by slice (never all at once).
 
     Lets :func:`write_store` and the learn statistics read the selected samples of a
-    spool on disk (:class:`numpy.memmap`) in bounded memory.
+    spool on disk (:class:`numpy.memmap`) in bounded memory. The rows of a whole-file
+    memmap are read from its file (runs of consecutive rows at a time), not through the
+    map: pages read through a map stay in the process's resident set until the map is
+    closed, so a 10^6-sample, 70-date spool (2.8 GB) read once would add 2.8 GB to the
+    peak RSS of ``prepare`` (issue 23); read from the file they stay in the page cache
+    only.
 
     Args:
         base: the (N, ...) array (a memmap).
@@ -542,4 +548,40 @@ class RowsView:
         """Rows ``key`` (a slice) as an in-memory array."""
         if not isinstance(key, slice):
             raise TypeError("RowsView is read by slices")
-        return np.asarray(self.base[self.rows[key]])
+        rows = self.rows[key]
+        base = self.base
+        # a memmap of its own file (not a view of one: .base is then the mmap itself)
+        if isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap) and base.filename:
+            return _read_file_rows(Path(base.filename), int(base.offset), base.shape,
+                                   base.dtype, rows)
+        return np.asarray(base[rows])
+
+
+def _read_file_rows(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+                    rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (increasing) of a C-ordered (N, ...) array at ``offset`` of ``path``.
+
+    One ``readinto`` per run of consecutive rows.
+
+    Raises:
+        StoreError: the file ends before the last row.
+    """
+    out = np.empty((len(rows), *shape[1:]), dtype=dtype)
+    if not len(rows):
+        return out
+    row_bytes = out[:1].nbytes
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # run starts in rows
+    ends = np.append(starts[1:], len(rows))
+    with open(path, "rb", buffering=0) as fh:
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            fh.seek(offset + int(rows[a]) * row_bytes)
+            view = flat[a:b].data.cast("B")
+            got = 0
+            while got < len(view):
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise StoreError(f"{path} ended before row {int(rows[b - 1])}: the spool "
+                                     "was truncated while prepare read it")
+                got += n
+    return out
