@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
+from models import ltae_infer
 from models.layers import (
     check_dropout,
     check_forward_inputs,
@@ -326,6 +327,8 @@ class LTAE(nn.Module):
                 ``x`` is not floating point or ``mask`` is not bool.
         """
         check_forward_inputs("LTAE", x, days, mask, self.in_channels)
+        if not self.training and ltae_infer.supports(self):  # same network, fewer passes
+            return ltae_infer.forward_eval(self, x, days, mask)
         if self.attend_gapfilled:  # every date of a pixel with any valid date
             x = gapfilled(x, days, mask)
             mask = mask.any(dim=1, keepdim=True).expand_as(mask)
