@@ -2,7 +2,8 @@
 
 ``infer.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and ``infer.batch_size``
 (``auto`` or pixels), resolved once per tile by the window classifier's builder
-(:class:`i2dl.maps.run_maps.TileJob`) or by :func:`i2dl.maps.engine.classify_raster`.
+(:class:`i2dl.maps.run_maps.TileJob`) or by :func:`i2dl.maps.engine.classify_raster`;
+:func:`batch_slice` selects a batch's pixels without copying them.
 """
 
 from __future__ import annotations
@@ -98,3 +99,22 @@ def resolve_batch_size(
     return int(value)
 
 
+
+
+def batch_slice(sel: np.ndarray) -> np.ndarray | slice:
+    """The pixels of one batch, as a slice when they are consecutive.
+
+    Indexing a window's ``(h * w, T, C)`` values with the slice gives a view, not a copy:
+    a window whose pixels all have data (the usual case) is classified without copying
+    its values.
+
+    Args:
+        sel: (n,) int, increasing pixel indices (``np.flatnonzero`` of the pixels with data).
+
+    Returns:
+        ``slice(sel[0], sel[-1] + 1)`` when ``sel`` is a run of consecutive indices, else
+        ``sel`` itself.
+    """
+    if len(sel) and int(sel[-1]) - int(sel[0]) == len(sel) - 1:
+        return slice(int(sel[0]), int(sel[-1]) + 1)
+    return sel

@@ -63,7 +63,7 @@ from i2dl.io.files import (
 )
 from i2dl.io.geotiff import block_windows, geotiff_profile
 from i2dl.io.sensors.base import TimeSeriesSource
-from i2dl.maps.device import resolve_batch_size
+from i2dl.maps.device import batch_slice, resolve_batch_size
 from i2dl.maps.reading import read_windows
 from i2dl.samples.store import StoreInfo
 
@@ -110,24 +110,21 @@ def _predict_batch(
 ) -> np.ndarray:
     """Normalise one batch, send it to the device, return (B, K) float32 probabilities.
 
-    On the CPU the batch is normalised by :meth:`StoreInfo.normalise`. On an accelerator
-    the raw values are copied (pinned) and normalised there with the same float32
-    operations, ``(x - offset) / scale`` then 0 at invalid observations, which saves the
-    host one pass over the batch.
+    The batch is normalised as :meth:`StoreInfo.normalise` does it, with the same float32
+    operations, ``(x - offset) / scale`` then 0 at invalid observations, by torch on the
+    device: on an accelerator after the raw values are copied (pinned), which saves the
+    host one pass; on the CPU into one new tensor (``x`` is a view of the window, never
+    modified) by torch's threaded kernels.
     """
     mb = torch.from_numpy(valid)
-    if device.type == "cpu":
-        xb = torch.from_numpy(info.normalise(x, valid))
-    else:
-        xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if pin:
         xb, mb = xb.pin_memory(), mb.pin_memory()
     xb = xb.to(device, non_blocking=True)
     mb = mb.to(device, non_blocking=True)
-    if device.type != "cpu":
-        offset = torch.as_tensor(info.offset, dtype=torch.float32, device=device)
-        scale = torch.as_tensor(info.scale, dtype=torch.float32, device=device)
-        xb = ((xb - offset) / scale).masked_fill_(~mb.unsqueeze(-1), 0.0)
+    offset = torch.as_tensor(info.offset, dtype=torch.float32, device=device)
+    scale = torch.as_tensor(info.scale, dtype=torch.float32, device=device)
+    xb = torch.sub(xb, offset).div_(scale).masked_fill_(~mb.unsqueeze(-1), 0.0)
     db = days.unsqueeze(0).expand(len(x), -1)
     with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                          enabled=use_amp):
@@ -273,7 +270,7 @@ class WindowClassifier:
                       for r, wr in weights.items()]
         for g, (fn, idx) in enumerate(groups):
             for b0 in range(0, len(idx), self.batch_size):
-                sel = idx[b0 : b0 + self.batch_size]
+                sel = batch_slice(idx[b0 : b0 + self.batch_size])
                 p = _predict_batch(
                     fn, info, flat_x[sel], flat_valid[sel], self.days, self.device, self.pin,
                     self.use_amp,
