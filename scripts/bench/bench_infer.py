@@ -11,8 +11,11 @@ Writes a synthetic Sentinel-2-like stack in a temporary folder: ``--size`` pixel
 - ``infer``: :func:`i2dl.maps.engine.classify_raster` on the CPU with the default LTAE
   config (``configs/model/ltae.yaml``, randomly initialised, 10 classes), writing
   ``classif.tif`` and ``confidence.tif``, for each variant of ``--variants``:
-  ``NAME:FORWARD:BATCH[:READERS]`` with FORWARD ``lean`` (models/ltae.py) or ``before``
-  (the former forward, copied below), BATCH ``auto`` or pixels, and READERS the reader
+  ``NAME:FORWARD:BATCH[:READERS]`` with FORWARD ``lean`` (models/ltae.py and the
+  engine as they are), ``train`` (the path before issue 23: the LTAE's training-mode
+  kernels in eval mode, not :mod:`models.ltae_infer`, and the engine's former batches,
+  fancy-indexed copies normalised by NumPy; copied below) or ``before`` (the forward
+  before issue 11, copied below), BATCH ``auto`` or pixels, and READERS the reader
   threads (``infer.reader_threads``; 0 = serial: each window read in turn, no overlap;
   default 1: one thread reads ahead while the model computes);
 - ``read_floor_threads``: with a variant of READERS > 1, the windows read by that many
@@ -30,6 +33,7 @@ Usage: python scripts/bench/bench_infer.py [--size 512] [--dates 24] [--bands 10
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -39,7 +43,7 @@ import statistics
 import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,10 +57,12 @@ from torch import Tensor
 
 from i2dl.io.geotiff import block_windows
 from i2dl.io.raster import open_time_series
+from i2dl.maps import engine
 from i2dl.maps.device import resolve_batch_size
 from i2dl.maps.engine import classify_raster
 from i2dl.samples.store import StoreInfo
 from i2dl.training.build import DataDims, build_classifier
+from models import ltae_infer
 from models.ltae import LTAE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +101,31 @@ def _former_forward(self: LTAE, x: Tensor, days: Tensor, mask: Tensor) -> Tensor
     v = z.view(B, T, self.n_head, self.d_model // self.n_head)
     out = torch.einsum("bht,bthc->bhc", attn, v).reshape(B, self.d_model)
     return self.out_norm(self.dropout(self.mlp(out)))
+
+
+def _former_predict_batch(fn: Callable, info: StoreInfo, x: np.ndarray, valid: np.ndarray,
+                          days: Tensor, device: torch.device, pin: bool, use_amp: bool
+                          ) -> np.ndarray:
+    """engine._predict_batch on the CPU before issue 23 (NumPy normalisation)."""
+    xb, mb = torch.from_numpy(info.normalise(x, valid)), torch.from_numpy(valid)
+    with torch.no_grad():
+        return fn(xb, days.unsqueeze(0).expand(len(x), -1), mb).float().numpy()
+
+
+@contextlib.contextmanager
+def _former_path(forward: str) -> Iterator[None]:
+    """With FORWARD ``train``: the eval kernels off and the engine's former batches."""
+    if forward != "train":
+        yield
+        return
+    saved = (ltae_infer.supports, engine._predict_batch, engine.batch_slice)
+    ltae_infer.supports = lambda enc: False  # type: ignore[assignment]
+    engine._predict_batch = _former_predict_batch  # type: ignore[assignment]
+    engine.batch_slice = lambda sel: sel  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ltae_infer.supports, engine._predict_batch, engine.batch_slice = saved
 
 
 def write_stack(path: Path, size: int, n_dates: int, n_bands: int) -> list[dt.date]:
@@ -151,7 +182,7 @@ def main() -> None:
     ap.add_argument("--variants", default="serial:lean:auto:0,after:lean:auto:1,"
                     "threads:lean:auto:2",
                     help="comma-separated NAME:FORWARD:BATCH[:READERS], FORWARD in "
-                    "{lean, before}")
+                    "{lean, train, before}")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu", help="torch device of infer: cpu, cuda")
     args = ap.parse_args()
@@ -160,8 +191,9 @@ def main() -> None:
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
     variants = [v if len(v) != 3 else (*v, "1") for v in variants]
     for v in variants:
-        if len(v) != 4 or v[1] not in ("lean", "before") or not v[3].isdigit():
-            ap.error(f"--variants: {':'.join(v)!r} is not NAME:lean|before:BATCH[:READERS]")
+        if len(v) != 4 or v[1] not in ("lean", "train", "before") or not v[3].isdigit():
+            ap.error(f"--variants: {':'.join(v)!r} is not "
+                     "NAME:lean|train|before:BATCH[:READERS]")
     max_readers = max(int(v[3]) for v in variants)
     machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "size": args.size, "dates": args.dates,
@@ -220,16 +252,17 @@ def main() -> None:
 
         def infer(forward: str, batch: str, readers: int) -> Callable[[], object]:
             def run() -> None:
-                encoder.forward = (lean_forward if forward == "lean"
+                encoder.forward = (lean_forward if forward != "before"
                                    else types.MethodType(_former_forward, encoder))
-                with open_time_series(stack, dates_file, bands) as series:
+                with _former_path(forward), open_time_series(stack, dates_file,
+                                                             bands) as series:
                     classify_raster(series, info, model.predict_proba, Path(tmp) / "maps", cpu,
                                     chunk_size=args.chunk,
                                     batch_size=batch if batch == "auto" else int(batch),
                                     progress=False, reader_threads=max(1, readers),
                                     read_ahead=0 if readers == 0 else 2,
-                                    open_reader=lambda: open_time_series(stack, dates_file,
-                                                                         bands))
+                                    open_reader=lambda: open_time_series(
+                                        stack, dates_file, bands))
             return run
 
         steps: dict[str, Callable[[], object]] = {"read_floor": read_floor,
