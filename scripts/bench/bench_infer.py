@@ -11,13 +11,14 @@ Writes a synthetic Sentinel-2-like stack in a temporary folder: ``--size`` pixel
 - ``infer``: :func:`i2dl.maps.engine.classify_raster` on the CPU with the default LTAE
   config (``configs/model/ltae.yaml``, randomly initialised, 10 classes), writing
   ``classif.tif`` and ``confidence.tif``, for each variant of ``--variants``:
-  ``NAME:FORWARD:BATCH[:READERS]`` with FORWARD ``lean`` (models/ltae.py and the
+  ``NAME:FORWARD:BATCH[:READERS[:THREADS]]`` with FORWARD ``lean`` (models/ltae.py and the
   engine as they are), ``train`` (the path before issue 23: the LTAE's training-mode
   kernels in eval mode, not :mod:`models.ltae_infer`, and the engine's former batches,
   fancy-indexed copies normalised by NumPy; copied below) or ``before`` (the forward
   before issue 11, copied below), BATCH ``auto`` or pixels, and READERS the reader
   threads (``infer.reader_threads``; 0 = serial: each window read in turn, no overlap;
-  default 1: one thread reads ahead while the model computes);
+  default 1: one thread reads ahead while the model computes) and THREADS torch's
+  intra-op threads during that variant (default: ``--threads`` or torch's default);
 - ``read_floor_threads``: with a variant of READERS > 1, the windows read by that many
   threads, each with its own dataset (the parallel read floor).
 
@@ -181,7 +182,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="A/B rounds; medians reported")
     ap.add_argument("--variants", default="serial:lean:auto:0,after:lean:auto:1,"
                     "threads:lean:auto:2",
-                    help="comma-separated NAME:FORWARD:BATCH[:READERS], FORWARD in "
+                    help="comma-separated NAME:FORWARD:BATCH[:READERS[:THREADS]], FORWARD in "
                     "{lean, train, before}")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu", help="torch device of infer: cpu, cuda")
@@ -189,11 +190,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
-    variants = [v if len(v) != 3 else (*v, "1") for v in variants]
+    default_threads = str(torch.get_num_threads())
+    variants = [(*v, "1", default_threads)[:5] if len(v) == 3 else (*v, default_threads)[:5]
+                for v in variants]
     for v in variants:
-        if len(v) != 4 or v[1] not in ("lean", "train", "before") or not v[3].isdigit():
+        if len(v) != 5 or v[1] not in ("lean", "train", "before") or not v[3].isdigit() \
+                or not v[4].isdigit() or int(v[4]) < 1:
             ap.error(f"--variants: {':'.join(v)!r} is not "
-                     "NAME:lean|train|before:BATCH[:READERS]")
+                     "NAME:lean|train|before:BATCH[:READERS[:THREADS]]")
     max_readers = max(int(v[3]) for v in variants)
     machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "size": args.size, "dates": args.dates,
@@ -250,8 +254,9 @@ def main() -> None:
             with ThreadPoolExecutor(max_readers) as pool:
                 list(pool.map(read, [windows[i::max_readers] for i in range(max_readers)]))
 
-        def infer(forward: str, batch: str, readers: int) -> Callable[[], object]:
+        def infer(forward: str, batch: str, readers: int, threads: int) -> Callable[[], object]:
             def run() -> None:
+                torch.set_num_threads(threads)
                 encoder.forward = (lean_forward if forward != "before"
                                    else types.MethodType(_former_forward, encoder))
                 with _former_path(forward), open_time_series(stack, dates_file,
@@ -263,14 +268,15 @@ def main() -> None:
                                     read_ahead=0 if readers == 0 else 2,
                                     open_reader=lambda: open_time_series(
                                         stack, dates_file, bands))
+                torch.set_num_threads(int(default_threads))
             return run
 
         steps: dict[str, Callable[[], object]] = {"read_floor": read_floor,
                                                   "read_i2dl": read_i2dl}
         if max_readers > 1:
             steps["read_floor_threads"] = read_floor_threads
-        steps.update({name: infer(fwd, batch, int(readers))
-                      for name, fwd, batch, readers in variants})
+        steps.update({name: infer(fwd, batch, int(readers), int(threads))
+                      for name, fwd, batch, readers, threads in variants})
         times: dict[str, list[float]] = {s: [] for s in steps}
         rss: dict[str, list[float]] = {s: [] for s in steps}
         for _ in range(args.repeat):
@@ -282,11 +288,13 @@ def main() -> None:
         for name in steps:
             sec = statistics.median(times[name])
             extra: dict[str, object] = {}
-            for vname, fwd, batch, readers in variants:
+            for vname, fwd, batch, readers, threads in variants:
                 if vname == name:
                     extra = {"forward": fwd, "readers": int(readers),
+                             "torch_threads": int(threads),
                              "batch_size": resolve_batch_size(
-                                 batch if batch == "auto" else int(batch), cpu, args.dates)}
+                                 batch if batch == "auto" else int(batch), cpu, args.dates,
+                                 threads=int(threads))}
             print(json.dumps({
                 "step": name, "seconds": round(sec, 3), "runs": [round(t, 2) for t in times[name]],
                 "px_per_s": round(n_px / sec), "ratio_to_read_floor": round(floor / sec, 3),
