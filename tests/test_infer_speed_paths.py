@@ -203,3 +203,20 @@ def test_gapfill_shared_matches_linear_gapfill() -> None:
     assert (got[0] == 0).all() and torch.equal(got[1], x[1])
     assert torch.equal(got[2], x[2, 5].expand(t, c))
     torch.testing.assert_close(got[mask], x[mask], rtol=0, atol=0)  # valid dates unchanged
+
+
+def test_eval_kernels_run_under_bfloat16_autocast() -> None:
+    # map inference on CUDA runs under bf16 autocast (infer.amp); the CPU autocast stands
+    # in for it: the convolutions in bf16, the attention in float32 (the training-mode
+    # kernels failed there with temporal_conv: a bf16 series met float32 weights)
+    torch.manual_seed(4)
+    enc = LTAE(5, d_model=32, n_head=4, d_k=4, mlp=[32, 16], temporal_conv=[16, 16],
+               attend_gapfilled=True).eval()
+    x, mask = torch.randn(50, 9, 5), torch.rand(50, 9) > 0.3
+    days = (torch.arange(9) * 7).expand(50, -1)
+    with torch.no_grad():
+        full = enc(x, days, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = enc(x, days, mask)
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), full, rtol=0, atol=0.1)
