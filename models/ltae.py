@@ -320,6 +320,8 @@ class LTAE(nn.Module):
             attention from the ``C`` input channels (:meth:`_attend`), so the work and
             memory per pixel are ``O(T * (C + H) + D)``, with no ``(B, T, D)`` tensor. Under
             autocast the attention stays float32; only the MLP follows the autocast dtype.
+            In eval mode the same network runs :mod:`models.ltae_infer`'s kernels (map
+            inference: BatchNorm folded, channels-last convolutions, fewer passes).
 
         Raises:
             ValueError: if ``x`` is not 3-D or its channel count differs from
