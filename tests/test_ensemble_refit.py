@@ -174,6 +174,8 @@ def test_swa_needs_the_refit(make_cfg, tiny_dataset: dict, caplog) -> None:
     assert swa_callbacks(make_cfg(*FAST, *tiny_dataset["overrides"], "refit=true")) == [], \
         "off by default outside the LTAE experiments"
     assert swa_callbacks(make_cfg(*base, "refit=true"))  # on in +experiment=ltae
+    # and in +experiment=tempcnn, whose refit is on too (docs/results.md)
+    assert swa_callbacks(make_cfg("+experiment=tempcnn", *FAST, *tiny_dataset["overrides"]))
     (swa,) = swa_callbacks(make_cfg(*base, "refit=true", "callbacks.swa.enabled=true",
                                     "callbacks.swa.swa_lrs=0.002"))
     assert isinstance(swa, StochasticWeightAveraging)
