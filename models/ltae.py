@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from i2dl.errors import ConfigError
-from models import ltae_infer
 from models.layers import (
     check_dropout,
     check_forward_inputs,
@@ -36,6 +35,8 @@ from models.layers import (
     dense_block,
     gapfilled,
 )
+from models.ltae_infer import forward_eval as _forward_eval_fast
+from models.ltae_infer import supports as _fast_eval_supported
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +330,8 @@ class LTAE(nn.Module):
                 ``x`` is not floating point or ``mask`` is not bool.
         """
         check_forward_inputs("LTAE", x, days, mask, self.in_channels)
-        if not self.training and ltae_infer.supports(self):  # same network, fewer passes
-            return ltae_infer.forward_eval(self, x, days, mask)
+        if not self.training and _fast_eval_supported(self):  # same network, fewer passes
+            return _forward_eval_fast(self, x, days, mask)
         if self.attend_gapfilled:  # every date of a pixel with any valid date
             x = gapfilled(x, days, mask)
             mask = mask.any(dim=1, keepdim=True).expand_as(mask)
