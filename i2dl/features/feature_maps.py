@@ -195,8 +195,16 @@ def to_int16(bands: np.ndarray, scale: float) -> np.ndarray:
     return np.where(ok, scaled, INT16_NODATA).astype(np.int16)
 
 
-def _span(win: Window) -> str:
-    """``rows r0-r1, cols c0-c1`` of a window (end excluded), for task names."""
+def window_span(win: Window) -> str:
+    """``rows r0-r1, cols c0-c1`` of a window (end excluded), for task names.
+
+    Args:
+        win: a rasterio window (pixel offsets and sizes).
+
+    Returns:
+        the text, e.g. ``rows 0-512, cols 512-1024`` (shared by features-map's chunk tasks
+        and infer's window tasks, :mod:`i2dl.maps.cluster`).
+    """
     r0, c0 = int(win.row_off), int(win.col_off)
     return f"rows {r0}-{r0 + int(win.height)}, cols {c0}-{c0 + int(win.width)}"
 
@@ -324,7 +332,7 @@ def write_tile_features(source: Any, tile: str, out: Path, chunk_size: int,
     elif opens is None:
         raise ConfigError("write_tile_features: run_tasks needs opens=(data, tile)")
     else:
-        done = run_tasks([(f"tile {tile}, chunk {i} (window {_span(win)})",
+        done = run_tasks([(f"tile {tile}, chunk {i} (window {window_span(win)})",
                            f"write_features_{tile}_chunk_{i}", feature_chunk_task,
                            (opens[0], opens[1], tile, str(out), i, win, names, dtype,
                             float(scale)))

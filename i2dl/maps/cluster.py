@@ -46,7 +46,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from i2dl.errors import ConfigError, I2dlError
-from i2dl.features.feature_maps import _span, close_worker_sources
+from i2dl.features.feature_maps import close_worker_sources, window_span
 from i2dl.io.layout import LOGS_DIR
 from i2dl.io.raster import read_series_window
 from i2dl.io.sensors.base import TimeSeriesSource
@@ -174,7 +174,7 @@ def dask_engine(runner: TaskRunner, job: WindowJob, tile: str) -> WindowEngine:
         if not todo:  # every window resumed: no cluster to start
             return
         try:
-            yield from runner(((f"tile {tile}, window {i} ({_span(windows[i])})",
+            yield from runner(((f"tile {tile}, window {i} ({window_span(windows[i])})",
                                 f"classify_{tile}_window_{i}", classify_window,
                                 (job, i, windows[i])) for i in todo), ordered=False)
         finally:

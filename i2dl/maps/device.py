@@ -99,8 +99,6 @@ def resolve_batch_size(
     return int(value)
 
 
-
-
 def batch_slice(sel: np.ndarray) -> np.ndarray | slice:
     """The pixels of one batch, as a slice when they are consecutive.
 
