@@ -9,7 +9,8 @@ Writes a synthetic Sentinel-2-like stack in a temporary folder: ``--size`` pixel
   inference reads it (the floor: decoding, no cast);
 - ``read_i2dl``: the same windows through i2dl's reader (float32 values and validity);
 - ``infer``: :func:`i2dl.maps.engine.classify_raster` on the CPU with the default LTAE
-  config (``configs/model/ltae.yaml``, randomly initialised, 10 classes), writing
+  config (``configs/model/ltae.yaml`` with the ``--set`` overrides, randomly initialised,
+  10 classes), writing
   ``classif.tif`` and ``confidence.tif``, for each variant of ``--variants``:
   ``NAME:FORWARD:BATCH[:READERS[:THREADS]]`` with FORWARD ``lean`` (models/ltae.py and the
   engine as they are), ``train`` (the path before issue 23: the LTAE's training-mode
@@ -186,6 +187,9 @@ def main() -> None:
                     "{lean, train, before}")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu", help="torch device of infer: cpu, cuda")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of configs/model/ltae.yaml (OmegaConf dotlist, repeatable), "
+                    "e.g. --set 'encoder.temporal_conv=[]' for the paper's projection")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,7 +205,7 @@ def main() -> None:
     max_readers = max(int(v[3]) for v in variants)
     machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "size": args.size, "dates": args.dates,
-               "bands": args.bands, "chunk": args.chunk}
+               "bands": args.bands, "chunk": args.chunk, "model_set": args.set}
     n_px = args.size * args.size
     cpu = torch.device(args.device)
     machine["device"] = torch.cuda.get_device_name(cpu) if cpu.type == "cuda" else "cpu"
@@ -228,7 +232,8 @@ def main() -> None:
             width=args.size, height=args.size, attrs={},
         )
         torch.manual_seed(0)
-        model_cfg = OmegaConf.load(ROOT / "configs/model/ltae.yaml")
+        model_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs/model/ltae.yaml"),
+                                    OmegaConf.from_dotlist(args.set))
         assert isinstance(model_cfg, DictConfig)
         model = build_classifier(model_cfg, DataDims(args.bands, args.dates, k)).to(cpu)
         encoder = model.encoder  # type: ignore[attr-defined]
