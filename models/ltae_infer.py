@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from i2dl.features.gapfill import linear_gapfill
 from models.layers import gapfilled, zero_invalid
 
 # the encoder is typed Any: models.ltae imports this module, and importing it back (even
@@ -155,48 +156,10 @@ def attend_eval(enc: LTAE, x: Tensor, table: Tensor, mask: Tensor, uniform: bool
     return pooled.reshape(B, D)
 
 
-def gapfill_shared(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-    """:func:`models.layers.gapfilled` for series that share one date grid, in 3 passes.
-
-    Each date takes the values of its nearest valid dates before and after (one row
-    gather each from the flat ``(B * T, C)`` series) and their linear interpolation at
-    its day (one ``lerp``), with the weights of :func:`i2dl.features.gapfill.linear_gapfill`
-    (float64 days); a date before the first or after the last valid one takes that
-    one's values, valid dates keep theirs. Values at invalid dates are never read.
-
-    Args:
-        x: ``(B, T, C)`` float32 series.
-        days: ``(T,)`` int64 or float, days of the shared grid, non-decreasing.
-        mask: ``(B, T)`` bool, True = valid.
-
-    Returns:
-        ``(B, T, C)`` float32, zeros for a series without a valid date.
-    """
-    b, t, c = x.shape
-    idx = torch.arange(t, device=x.device)
-    prev = torch.where(mask, idx, -1).cummax(dim=1).values  # last valid date <= t
-    nxt = torch.where(mask, idx, t).flip(1).cummin(dim=1).values.flip(1)  # first >= t
-    p = torch.where(prev >= 0, prev, nxt).clamp_(0, t - 1)
-    n = torch.where(nxt < t, nxt, p).clamp_(0, t - 1)
-    d = days.to(torch.float64)
-    dp = d[p]
-    span = d[n] - dp
-    w = torch.where(span > 0, (d - dp) / torch.where(span > 0, span, 1.0), 0.0)
-    rows = (torch.arange(b, device=x.device) * t).unsqueeze(1)
-    flat = x.reshape(b * t, c)
-    xp = flat.index_select(0, (p + rows).view(-1)).view(b, t, c)
-    xn = flat.index_select(0, (n + rows).view(-1)).view(b, t, c)
-    y = torch.lerp(xp, xn, w.to(x.dtype).unsqueeze(-1))
-    any_valid = mask.any(dim=1)
-    if not bool(any_valid.all()):
-        y.masked_fill_(~any_valid.view(b, 1, 1), 0.0)
-    return y
-
-
 def _gapfilled(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-    """:func:`gapfill_shared` when every row of ``days`` is the same, else ``gapfilled``."""
+    """``gapfilled``; on one shared date grid without its zeroing pass (never read there)."""
     if x.shape[0] > 0 and (days.shape[0] == 1 or days.stride(0) == 0):
-        return gapfill_shared(x.float(), days[0], mask)
+        return linear_gapfill(x.float(), days, mask)
     return gapfilled(x, days, mask)
 
 

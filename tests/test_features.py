@@ -293,6 +293,30 @@ def test_linear_gapfill_hand_values_gradient_and_shapes() -> None:
         linear_gapfill(x, days[:, :3], mask)
 
 
+def test_linear_gapfill_shared_grid_path_equals_per_series_path() -> None:
+    # days expanded from one row (a map window) take the shared-grid path; a contiguous
+    # copy of the same days takes the per-series one: same values, never reading NaN
+    rng = torch.Generator().manual_seed(3)
+    b, t, c = 200, 8, 3
+    x = torch.randn(b, t, c, generator=rng)
+    mask = torch.rand(b, t, generator=rng) > 0.5
+    mask[0], mask[1], mask[2] = False, True, False  # no valid date, all valid, one valid
+    mask[2, 5] = True
+    x[~mask] = float("nan")
+    days = torch.tensor([0, 4, 4, 10, 25, 26, 40, 41])  # a repeated day (two passes)
+    shared = days.expand(b, -1)
+    assert shared.stride(0) == 0
+    got = linear_gapfill(x, shared, mask)
+    want = linear_gapfill(torch.where(mask.unsqueeze(-1), x, 0.0), shared.contiguous(), mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (got[0] == 0).all() and torch.equal(got[1], x[1])
+    assert torch.equal(got[2], x[2, 5].expand(t, c))
+    torch.testing.assert_close(got[mask], x[mask], rtol=0, atol=0)  # valid dates unchanged
+    xg = torch.where(mask.unsqueeze(-1), x, 0.0).requires_grad_(True)
+    linear_gapfill(xg, shared, mask).sum().backward()
+    assert xg.grad is not None and (xg.grad[~mask] == 0).all() and (xg.grad[1] == 1).all()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gapfill_cuda_equals_numpy() -> None:

@@ -16,7 +16,6 @@ import torch
 from omegaconf import OmegaConf
 from rasterio.transform import from_origin
 
-from i2dl.features.gapfill import linear_gapfill
 from i2dl.io.raster import open_time_series
 from i2dl.maps import engine
 from i2dl.maps.device import batch_slice
@@ -186,23 +185,6 @@ def test_cpu_batch_normalised_as_the_store_does(raster) -> None:
     engine._predict_batch(fn, info, x, valid, torch.from_numpy(info.days), torch.device("cpu"),
                           False, False)
     np.testing.assert_array_equal(seen["x"], info.normalise(x, valid))  # bit for bit
-
-
-def test_gapfill_shared_matches_linear_gapfill() -> None:
-    rng = torch.Generator().manual_seed(3)
-    b, t, c = 200, 8, 3
-    x = torch.randn(b, t, c, generator=rng)
-    mask = torch.rand(b, t, generator=rng) > 0.5
-    mask[0], mask[1], mask[2] = False, True, False  # no valid date, all valid, one valid
-    mask[2, 5] = True
-    x[~mask] = float("nan")  # never read
-    days = torch.tensor([0, 4, 4, 10, 25, 26, 40, 41])  # a repeated day (two passes)
-    got = ltae_infer.gapfill_shared(x, days, mask)
-    want = linear_gapfill(torch.where(mask.unsqueeze(-1), x, 0.0), days.expand(b, -1), mask)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    assert (got[0] == 0).all() and torch.equal(got[1], x[1])
-    assert torch.equal(got[2], x[2, 5].expand(t, c))
-    torch.testing.assert_close(got[mask], x[mask], rtol=0, atol=0)  # valid dates unchanged
 
 
 def test_eval_kernels_run_under_bfloat16_autocast() -> None:

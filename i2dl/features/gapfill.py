@@ -274,7 +274,9 @@ def linear_gapfill(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
 
     Returns:
         (B, T, C) tensor of ``x``'s dtype: valid observations unchanged, invalid ones
-        interpolated; all-invalid series are zeros.
+        interpolated; all-invalid series are zeros. When every series has the same days
+        (``days`` of one row, or expanded: stride 0), a faster path of the same
+        interpolation runs (equal up to float rounding; tests/test_features.py).
 
     Raises:
         ValueError: shapes differ (``days``/``mask`` must be ``x.shape[:2]``).
@@ -287,6 +289,37 @@ def linear_gapfill(x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
     t = x.shape[1]
     if x.shape[0] == 0 or t == 0:
         return x.clone()
+    if days.shape[0] == 1 or days.stride(0) == 0:  # one date grid (e.g. a map window)
+        return _fill_shared(x, days[0].to(torch.float64), mask.bool())
     idx = torch.arange(t, device=x.device)
     d = days.to(torch.float64)
     return _fill(x, mask.bool(), d, d, idx, idx)
+
+
+def _fill_shared(x: Tensor, d: Tensor, mask: Tensor) -> Tensor:
+    """:func:`linear_gapfill` of series that share the days ``d`` ``(T,)``, in 3 passes.
+
+    Each date takes the values of its nearest valid dates before and after (one row
+    gather each from the flat ``(B * T, C)`` series) and their linear interpolation at
+    its day (one ``lerp``, weights from the float64 days); a date before the first or
+    after the last valid one takes that one's values, valid dates keep theirs. Values at
+    invalid dates are never read (NaN there is harmless); all-invalid series are zeros.
+    """
+    b, t, c = x.shape
+    idx = torch.arange(t, device=x.device)
+    prev = torch.where(mask, idx, -1).cummax(dim=1).values  # last valid date <= t
+    nxt = torch.where(mask, idx, t).flip(1).cummin(dim=1).values.flip(1)  # first >= t
+    p = torch.where(prev >= 0, prev, nxt).clamp_(0, t - 1)
+    n = torch.where(nxt < t, nxt, p).clamp_(0, t - 1)
+    dp = d[p]
+    span = d[n] - dp
+    w = torch.where(span > 0, (d - dp) / torch.where(span > 0, span, 1.0), 0.0)
+    rows = (torch.arange(b, device=x.device) * t).unsqueeze(1)
+    flat = x.reshape(b * t, c)
+    xp = flat.index_select(0, (p + rows).view(-1)).view(b, t, c)
+    xn = flat.index_select(0, (n + rows).view(-1)).view(b, t, c)
+    y = torch.lerp(xp, xn, w.to(x.dtype).unsqueeze(-1))
+    any_valid = mask.any(dim=1)
+    if not bool(any_valid.all()):
+        y = y.masked_fill(~any_valid.view(b, 1, 1), 0.0)
+    return y
