@@ -5,7 +5,7 @@
 # of the 5 runs in $OUT/walltimes.txt, a comparison of the models per dataset
 # ($OUT/<dataset>/comparison.md) and a summary table on stdout ($OUT/summary.md).
 #
-#   bash scripts/results.sh                      # 4 tables x rf ltae tempcnn ltae_ensemble, 5 runs each (hours)
+#   bash scripts/results.sh                      # 4 tables x rf ltae tempcnn tempcnn_ensemble, 5 runs each (hours)
 #   QUICK=1 bash scripts/results.sh              # smoke test: 1 run, 2 epochs, 20 trees (minutes)
 #   DATASETS=ucr_crop MODELS="rf ltae" bash scripts/results.sh
 #   DATASETS="formosat2_crops slovenia_s2_ndvi" MODELS="rf svm extra_trees mlp ann ltae ssa tempcnn" \
@@ -25,7 +25,7 @@ else
 fi
 DATASETS=${DATASETS:-"ucr_crop campo_verde_mod13q1 sits_matogrosso_mod13q1 formosat2_crops"}
 # ltae_ensemble / tempcnn_ensemble: 5 networks of that model, probabilities averaged
-MODELS=${MODELS:-"rf ltae tempcnn ltae_ensemble"}
+MODELS=${MODELS:-"rf ltae tempcnn tempcnn_ensemble"}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 # One intra-op thread: on the 2-core development machine (shared with other jobs), two
 # OpenMP threads made LTAE training 3-8x slower (docs in the datamodule speed report);

@@ -17,10 +17,14 @@ training steps (forward, cross-entropy, backward, AdamW step) after ``--warmup``
   LayerNorm, and the paper's decoder MLP to the classes; masked dates get no attention.
 
 Prints JSON lines: samples per second of each and the ratio i2dl / reference (issue 11
-asks for >= 2 on a GPU with the loader defaults).
+asks for >= 2 on a GPU with the loader defaults). With ``--profile DIR``, after the timed
+steps, ``--warmup`` more steps of each model run under :mod:`torch.profiler` (CPU and, on
+CUDA, device activity): ``DIR/<model>_ops.txt`` lists the operators by self time on the
+device (CPU time on the CPU) and ``DIR/<model>_trace.json`` is the Chrome / Perfetto trace
+(issue 23: where the 0.90x training step of the GPU goes).
 
 Usage: python scripts/bench/bench_fit.py [--device cpu|cuda] [--batch 256] [--dates 24]
-    [--bands 10] [--steps 30] [--warmup 5] [--threads N]
+    [--bands 10] [--steps 30] [--warmup 5] [--threads N] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -113,6 +117,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="also profile --warmup steps of each model into DIR")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,26 +136,44 @@ def main() -> None:
                "torch": torch.__version__, "batch": args.batch, "dates": args.dates,
                "bands": args.bands, "amp_bf16": use_amp}
 
-    def run(model: nn.Module, step) -> float:
+    def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, Tensor],
+                   ) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = ce(model(batch["x"], batch["days"], batch["mask"]), batch["y"])
+        loss.backward()
+        opt.step()
+
+    def run(name: str, model: nn.Module) -> float:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         model.train()
         for i, batch in enumerate(batches):
             if i == args.warmup:
                 _sync(device)
                 t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = step(model, batch)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, batch)
         _sync(device)
-        return args.steps * args.batch / (time.perf_counter() - t0)
+        rate = args.steps * args.batch / (time.perf_counter() - t0)
+        if args.profile is not None:
+            profile(name, model, opt)
+        return rate
+
+    def profile(name: str, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for batch in batches[:args.warmup]:
+                train_step(model, opt, batch)
+            _sync(device)
+        args.profile.mkdir(parents=True, exist_ok=True)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        (args.profile / f"{name}_ops.txt").write_text(
+            prof.key_averages().table(sort_by=key, row_limit=40))
+        prof.export_chrome_trace(str(args.profile / f"{name}_trace.json"))
 
     ce = nn.CrossEntropyLoss()
-    rates = {
-        "reference": run(ref, lambda m, b: ce(m(b["x"], b["days"], b["mask"]), b["y"])),
-        "i2dl": run(ours, lambda m, b: ce(m(b["x"], b["days"], b["mask"]), b["y"])),
-    }
+    rates = {"reference": run("reference", ref), "i2dl": run("i2dl", ours)}
     for name, rate in rates.items():
         print(json.dumps({"model": name, "samples_per_s": round(rate),
                           "ratio_to_reference": round(rate / rates["reference"], 3), **machine}))
