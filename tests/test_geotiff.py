@@ -75,6 +75,38 @@ def test_mosaic_first_valid_wins_and_descriptions(tmp_path: Path) -> None:
         assert got.descriptions == ("x",)
 
 
+def test_mosaic_opens_one_input_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    # GDAL keeps a decoded block per open dataset: a many-tile mosaic must not hold every
+    # input open at once (issue 23); same pixels as rasterio's merge
+    paths = [_tile(tmp_path / f"t{i}.tif", x, y, shape, "int16", -1, seed=i)
+             for i, (x, y, shape) in enumerate(LAYOUT)]
+    real_open, open_now, most = rasterio.open, [0], [0]
+
+    class Counted:
+        def __init__(self, *args, **kwargs) -> None:
+            self.ds = real_open(*args, **kwargs)
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+
+        def __enter__(self):
+            return self.ds.__enter__()
+
+        def __exit__(self, *exc) -> None:
+            open_now[0] -= 1
+            self.ds.__exit__(*exc)
+
+    monkeypatch.setattr("i2dl.io.geotiff.rasterio.open", Counted)
+    out = mosaic(paths, tmp_path / "m.tif", block_bytes=1)
+    monkeypatch.undo()
+    assert open_now[0] == 0 and most[0] == 2  # the output and one input
+    sources = [rasterio.open(p) for p in paths]
+    want, _ = merge(sources, nodata=-1)
+    for s in sources:
+        s.close()
+    with rasterio.open(out) as got:
+        np.testing.assert_array_equal(got.read(), want)
+
+
 def test_mosaic_nonaligned_grid_matches_merge(tmp_path: Path) -> None:
     paths = [_tile(tmp_path / "a.tif", 0, 1000, (1, 300, 500), "uint8", 0, 0),
              _tile(tmp_path / "b.tif", 300.4, 1100.3, (1, 400, 300), "uint8", 0, 1)]
