@@ -372,15 +372,13 @@ def test_config_defaults_match_constructor_defaults(make_cfg, name):
     head = hydra.utils.instantiate(cfg.model.head)(in_features=enc.out_dim, n_classes=3)
     built = [*enc.parameters(), *head.parameters()]
     # the LTAE config adds the temporal convolution of issue 20 to the paper's network
-    # (the constructor's default, which the other tests of this file exercise) and drops
-    # the BatchNorm of the paper's decoder (issue 20's cross-validation)
+    # (the constructor's default, which the other tests of this file exercise)
     extra = {"temporal_conv": [64, 64], "conv_kernel": 5} if name == "ltae" else {}
-    head_cfg = {**HEADS[name], "batch_norm": False} if name == "ltae" else HEADS[name]
-    reference = list(_build(name, 2, 3, 9, head=head_cfg, **extra).parameters())
+    reference = list(_build(name, 2, 3, 9, **extra).parameters())
     assert [p.shape for p in built] == [p.shape for p in reference], name
     assert all(torch.equal(a, b) for a, b in zip(built, reference, strict=True)), name
     assert (head.hidden, head.batch_norm, head.dropout) == (
-        tuple(head_cfg["hidden"]), head_cfg["batch_norm"], head_cfg["dropout"]
+        tuple(HEADS[name]["hidden"]), HEADS[name]["batch_norm"], HEADS[name]["dropout"]
     )
 
 
