@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -208,8 +209,8 @@ def mosaic(
     first valid pixel in ``paths`` order wins. Pixels no input covers are nodata. The
     output has the first input's dtype and band count, :func:`geotiff_profile` and the
     band descriptions ``descriptions`` (default: the first input's); it is written under
-    a temporary name, then renamed. One input is open at a time (for the block that
-    overlaps it), so memory does not grow with the number of inputs.
+    a temporary name, then renamed. One input is open at a time (the last one read, kept
+    for the next blocks), so memory does not grow with the number of inputs.
 
     Args:
         paths: the input rasters, in priority order.
@@ -261,9 +262,11 @@ def mosaic(
     transform = Affine.translation(west, north) @ Affine.scale(res_x, -res_y)
     profile = geotiff_profile(width, height, count, dtype, first.crs, transform, nodata)
     side = _block_side(count, dtype, block_bytes)
-    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst, \
+            _OneOpen() as inputs:
         for win in block_windows(width, height, side):
-            dst.write(_mosaic_block(sources, win, transform, count, dtype, fill), window=win)
+            dst.write(_mosaic_block(sources, inputs, win, transform, count, dtype, fill),
+                      window=win)
         if any(names):
             dst.descriptions = tuple(names)
     log.debug("mosaic of %d rasters: %s (%d x %d px)", len(paths), out_path, width, height)
@@ -280,8 +283,39 @@ def _input_info(path: Path) -> SimpleNamespace:
         )
 
 
+class _OneOpen:
+    """At most one input of :func:`mosaic` open: the last one read stays open.
+
+    GDAL keeps one decoded block per open pixel-interleaved dataset outside its block
+    cache (a 256^2 tile of 700 float32 bands is 183 MB), so a mosaic holding all its tiles
+    open grew with the number of tiles (issue 23); keeping the last one open lets the next
+    output blocks of the same tile reuse its handle and decoded block.
+    """
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._path: Path | None = None
+        self._src: Any = None
+
+    def __enter__(self) -> _OneOpen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def get(self, path: Path) -> Any:
+        """The open dataset of ``path``, closing the one opened before if it differs."""
+        if path != self._path:
+            self._stack.close()
+            self._path, self._src = None, None
+            self._src = self._stack.enter_context(rasterio.open(path))
+            self._path = path
+        return self._src
+
+
 def _mosaic_block(
     sources: Sequence[SimpleNamespace],
+    inputs: _OneOpen,
     win: Window,
     transform: Affine,
     count: int,
@@ -290,10 +324,7 @@ def _mosaic_block(
 ) -> np.ndarray:
     """One output block of :func:`mosaic`: (count, h, w) of ``dtype``, first valid wins.
 
-    Each input that overlaps the block is opened, read and closed in turn: GDAL keeps one
-    decoded block per open pixel-interleaved dataset outside its block cache (a 256^2 tile
-    of 700 float32 bands is 183 MB), so a mosaic of many tiles holding them all open grew
-    with the number of tiles (issue 23).
+    Each input that overlaps the block is read through ``inputs`` (one open at a time).
     """
     dest = np.full((count, int(win.height), int(win.width)), fill, dtype=dtype)
     block_bounds = windows.bounds(win, transform)
@@ -309,13 +340,12 @@ def _mosaic_block(
         region = dest[:, rows, cols]
         if region.size == 0:
             continue
-        with rasterio.open(info.path) as src:
-            data = src.read(
-                out_shape=(count, int(dst_win.height), int(dst_win.width)),
-                masked=True,
-                window=src_win,
-                resampling=Resampling.nearest,
-            )
+        data = inputs.get(info.path).read(
+            out_shape=(count, int(dst_win.height), int(dst_win.width)),
+            masked=True,
+            window=src_win,
+            resampling=Resampling.nearest,
+        )
         take = _is_nodata(region, fill) & ~np.ma.getmaskarray(data)
         np.copyto(region, data.data, where=take, casting="unsafe")
     return dest
