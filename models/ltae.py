@@ -344,13 +344,21 @@ class LTAE(nn.Module):
         if self.input_mlp is not None:  # per-date MLP on the valid dates only
             enc = self.input_mlp(z[mask])  # (N_valid, C')
             z = z.new_zeros(*mask.shape, enc.shape[-1]).index_put((mask,), enc)  # (B, T, C')
-        table = self._date_table(days, mask)  # (T, D/H) shared, or (B, T, D/H)
+        table = self.date_table(days, mask)  # (T, D/H) shared, or (B, T, D/H)
         with torch.autocast(x.device.type, enabled=False):  # small float32 terms, see _attend
             out = self._attend(z, table, mask)  # (B, D)
         return self.out_norm(self.dropout(self.mlp(out)))  # (B, out_dim)
 
-    def _date_table(self, days: Tensor, mask: Tensor) -> Tensor:
+    def date_table(self, days: Tensor, mask: Tensor) -> Tensor:
         """Encoding of the days, one head wide: ``(T, D/H)`` or ``(B, T, D/H)`` float32.
+
+        The sinusoidal encoding of the acquisition day (Vaswani et al. 2017, used by
+        Garnot & Landrieu 2020 on the day offsets), period :attr:`period` days; the same
+        table serves every head. Also read by :func:`models.ltae_infer.forward_eval`.
+
+        Args:
+            days: ``(B, T)`` int or float, day offsets of the acquisition dates.
+            mask: ``(B, T)`` bool, True where the observation is valid.
 
         When every row of ``days`` is the same (map inference, store batches), the table of
         that one date grid is computed once and cached (:func:`_shared_table`); the days of
@@ -391,7 +399,7 @@ class LTAE(nn.Module):
 
         Args:
             x: ``(B, T, C)`` float32, zero at invalid dates, after ``in_norm``.
-            table: ``(T, D/H)`` or ``(B, T, D/H)`` float32, from :meth:`_date_table`.
+            table: ``(T, D/H)`` or ``(B, T, D/H)`` float32, from :meth:`date_table`.
             mask: ``(B, T)`` bool, True where the observation is valid.
 
         Returns:

@@ -211,7 +211,7 @@ def forward_eval(enc: LTAE, x: Tensor, days: Tensor, mask: Tensor) -> Tensor:
     if enc.input_mlp is not None:  # per-date MLP on the valid dates only
         enc_z = enc.input_mlp(z[mask])  # (N_valid, C')
         z = z.new_zeros(*mask.shape, enc_z.shape[-1]).index_put((mask,), enc_z)
-    table = enc._date_table(days, mask)
+    table = enc.date_table(days, mask)
     with torch.autocast(x.device.type, enabled=False):
         out = attend_eval(enc, z.float(), table, mask, uniform or all_valid)
     return enc.out_norm(enc.dropout(enc.mlp(out)))
