@@ -178,6 +178,8 @@ def config_checks() -> tuple[Check, ...]:
         _int("kfold", 2, null="no cross-validation", example="5"),
         _int("ensemble_size", 1, example="5"),
         Check("refit", "true or false", _bool, "true"),
+        Check("refit_window", "an odd integer >= 1",
+              lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "5"),
         Check("sampling.split_ground_truth", "true or false", _bool, "false"),
         _int("cpu_threads", 1, null="torch's default", example="1"),
         _fraction("sampling.ratio", example="0.75"),

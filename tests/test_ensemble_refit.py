@@ -119,6 +119,82 @@ def test_refit_trains_on_learn_and_selection_for_the_chosen_epochs(
     assert (run / "maps" / "classif.tif").is_file()
 
 
+def test_refit_epoch_count_averages_the_selection_curve_over_a_centred_window() -> None:
+    from i2dl.training.loops import refit_epoch_count
+
+    # a spike at epoch 1 and a plateau at epochs 5-7
+    curve = [0.2, 0.9, 0.3, 0.3, 0.6, 0.7, 0.7, 0.65, 0.5]
+    epochs = list(range(9))
+    assert refit_epoch_count(curve, epochs, "max", 1) == 2  # the spike: epoch 1, counted from 1
+    # window 3: epoch 6 has the best mean (0.6 + 0.7 + 0.7) / 3; the spike's is 1.4 / 3
+    assert refit_epoch_count(curve, epochs, "max", 3) == 7
+    # window 5, truncated at the ends: epoch 7's mean is (0.7 + 0.7 + 0.65 + 0.5) / 4
+    assert refit_epoch_count(curve, epochs, "max", 5) == 8
+    # loss: the lowest mean; NaN scores are left out of the means
+    assert refit_epoch_count([2.0, float("nan"), 0.5, 0.6, 3.0], epochs[:5], "min", 3) == 3
+    # epochs as recorded (a resumed curve starts where it was), ties -> the first
+    assert refit_epoch_count([0.5, 0.5], [4, 5], "max", 1) == 5
+    for window in (0, 2):
+        with pytest.raises(ConfigError, match="odd integer"):
+            refit_epoch_count(curve, epochs, "max", window)
+    with pytest.raises(ConfigError, match="no finite score"):
+        refit_epoch_count([float("nan")] * 3, [0, 1, 2], "max", 3)
+
+
+def test_selection_curve_survives_a_resume() -> None:
+    from i2dl.training.loops import SelectionCurve
+
+    class _Trainer:
+        sanity_checking = False
+        current_epoch = 0
+        callback_metrics = {"selection/fscore": torch.tensor(0.25)}
+
+    trainer, curve = _Trainer(), SelectionCurve("selection/fscore")
+    curve.on_validation_end(trainer, None)
+    trainer.current_epoch = 1
+    trainer.callback_metrics = {}  # not logged this epoch
+    curve.on_validation_end(trainer, None)
+    trainer.sanity_checking = True  # a sanity pass is not an epoch
+    curve.on_validation_end(trainer, None)
+    resumed = SelectionCurve("selection/fscore")
+    resumed.load_state_dict(curve.state_dict())
+    assert resumed.epochs == [0, 1]
+    assert resumed.values[0] == pytest.approx(0.25) and np.isnan(resumed.values[1])
+
+
+def test_refit_window_sets_the_refit_epochs_from_the_written_curve(
+    make_cfg, tiny_dataset: dict
+) -> None:
+    from i2dl.stages.train import run as run_train
+
+    cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
+                   "trainer.max_epochs=5", "enable_early_stop=false", "refit=true",
+                   "refit_window=3", "infer.chunk_size=16", "callbacks.swa.enabled=false")
+    run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+    state = read_fit_state(run)
+    curve = json.loads((run / "checkpoints" / "selection_curve.json").read_text())
+    assert curve["epochs"] == [0, 1, 2, 3, 4] and curve["mode"] == "max"
+    assert curve["monitor"] == "selection/fscore"
+    # the best single epoch is the checkpoint callback's
+    assert state is not None and curve["values"][state["selected_epoch"]] == pytest.approx(
+        max(curve["values"]))
+    # epoch i's mean over i-1..i+1 (two at the ends), computed here by hand
+    v = curve["values"]
+    means = [(v[0] + v[1]) / 2, *((v[i - 1] + v[i] + v[i + 1]) / 3 for i in range(1, 4)),
+             (v[3] + v[4]) / 2]
+    assert state["refit_epochs"] == int(np.argmax(means)) + 1
+    refit = torch.load(run / "checkpoints" / "refit.ckpt", weights_only=True)
+    assert refit["epoch"] == state["refit_epochs"]
+
+
+def test_refit_window_must_be_odd(make_cfg) -> None:
+    from i2dl.config import check_config
+
+    with pytest.raises(ConfigError, match="refit_window"):
+        check_config(make_cfg("refit_window=4"))
+
+
 def test_ensemble_run_maps_the_mean_probability_and_reports_members(
     make_cfg, tiny_dataset: dict
 ) -> None:

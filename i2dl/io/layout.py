@@ -40,6 +40,9 @@ MODEL_SPEC = "model.yaml"
 CHECKPOINT_DIR = "checkpoints"
 #: A fitted scikit-learn model, with its preprocessing, in ``checkpoints/``.
 SKLEARN_MODEL = "model.joblib"
+#: The selection score of every epoch of a fit, beside its checkpoints (``checkpoints/``):
+#: ``{"monitor", "mode", "epochs", "values"}``, read to choose the refit's epoch count.
+SELECTION_CURVE = "selection_curve.json"
 #: Sub-folder of a model folder holding the members of a deep ensemble
 #: (``members/member_<i>/checkpoints/``).
 MEMBERS_DIR = "members"

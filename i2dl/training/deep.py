@@ -7,7 +7,9 @@ options, both off by default and both chosen by cross-validation (docs/results.m
 * ``refit=true`` — "use all the labels": once the selection split has chosen the epoch
   count ``E`` (the best epoch, counted from 1), a fresh network (same seed) is trained on
   learn + selection for exactly ``E`` epochs with no validation, and that network is the
-  model (``checkpoints/refit.ckpt``). This is what the forest does (it fits learn +
+  model (``checkpoints/refit.ckpt``). With ``refit_window=w`` (odd), ``E`` is the best
+  epoch of the selection curve averaged over ``w`` epochs centred on each
+  (:func:`~i2dl.training.loops.refit_epoch_count`). This is what the forest does (it fits learn +
   selection) and what the usual "train on all data for the chosen number of epochs"
   recipe does (e.g. Goodfellow, Bengio & Courville 2016, "Deep Learning", Sec. 7.8,
   second strategy). Evaluate still reads only val. The selection scores of a refitted
@@ -36,7 +38,12 @@ from i2dl.errors import ConfigError
 from i2dl.io.files import atomic_path
 from i2dl.io.layout import CHECKPOINT_DIR, MEMBERS_DIR, file_sha256
 from i2dl.samples.store import LEARN
-from i2dl.training.loops import fit_network, refit_network
+from i2dl.training.loops import (
+    fit_network,
+    read_selection_curve,
+    refit_epoch_count,
+    refit_network,
+)
 from models import DeepEnsemble, SITSClassifier, member_seed
 
 log = logging.getLogger(__name__)
@@ -160,6 +167,23 @@ def _member_intact(member_dir: Path, state: dict[str, Any], i: int) -> bool:
     return True
 
 
+def _refit_epochs(cfg: DictConfig, checkpoint_dir: Path, selected_epoch: int) -> int:
+    """The refit's epoch count: ``refit_window`` over the selection curve, or best epoch + 1.
+
+    The curve is ``checkpoint_dir/selection_curve.json`` of :func:`fit_network`
+    (:func:`~i2dl.training.loops.refit_epoch_count`); without it (a fit of an older
+    i2dl) or with ``refit_window`` 1, the checkpoint's epoch + 1.
+    """
+    window = int(cfg.get("refit_window", 1) or 1)
+    curve = read_selection_curve(checkpoint_dir) if window > 1 else None
+    if curve is None:
+        return selected_epoch + 1
+    epochs = refit_epoch_count(curve["values"], curve["epochs"], curve["mode"], window)
+    log.info("refit epoch count %d: best mean %s over %d epochs (best single epoch: %d)",
+             epochs, curve["monitor"], window, selected_epoch + 1)
+    return epochs
+
+
 def _fit_one_network(
     cfg: DictConfig,
     build: Callable[[], SITSClassifier],
@@ -191,8 +215,9 @@ def _fit_one_network(
         ckpt = torch.load(best, map_location="cpu", weights_only=True)
         state["selected"] = best.name
         state["selected_epoch"] = int(ckpt.get("epoch", 0))
+        state["refit_epochs"] = _refit_epochs(cfg, best.parent, state["selected_epoch"])
         save_state(state)
-    epochs = int(state["selected_epoch"]) + 1
+    epochs = int(state.get("refit_epochs", int(state["selected_epoch"]) + 1))
     L.seed_everything(seed, workers=True)
     datamodule.use_all_labels()
     try:

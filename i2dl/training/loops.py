@@ -14,7 +14,9 @@ Models know tensors, not files: the store is read here and in :mod:`datamodules`
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,13 @@ from omegaconf import DictConfig
 from datamodules.pixel_series import StoreBlockDataset
 from i2dl.errors import ConfigError, StoreError
 from i2dl.io.files import atomic_path
-from i2dl.io.layout import CHECKPOINT_DIR, LEARNING_CURVES, SKLEARN_MODEL, TB_DIR
+from i2dl.io.layout import (
+    CHECKPOINT_DIR,
+    LEARNING_CURVES,
+    SELECTION_CURVE,
+    SKLEARN_MODEL,
+    TB_DIR,
+)
 from i2dl.maps.preview import write_learning_curves
 from i2dl.samples.selection import largest_remainder
 from i2dl.samples.store import LEARN, SELECTION, open_store, read_array, read_info
@@ -160,6 +168,97 @@ class RandomState(Callback):
         random.setstate((version, tuple(internal), gauss_next))
 
 
+class SelectionCurve(Callback):
+    """Records the monitored selection score after every validation epoch.
+
+    Its history is saved in the checkpoints (``last.ckpt``) and restored on resume, so a
+    resumed fit keeps the epochs of the killed one. Sanity-check passes are skipped.
+
+    Args:
+        monitor: the logged metric (``selection/fscore``, ``selection/loss``, ...).
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.epochs: list[int] = []
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        """Append (epoch, score) once per epoch; NaN when the metric was not logged."""
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        epoch = int(trainer.current_epoch)
+        if self.epochs and self.epochs[-1] == epoch:  # several validations in one epoch
+            self.epochs.pop()
+            self.values.pop()
+        self.epochs.append(epoch)
+        self.values.append(float(value) if value is not None else math.nan)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history so far (plain lists, saved in the checkpoint)."""
+        return {"epochs": list(self.epochs), "values": list(self.values)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history of a resumed fit."""
+        self.epochs = [int(e) for e in state_dict.get("epochs", [])]
+        self.values = [float(v) for v in state_dict.get("values", [])]
+
+
+def refit_epoch_count(values: list[float], epochs: list[int], mode: str, window: int) -> int:
+    """The refit's epoch count: best epoch of the selection curve averaged over ``window``.
+
+    Each epoch's score is replaced by the mean of the scores of the ``window`` epochs
+    centred on it (fewer at the two ends of the curve; NaN scores left out), and the
+    first epoch with the best mean is chosen. On a selection split of a few dozen pixels
+    one epoch's score moves by several points from one epoch to the next, so the best
+    single epoch is often an early spike; the refit is a fresh network trained on learn +
+    selection, which can only reproduce the curve's trend, not that epoch's draw. With
+    ``window`` 1 it is the checkpoint callback's choice (the first best epoch).
+
+    Args:
+        values: ``(E,)`` selection scores, one per validated epoch, in epoch order.
+        epochs: ``(E,)`` the 0-based epoch of each score.
+        mode: ``"max"`` (fscore, oa, kappa) or ``"min"`` (loss).
+        window: odd number of epochs averaged, >= 1.
+
+    Returns:
+        The number of epochs to train, ``chosen epoch + 1`` (>= 1).
+
+    Raises:
+        ConfigError: ``window`` is not an odd integer >= 1, ``mode`` is neither max nor
+            min, ``values`` and ``epochs`` differ in length, or no score is finite.
+    """
+    if window < 1 or window % 2 != 1:
+        raise ConfigError(f"refit_window={window}: expected an odd integer >= 1, e.g. 5")
+    if mode not in ("max", "min") or len(values) != len(epochs):
+        raise ConfigError(f"selection curve: mode {mode!r} with {len(values)} scores for "
+                          f"{len(epochs)} epochs (expected max or min, equal lengths)")
+    score = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(score)
+    if not finite.any():
+        raise ConfigError("the selection curve has no finite score: cannot choose the "
+                          "refit's epoch count (set refit=false, or check the selection split)")
+    half = window // 2
+    kernel = np.ones(window)
+    sums = np.convolve(np.where(finite, score, 0.0), kernel, mode="full")[half:half + len(score)]
+    counts = np.convolve(finite.astype(np.float64), kernel, mode="full")[half:half + len(score)]
+    worst = -np.inf if mode == "max" else np.inf
+    mean = np.where(counts > 0, sums / np.maximum(counts, 1.0), worst)  # (E,)
+    pick = int(np.argmax(mean) if mode == "max" else np.argmin(mean))
+    return int(epochs[pick]) + 1
+
+
+def read_selection_curve(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """``checkpoint_dir/selection_curve.json`` written by :func:`fit_network`, or None."""
+    path = checkpoint_dir / SELECTION_CURVE
+    try:
+        curve = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return curve if isinstance(curve, dict) else None
+
+
 def fit_network(
     cfg: DictConfig, module: SITSClassifier, datamodule: Any, model_dir: Path,
     region: int | None, resume_from: Path | None = None, own_folder: bool = False,
@@ -207,9 +306,11 @@ def fit_network(
         for lg in (cfg.get("logger") or {}).values()
         if lg
     ]
+    monitor, mode = criterion_monitor(cfg.model.model_selection_criterion)
+    curve = SelectionCurve(monitor)
     trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks(cfg, own_dir), RandomState()],
+        callbacks=[*callbacks(cfg, own_dir), RandomState(), curve],
         logger=loggers or False,
         precision=precision(cfg),
     )
@@ -221,6 +322,9 @@ def fit_network(
         return Path(best)
     if not best:
         raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
+    with atomic_path(Path(best).parent / SELECTION_CURVE) as tmp:
+        tmp.write_text(json.dumps({"monitor": monitor, "mode": mode, "epochs": curve.epochs,
+                                   "values": curve.values}))
     curves = write_learning_curves(model_dir / TB_DIR, model_dir / LEARNING_CURVES)
     if curves is not None:
         log.info("learning curves: %s", curves)
