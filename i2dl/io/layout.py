@@ -144,14 +144,18 @@ def trained_model_dirs(run: Path) -> dict[int | None, Path]:
     return {int(d.name.split("_")[-1]): d for d in found}
 
 
-def read_fit_state(model_dir: Path) -> dict[str, Any] | None:
-    """``<model_dir>/fit_state.json``, or None (no fit, or an older i2dl's)."""
-    path = model_dir / FIT_STATE
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file holding one object, or None (absent, unreadable, not an object)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_fit_state(model_dir: Path) -> dict[str, Any] | None:
+    """``<model_dir>/fit_state.json``, or None (no fit, or an older i2dl's)."""
+    return read_json_object(model_dir / FIT_STATE)
 
 
 def write_fit_state(model_dir: Path, state: Mapping[str, Any]) -> Path:

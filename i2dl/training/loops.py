@@ -37,6 +37,7 @@ from i2dl.io.layout import (
     SELECTION_CURVE,
     SKLEARN_MODEL,
     TB_DIR,
+    read_json_object,
 )
 from i2dl.maps.preview import write_learning_curves
 from i2dl.samples.selection import largest_remainder
@@ -251,12 +252,7 @@ def refit_epoch_count(values: list[float], epochs: list[int], mode: str, window:
 
 def read_selection_curve(checkpoint_dir: Path) -> dict[str, Any] | None:
     """``checkpoint_dir/selection_curve.json`` written by :func:`fit_network`, or None."""
-    path = checkpoint_dir / SELECTION_CURVE
-    try:
-        curve = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return curve if isinstance(curve, dict) else None
+    return read_json_object(checkpoint_dir / SELECTION_CURVE)
 
 
 def fit_network(
