@@ -385,12 +385,19 @@ def test_bad_augmentation_type():
 
 @pytest.mark.parametrize("name", DEEP)
 def test_deep_configs_build_the_recipe(make_cfg, name):
-    # defaults chosen by 5-fold cross-validation on a training table (docs/results.md):
-    # AdamW, attention dropout and clipping on; schedule, smoothing and augmentation off
+    # defaults chosen by 5-fold cross-validation (docs/results.md): AdamW, attention dropout
+    # and clipping on; schedule and smoothing off; augmentation on in the LTAE only (date
+    # dropout and jitter, "Regularising the LTAE"), off in the others
     default = build_classifier(make_cfg(f"+experiment={name}").model,
                                DataDims(n_channels=2, n_dates=7, n_classes=3))
     assert isinstance(default, SITSClassifier) and default.label_smoothing == 0.0
-    assert default.augmentation is None or not default.augmentation.active
+    if name == "ltae":
+        aug = default.augmentation
+        assert isinstance(aug, SeriesAugmentation) and aug.active
+        assert aug.date_dropout == pytest.approx(0.1) and aug.jitter == pytest.approx(0.03)
+        assert aug.time_shift == 0
+    else:
+        assert default.augmentation is None or not default.augmentation.active
     opt = default.configure_optimizers()
     assert type(opt) is torch.optim.AdamW  # constant lr: the optimiser alone
     cfg = make_cfg(f"+experiment={name}", *RECIPE_ON)
