@@ -188,6 +188,23 @@ def test_refit_window_sets_the_refit_epochs_from_the_written_curve(
     assert refit["epoch"] == state["refit_epochs"]
 
 
+def test_refit_window_is_part_of_the_fit_fingerprint_only_with_a_refit(
+    make_cfg, tmp_path: Path
+) -> None:
+    from i2dl.stages.fit import RESUMABLE_KEYS, fit_fingerprint
+
+    store = tmp_path / "absent.zarr"  # unreadable: its name stands for it
+    fp = {(refit, w): fit_fingerprint(make_cfg(f"refit={refit}", f"refit_window={w}"), store,
+                                      None)
+          for refit in ("true", "false") for w in (1, 5)}
+    # another refit epoch count makes another model: a finished fit is not reused for it
+    assert fp[("true", 1)] != fp[("true", 5)]
+    # without a refit the window changes nothing, and fits of older i2dl stay reusable
+    assert fp[("false", 1)] == fp[("false", 5)]
+    # a run killed during the refit resumes with the epoch count it had chosen
+    assert "refit_epochs" in RESUMABLE_KEYS
+
+
 def test_refit_window_must_be_odd(make_cfg) -> None:
     from i2dl.config import check_config
 

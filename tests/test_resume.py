@@ -59,7 +59,7 @@ def test_rerun_with_another_config_replaces_the_old_model(make_cfg, tiny_dataset
     # same run folder, another config (as after a kill -9 and a changed command)
     second = train.run(make_cfg(*tiny_dataset["overrides"], *QUICK, "seed=5"))
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["best.ckpt", "last.ckpt"]
+    assert ckpts == ["best.ckpt", "last.ckpt", "selection_curve.json"]
     assert second["best_checkpoint"] == str(run / "checkpoints" / "best.ckpt")
     # TensorBoard holds the second fit's events only
     events = list((run / "tb").rglob("events.out.tfevents.*"))

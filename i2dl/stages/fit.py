@@ -61,7 +61,8 @@ COSMETIC_TRAINER_KEYS = (
 )  # fmt: skip
 #: What a resumed deep fit keeps of the killed one's state: the selection-chosen epoch of a
 #: refit, the finished members of an ensemble (:func:`i2dl.training.deep.fit_deep`).
-RESUMABLE_KEYS = ("selected", "selected_epoch", "members", "members_done", "member_sha256")
+RESUMABLE_KEYS = ("selected", "selected_epoch", "refit_epochs", "members", "members_done",
+                  "member_sha256")
 #: Version of the fit fingerprint's recipe: bump when its content changes meaning.
 FIT_STATE_VERSION = 1
 
@@ -88,7 +89,8 @@ def fit_fingerprint(cfg: DictConfig, store: Path, region: int | None) -> str:
 
     The store's own fingerprint (data, sampling, source files), and the ``model``,
     ``trainer`` (less :data:`COSMETIC_TRAINER_KEYS`), ``datamodule`` and ``callbacks``
-    configs, ``enable_early_stop``, ``seed`` and the region. Loggers, ``cpu_threads``,
+    configs, ``enable_early_stop``, ``seed``, the region and, when set, ``refit``
+    (with ``refit_window`` above 1) and ``ensemble_size``. Loggers, ``cpu_threads``,
     ``evaluate`` and ``infer`` settings are left out: they do not change the model.
 
     Returns:
@@ -121,6 +123,8 @@ def fit_fingerprint(cfg: DictConfig, store: Path, region: int | None) -> str:
     # the options of issue 20 enter the fingerprint only when set (older fits stay reusable)
     if cfg.get("refit", False):
         payload["refit"] = True
+        if int(cfg.get("refit_window", 1) or 1) > 1:
+            payload["refit_window"] = int(cfg.refit_window)
     if int(cfg.get("ensemble_size", 1) or 1) > 1:
         payload["ensemble_size"] = int(cfg.ensemble_size)
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -102,7 +102,8 @@ def fit_deep(
         resume_from: ``last.ckpt`` of an unfinished single-network fit of the same config
             (ensembles restart the member that was interrupted, the finished ones kept).
         state: the model folder's fit state (``fit_state.json``), updated in place with
-            what is done (``selected``, ``selected_epoch``, ``members_done``).
+            what is done (``selected``, ``selected_epoch``, ``refit_epochs``,
+            ``members_done``).
         save_state: writes ``state`` (called after each finished part).
 
     Returns:
