@@ -132,6 +132,8 @@ def test_refit_epoch_count_averages_the_selection_curve_over_a_centred_window() 
     assert refit_epoch_count(curve, epochs, "max", 5) == 8
     # loss: the lowest mean; NaN scores are left out of the means
     assert refit_epoch_count([2.0, float("nan"), 0.5, 0.6, 3.0], epochs[:5], "min", 3) == 3
+    # a score not logged is null in selection_curve.json: None, read as NaN
+    assert refit_epoch_count([2.0, None, 0.5, 0.6, 3.0], epochs[:5], "min", 3) == 3
     # epochs as recorded (a resumed curve starts where it was), ties -> the first
     assert refit_epoch_count([0.5, 0.5], [4, 5], "max", 1) == 5
     for window in (0, 2):

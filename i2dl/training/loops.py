@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,9 @@ class SelectionCurve(Callback):
         self.values = [float(v) for v in state_dict.get("values", [])]
 
 
-def refit_epoch_count(values: list[float], epochs: list[int], mode: str, window: int) -> int:
+def refit_epoch_count(
+    values: Sequence[float | None], epochs: Sequence[int], mode: str, window: int
+) -> int:
     """The refit's epoch count: best epoch of the selection curve averaged over ``window``.
 
     Each epoch's score is replaced by the mean of the scores of the ``window`` epochs
@@ -218,7 +221,8 @@ def refit_epoch_count(values: list[float], epochs: list[int], mode: str, window:
     ``window`` 1 it is the checkpoint callback's choice (the first best epoch).
 
     Args:
-        values: ``(E,)`` selection scores, one per validated epoch, in epoch order.
+        values: ``(E,)`` selection scores, one per validated epoch, in epoch order; NaN or
+            None where the score was not logged (``null`` in ``selection_curve.json``).
         epochs: ``(E,)`` the 0-based epoch of each score.
         mode: ``"max"`` (fscore, oa, kappa) or ``"min"`` (loss).
         window: odd number of epochs averaged, >= 1.
@@ -319,8 +323,9 @@ def fit_network(
     if not best:
         raise ConfigError("training produced no checkpoint; check callbacks.model_checkpoint")
     with atomic_path(Path(best).parent / SELECTION_CURVE) as tmp:
+        values = [v if math.isfinite(v) else None for v in curve.values]  # null, not NaN
         tmp.write_text(json.dumps({"monitor": monitor, "mode": mode, "epochs": curve.epochs,
-                                   "values": curve.values}))
+                                   "values": values}, allow_nan=False))
     curves = write_learning_curves(model_dir / TB_DIR, model_dir / LEARNING_CURVES)
     if curves is not None:
         log.info("learning curves: %s", curves)
