@@ -214,6 +214,16 @@ def test_refit_window_must_be_odd(make_cfg) -> None:
         check_config(make_cfg("refit_window=4"))
 
 
+def test_refit_window_reader_accepts_odd_ints_and_null_only(make_cfg) -> None:
+    from i2dl.training.deep import refit_window
+
+    assert refit_window(make_cfg("refit_window=5")) == 5
+    assert refit_window(make_cfg("refit_window=null")) == 1
+    for bad in ("4", "0", "true", "2.5"):
+        with pytest.raises(ConfigError, match="odd integer"):
+            refit_window(make_cfg(f"refit_window={bad}"))
+
+
 def test_ensemble_run_maps_the_mean_probability_and_reports_members(
     make_cfg, tiny_dataset: dict
 ) -> None:

@@ -46,7 +46,7 @@ from i2dl.samples.store import (
 )
 from i2dl.training import ddp
 from i2dl.training.build import DataDims, build_classifier, save_model_spec
-from i2dl.training.deep import ensemble_size, fit_deep, refit_enabled
+from i2dl.training.deep import ensemble_size, fit_deep, refit_enabled, refit_window
 from i2dl.training.loops import checkpoint_unreadable, fit_estimator, fit_network
 from models import SITSClassifier, SklearnClassifier
 
@@ -123,10 +123,10 @@ def fit_fingerprint(cfg: DictConfig, store: Path, region: int | None) -> str:
     # the options of issue 20 enter the fingerprint only when set (older fits stay reusable)
     if cfg.get("refit", False):
         payload["refit"] = True
-        if int(cfg.get("refit_window", 1) or 1) > 1:
-            payload["refit_window"] = int(cfg.refit_window)
-    if int(cfg.get("ensemble_size", 1) or 1) > 1:
-        payload["ensemble_size"] = int(cfg.ensemble_size)
+        if refit_window(cfg) > 1:
+            payload["refit_window"] = refit_window(cfg)
+    if ensemble_size(cfg) > 1:
+        payload["ensemble_size"] = ensemble_size(cfg)
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -79,6 +79,20 @@ def refit_enabled(cfg: DictConfig) -> bool:
     return value
 
 
+def refit_window(cfg: DictConfig) -> int:
+    """``cfg.refit_window`` checked: an odd int >= 1 (1, or null, = the best single epoch).
+
+    Raises:
+        ConfigError: not an odd int >= 1.
+    """
+    value = cfg.get("refit_window", 1)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ConfigError(f"refit_window={value!r}: expected an odd integer >= 1, e.g. 5")
+    return value
+
+
 def fit_deep(
     cfg: DictConfig,
     build: Callable[[], SITSClassifier],
@@ -175,7 +189,7 @@ def _refit_epochs(cfg: DictConfig, checkpoint_dir: Path, selected_epoch: int) ->
     (:func:`~i2dl.training.loops.refit_epoch_count`); without it (a fit of an older
     i2dl) or with ``refit_window`` 1, the checkpoint's epoch + 1.
     """
-    window = int(cfg.get("refit_window", 1) or 1)
+    window = refit_window(cfg)
     curve = read_selection_curve(checkpoint_dir) if window > 1 else None
     if curve is None:
         return selected_epoch + 1
