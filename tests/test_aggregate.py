@@ -351,3 +351,59 @@ def test_main_errors(tmp_path: Path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
     assert main([]) == 2  # argparse usage error
+
+
+# ------------------------------------------------------------------ paired comparison
+
+
+def test_corrected_t_is_the_paired_t_test_without_correction_and_shrinks_with_it():
+    from i2dl.evaluation.paired import corrected_t
+
+    a = np.array([0.80, 0.85, 0.78, 0.90, 0.82])
+    b = np.array([0.78, 0.86, 0.74, 0.85, 0.80])
+    plain = scipy_stats.ttest_rel(a, b)
+    t0, p0 = corrected_t(a - b, 0.0)
+    assert t0 == approx(plain.statistic) and p0 == approx(plain.pvalue)
+    # n_val / n_train = 0.25 with J = 5: variance factor 1/5 + 0.25 instead of 1/5
+    t1, p1 = corrected_t(a - b, 0.25)
+    assert t1 == approx(plain.statistic * math.sqrt(0.2 / 0.45))
+    assert p1 > p0
+    assert corrected_t([0.01], 0.1) is None  # one split: no spread
+    assert corrected_t([0.02, 0.02, 0.02], 0.1) is None  # no spread to test
+    with pytest.raises(ValueError, match="test_train_ratio"):
+        corrected_t(a - b, -1.0)
+
+
+def test_paired_differences_match_runs_on_the_same_split(tmp_path: Path):
+    from i2dl.evaluation.paired import paired_differences
+
+    ref = aggregate([write_run(tmp_path / "rf" / str(i), s, "rf") for i, s in enumerate(RUNS)])
+    other_specs = [dict(RUNS[0], oa=0.85), dict(RUNS[1], oa=0.9), dict(RUNS[2], seed=7)]
+    other = aggregate([write_run(tmp_path / "ltae" / str(i), s) for i, s in enumerate(other_specs)])
+    d = paired_differences(ref, other)
+    # seed 7 has no forest run on its split: two pairs, seeds 0 and 1
+    assert d["n"] == 2 and d["seeds"] == [0, 1]
+    assert d["oa"]["diffs"] == [approx(0.05), approx(0.0)]
+    assert d["oa"]["n_not_below"] == 2  # a tie is not below
+    assert d["oa"]["std"] == approx(np.std([0.05, 0.0], ddof=1))
+    assert d["kappa"]["mean"] == approx(0.0)
+    # val pixels / (learn + selection) of the forest's runs: 15 / 100 for both
+    assert d["ratio"] == approx(0.15)
+    # the same seed with another val pixel count is another split (other data): not paired
+    moved = dict(RUNS[0], cm=[[6, 1, 0], [0, 4, 1], [1, 0, 3]])
+    elsewhere = aggregate([write_run(tmp_path / "other" / "0", moved)])
+    assert paired_differences(ref, elsewhere) is None
+
+
+def test_compare_pairs_each_group_with_the_first(tmp_path: Path):
+    ref = aggregate([write_run(tmp_path / "rf" / str(i), s, "rf") for i, s in enumerate(RUNS)])
+    better = [dict(s, oa=s["oa"] + d) for s, d in zip(RUNS, (0.02, 0.04, 0.03), strict=True)]
+    other = aggregate([write_run(tmp_path / "ltae" / str(i), s) for i, s in enumerate(better)])
+    text = compare([ref, other])
+    assert "## Paired by split, against rf" in text
+    paired = text.split("## Paired by split")[1]
+    row = next(line for line in paired.splitlines() if line.startswith("| ltae | 3 |"))
+    assert f"+0.0300 ± {np.std([0.02, 0.04, 0.03], ddof=1):.4f}" in row
+    assert "3 of 3" in row
+    # one group alone: nothing to pair
+    assert "Paired" not in compare([ref])

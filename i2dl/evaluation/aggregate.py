@@ -325,8 +325,8 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
         * ``experiment`` (names joined by "+"), ``experiments`` (distinct names in
           run order), ``n_runs``, ``seeds`` (per run), ``root`` (common parent folder
           of the runs), ``ci_level`` (0.95), ``ci_method``;
-        * ``runs``: per run ``{path, experiment, seed, oa, kappa, f1_macro, n_val,
-          n_learn, n_classes}``;
+        * ``runs``: per run ``{path, experiment, seed, fold (k-fold runs, else null),
+          oa, kappa, f1_macro, n_val, n_learn, n_selection, n_classes}``;
         * ``metrics``: for ``oa``, ``kappa``, ``f1_macro`` the dict of
           :func:`describe` (values per run, n, mean, std, ci_low, ci_high,
           ci_half_width; unitless);
@@ -381,9 +381,11 @@ def aggregate(runs: Sequence[str | Path]) -> dict[str, Any]:
                 "path": str(p),
                 "experiment": r["summary"].get("experiment"),
                 "seed": r["summary"].get("seed"),
+                "fold": r["summary"].get("fold"),
                 **{k: metric_stats[k]["values"][i] for k in METRICS},
                 "n_val": r["summary"].get("n_val", r["metrics"].get("n_samples")),
                 "n_learn": r["summary"].get("n_learn"),
+                "n_selection": r["summary"].get("n_selection"),
                 "n_classes": len(r["codes"]),
             }
             for i, (p, r) in enumerate(zip(paths, loaded, strict=True))

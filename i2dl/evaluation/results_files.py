@@ -29,6 +29,7 @@ from i2dl.evaluation.html_report import (
     write_comparison_html,
     write_multirun_html,
 )
+from i2dl.evaluation.paired import paired_differences
 from i2dl.evaluation.run_report import confusion_csv, confusion_png
 from i2dl.io.files import write_bytes_atomic
 
@@ -365,7 +366,45 @@ def compare(groups: Sequence[Mapping[str, Any]]) -> str:
             st = _class_f1(g, code)
             cells.append("\u2013" if st is None else _pm(st))
         lines.append(f"| {code} | {name} | " + " | ".join(cells) + " |")
+    lines += _paired_lines(groups, labels)
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(groups: Sequence[Mapping[str, Any]], labels: list[str]) -> list[str]:
+    """The section of :func:`compare` pairing each group's runs with the first group's."""
+    if len(groups) < 2:
+        return []
+    lines = [
+        "",
+        f"## Paired by split, against {labels[0]}",
+        "",
+        f"Differences (experiment \u2212 {labels[0]}) over the runs that share seed, fold "
+        "and val pixel count, i.e. the same split; mean \u00b1 std over those splits. t, p: "
+        "corrected resampled t-test of the mean OA difference (Nadeau & Bengio 2003; random "
+        "splits share pixels, so the plain paired t-test is too confident).",
+        "",
+        "| experiment | splits | \u0394 OA | splits with OA not below | \u0394 kappa | "
+        "\u0394 macro F1 | t (OA) | p (OA) |",
+        "|---|---:|---|---:|---|---|---:|---:|",
+    ]
+    for lab, g in zip(labels[1:], groups[1:], strict=True):
+        d = paired_differences(groups[0], g)
+        if d is None:
+            lines.append(f"| {lab} | 0 | no run on the same split | | | | | |")
+            continue
+
+        def pm(key: str, res: Mapping[str, Any] = d) -> str:
+            st = res[key]
+            if st["mean"] is None:
+                return "\u2013"
+            return f"{st['mean']:+.4f}" + ("" if st["std"] is None else f" \u00b1 {st['std']:.4f}")
+
+        oa = d["oa"]
+        lines.append(
+            f"| {lab} | {d['n']} | {pm('oa')} | {oa['n_not_below']} of {len(oa['diffs'])} | "
+            f"{pm('kappa')} | {pm('f1_macro')} | {_f(oa['t'], '.2f')} | {_f(oa['p'], '.3f')} |"
+        )
+    return lines
 
 
 def comparison_csv(groups: Sequence[Mapping[str, Any]]) -> str:
