@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from i2dl.errors import ConfigError
 from i2dl.training.build import DataDims, build_classifier
 from models import LTAE, ClassifierHead, SITSClassifier
-from models.augment import SeriesAugmentation, drop_dates, jitter, shift_days
+from models.augment import SeriesAugmentation, drop_dates, jitter, mask_block, shift_days
 from models.schedule import warmup_cosine, warmup_cosine_factor
 from tests.test_models import _Toy
 from tests.test_networks import _inputs as random_inputs
@@ -280,6 +280,36 @@ def test_restored_date_is_a_random_valid_date():
     assert 0.4 < float(share_1) < 0.6
 
 
+def test_mask_block_masks_one_contiguous_run_of_bounded_length():
+    torch.manual_seed(0)
+    n, t = 4000, 20
+    mask = torch.ones(n, t, dtype=torch.bool)
+    out = mask_block(mask, 0.25)  # up to floor(0.25 * 20) = 5 dates
+    masked = ~out
+    lengths = masked.sum(1)
+    assert set(lengths.tolist()) == set(range(6))  # uniform on 0..5
+    assert abs(float(lengths.float().mean()) - 2.5) < 0.15
+    # one contiguous run: the masked dates of a pixel span exactly their count
+    idx = torch.arange(t).expand(n, t)
+    first = torch.where(masked, idx, t).min(1).values
+    last = torch.where(masked, idx, -1).max(1).values
+    some = lengths > 0
+    assert torch.equal((last - first + 1)[some], lengths[some])
+    # every start is drawn, the first and the last date are both masked sometimes
+    assert masked[:, 0].any() and masked[:, -1].any()
+    assert mask_block(mask, 0.0) is mask
+
+
+def test_mask_block_keeps_a_valid_date_and_masks_only_valid_dates():
+    torch.manual_seed(1)
+    mask = torch.zeros(3000, 4, dtype=torch.bool)
+    mask[:, 1] = True  # a single valid date: always restored if masked
+    mask[7] = False  # no valid date: stays without
+    out = mask_block(mask, 0.99)
+    assert not (out & ~mask).any()
+    assert torch.equal(out[mask.any(1)], mask[mask.any(1)]) and not out[7].any()
+
+
 def test_jitter_adds_noise_of_the_given_std_at_valid_dates():
     torch.manual_seed(0)
     x, _, mask = _inputs(500, 10, 3)
@@ -308,7 +338,7 @@ def test_shift_days_moves_each_pixel_by_one_integer(dtype):
 
 def test_augmentation_module_is_a_no_op_in_eval_mode():
     x, days, mask = _inputs(16, 8, 2)
-    aug = SeriesAugmentation(date_dropout=0.5, jitter=0.1, time_shift=3)
+    aug = SeriesAugmentation(date_dropout=0.5, jitter=0.1, time_shift=3, time_mask=0.3)
     aug.eval()
     assert aug(x, days, mask) == (x, days, mask)
     aug.train()
@@ -320,6 +350,7 @@ def test_augmentation_module_is_a_no_op_in_eval_mode():
     torch.manual_seed(0)
     x3, days3, mask3 = aug(x, days, mask)
     assert torch.equal(x2, x3) and torch.equal(days2, days3) and torch.equal(mask2, mask3)
+    assert SeriesAugmentation(time_mask=0.3).active
     off = SeriesAugmentation().train()
     assert not off.active and off(x, days, mask) == (x, days, mask)
 
@@ -333,6 +364,8 @@ def test_augmentation_module_is_a_no_op_in_eval_mode():
         (dict(time_shift=2.5), r"time_shift \(days\) must be an int >= 0"),
         (dict(time_shift=-1), "time_shift"),
         (dict(date_dropout="x"), "must be numbers"),
+        (dict(time_mask=1.0), r"time_mask .* must be in \[0, 1\)"),
+        (dict(time_mask="x"), "time_mask"),
     ],
 )
 def test_bad_augmentation_arguments(kwargs, match):
