@@ -289,6 +289,64 @@ def test_swa_needs_the_refit(make_cfg, tiny_dataset: dict, caplog) -> None:
     assert not any(isinstance(cb, StochasticWeightAveraging) for cb in callbacks(cfg))
 
 
+def test_swa_window_leaves_out_the_untrained_initial_weights() -> None:
+    from i2dl.training.loops import swa_window
+
+    # 0.75 of 20 epochs: Lightning averages at the start of epochs 14..19
+    assert swa_window(0.75, 20) == (14, 19)
+    assert swa_window(0.75, 3) == (1, 2)
+    # 1 or 2 epochs: the window would start at epoch 0, whose start is the initial weights
+    assert swa_window(0.75, 1) is None and swa_window(0.75, 2) is None
+    assert swa_window(1, 4) is None  # an int start of 1 averages from epoch 0 too
+    assert swa_window(2, 4) == (1, 3)
+    assert swa_window(5, 4) is None  # empty: Lightning would copy the initial weights
+
+
+def test_lightning_swa_of_a_one_epoch_fit_returns_the_initial_weights() -> None:
+    """Why :func:`swa_window` exists: Lightning averages at epoch starts, so with
+    swa_epoch_start 0.75 a 1-epoch fit ends as the untrained network (if this starts
+    failing, Lightning changed and swa_window must follow)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.lin(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(64, 3), torch.randint(0, 2, (64,))),
+                      batch_size=16)
+    for swa, changed in ((False, True), (True, False)):
+        torch.manual_seed(1)
+        model = Tiny()
+        start = model.lin.weight.detach().clone()
+        cbs = [StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=0.75)] if swa else []
+        L.Trainer(max_epochs=1, callbacks=cbs, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, data)
+        assert (not torch.equal(model.lin.weight, start)) is changed
+
+
+def test_swa_is_left_out_of_a_refit_too_short_for_it(make_cfg, tiny_dataset: dict,
+                                                    caplog) -> None:
+    from i2dl.training.loops import swa_callbacks
+
+    cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"])
+    assert swa_callbacks(cfg, 20)
+    for epochs in (1, 2):
+        assert swa_callbacks(cfg, epochs) == []
+    assert "too short for stochastic weight averaging" in caplog.text
+    assert swa_callbacks(cfg, 3)
+
+
 def test_swa_refit_averages_the_last_epochs(make_cfg, tiny_dataset: dict,
                                            tmp_path: Path) -> None:
     from i2dl.stages.train import run as run_train
@@ -297,7 +355,7 @@ def test_swa_refit_averages_the_last_epochs(make_cfg, tiny_dataset: dict,
     for swa in ("false", "true"):
         cfg = make_cfg("+experiment=ltae", *FAST, *SMALL_LTAE, *tiny_dataset["overrides"],
                        "trainer.max_epochs=4", "refit=true", "enable_early_stop=false",
-                       f"callbacks.swa.enabled={swa}", "callbacks.swa.swa_epoch_start=1",
+                       f"callbacks.swa.enabled={swa}", "callbacks.swa.swa_epoch_start=2",
                        "callbacks.swa.annealing_epochs=1", "infer.chunk_size=16",
                        f"paths.output_dir={tmp_path / ('run_swa_' + swa)}")
         summary = run_train(cfg)
