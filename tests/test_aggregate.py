@@ -407,3 +407,21 @@ def test_compare_pairs_each_group_with_the_first(tmp_path: Path):
     assert "3 of 3" in row
     # one group alone: nothing to pair
     assert "Paired" not in compare([ref])
+
+
+def test_write_comparison_draws_the_paired_differences(tmp_path: Path):
+    from i2dl.evaluation.results_files import write_comparison
+
+    ref = aggregate([write_run(tmp_path / "rf" / str(i), s, "rf") for i, s in enumerate(RUNS)])
+    other = aggregate([write_run(tmp_path / "ltae" / str(i), dict(s, oa=s["oa"] - 0.01))
+                       for i, s in enumerate(RUNS)])
+    written = write_comparison(tmp_path / "cmp", [ref, other])
+    png = written["paired_oa.png"].read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    assert "Paired by split" in written["comparison.html"].read_text(encoding="utf-8")
+    # no split in common (seeds 10..12): no picture, and the page says nothing of it
+    apart = aggregate([write_run(tmp_path / "far" / str(i), dict(s, seed=10 + i))
+                       for i, s in enumerate(RUNS)])
+    written = write_comparison(tmp_path / "cmp", [ref, apart])  # the same folder again
+    assert "paired_oa.png" not in written and not (tmp_path / "cmp" / "paired_oa.png").exists()
+    assert "Paired by split" not in written["comparison.html"].read_text(encoding="utf-8")

@@ -252,4 +252,8 @@ def write_comparison_html(out: str | Path, groups: Sequence[Mapping[str, Any]],
         rows.append([name, escape(str(g.get("n_runs"))), *cells])
     table = _table(["experiment", "runs", "OA", "Cohen's kappa", "macro F1"], rows,
                    "comparison")
-    return write_text_atomic(out / COMPARISON_HTML, _page("i2dl comparison", [table]))
+    sections = [table]
+    if (out / "paired_oa.png").is_file():  # results_files.PAIRED_PNG, written before
+        sections.append("<h2>Paired by split</h2>"
+                        + _img(out / "paired_oa.png", "OA differences per split"))
+    return write_text_atomic(out / COMPARISON_HTML, _page("i2dl comparison", sections))

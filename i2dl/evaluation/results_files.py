@@ -42,6 +42,7 @@ CONFUSION_SUM_PNG = "confusion_matrix_sum.png"
 F1_PNG = "f1_per_class.png"
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
+PAIRED_PNG = "paired_oa.png"
 
 
 # -------------------------------------------------------------------------- writing
@@ -447,8 +448,47 @@ def comparison_csv(groups: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _paired_png(groups: Sequence[Mapping[str, Any]], labels: list[str]) -> bytes | None:
+    """Dot plot of each group's per-split OA difference with the first group, or None.
+
+    One row per other group: a dot per split shared with the first group
+    (:func:`i2dl.evaluation.paired.paired_differences`), a bar at their mean, a line at 0.
+    None when fewer than two groups or no group shares a split with the first.
+    """
+    rows = [(lab, d) for lab, g in zip(labels[1:], groups[1:], strict=True)
+            if (d := paired_differences(groups[0], g)) is not None and d["oa"]["diffs"]]
+    if not rows:
+        return None
+    fig = Figure(figsize=(8.0, min(max(2.2, 0.6 * len(rows) + 1.6), 16.0)), dpi=100,
+                 layout="constrained")  # fmt: skip
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (_, d) in enumerate(rows):
+        diffs = d["oa"]["diffs"]
+        ax.scatter(diffs, [i] * len(diffs), s=18, color="#4c72b0", alpha=0.7, zorder=3,
+                   label="splits" if i == 0 else None)  # fmt: skip
+        ax.plot([d["oa"]["mean"]] * 2, [i - 0.3, i + 0.3], color="#c44e52", lw=2.5,
+                label="mean" if i == 0 else None)  # fmt: skip
+        ax.text(1.01, i, f"{d['oa']['mean']:+.3f}, {d['oa']['n_not_below']}/{len(diffs)} "
+                "not below", va="center", fontsize=8, transform=ax.get_yaxis_transform())
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(range(len(rows)), [lab for lab, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"OA \u2212 OA of {labels[0]} on the same split")
+    ax.grid(axis="x", color="#dddddd")
+    ax.set_axisbelow(True)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Paired by split, against {labels[0]}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
     """Write ``comparison.md`` (:func:`compare`), ``comparison.csv`` and ``comparison.html``.
+
+    With runs paired with the first group's on the same splits, also ``paired_oa.png``
+    (:func:`_paired_png`), shown in ``comparison.html``.
 
     Returns:
         File name -> path written.
@@ -461,6 +501,11 @@ def write_comparison(out_dir: str | Path, groups: Sequence[Mapping[str, Any]]) -
         COMPARISON_MD: compare(groups).encode("utf-8"),
         COMPARISON_CSV: comparison_csv(groups).encode("utf-8"),
     }
+    paired = _paired_png(groups, _group_labels(groups))
+    if paired is not None:
+        contents[PAIRED_PNG] = paired
+    else:  # a picture of an earlier comparison in this folder would mislead
+        (Path(out_dir) / PAIRED_PNG).unlink(missing_ok=True)
     written = _write_files(out_dir, contents)
     written[COMPARISON_HTML] = write_comparison_html(out_dir, groups, _group_labels(groups))
     return written
