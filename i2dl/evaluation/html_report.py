@@ -223,6 +223,8 @@ def write_multirun_html(out: str | Path, agg: Mapping[str, Any]) -> Path:
 
 #: the comparison page of ``python -m i2dl report DIR1 DIR2 ...``
 COMPARISON_HTML = "comparison.html"
+#: picture of the paired OA differences (``write_comparison``), shown in comparison.html
+PAIRED_PNG = "paired_oa.png"
 
 
 def write_comparison_html(out: str | Path, groups: Sequence[Mapping[str, Any]],
@@ -253,7 +255,7 @@ def write_comparison_html(out: str | Path, groups: Sequence[Mapping[str, Any]],
     table = _table(["experiment", "runs", "OA", "Cohen's kappa", "macro F1"], rows,
                    "comparison")
     sections = [table]
-    if (out / "paired_oa.png").is_file():  # results_files.PAIRED_PNG, written before
+    if (out / PAIRED_PNG).is_file():  # written before this page by write_comparison
         sections.append("<h2>Paired by split</h2>"
-                        + _img(out / "paired_oa.png", "OA differences per split"))
+                        + _img(out / PAIRED_PNG, "OA differences per split"))
     return write_text_atomic(out / COMPARISON_HTML, _page("i2dl comparison", sections))

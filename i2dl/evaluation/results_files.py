@@ -26,6 +26,7 @@ from i2dl.evaluation.aggregate import CI_LEVEL, METRICS
 from i2dl.evaluation.html_report import (
     COMPARISON_HTML,
     INDEX_HTML,
+    PAIRED_PNG,
     write_comparison_html,
     write_multirun_html,
 )
@@ -42,7 +43,6 @@ CONFUSION_SUM_PNG = "confusion_matrix_sum.png"
 F1_PNG = "f1_per_class.png"
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
-PAIRED_PNG = "paired_oa.png"
 
 
 # -------------------------------------------------------------------------- writing

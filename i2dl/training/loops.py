@@ -125,11 +125,11 @@ def swa_callbacks(cfg: DictConfig, epochs: int | None = None) -> list[Any]:
                     "have it, or callbacks.swa.enabled=false to silence this)")
         return []
     settings = {k: v for k, v in swa.items() if k != "enabled"}
-    if epochs is not None and swa_window(settings.get("swa_epoch_start", 0.8), epochs) is None:
+    start = settings.get("swa_epoch_start", 0.8)  # Lightning's default
+    if epochs is not None and swa_window(start, epochs) is None:
         log.warning("a refit of %d epoch(s) is too short for stochastic weight averaging "
                     "from swa_epoch_start=%s: the average would hold the untrained initial "
-                    "weights; this refit trains without it", epochs,
-                    settings.get("swa_epoch_start", 0.8))
+                    "weights; this refit trains without it", epochs, start)
         return []
     return [instantiate(settings)]
 
